@@ -1,0 +1,221 @@
+"""The communication fabric: every message the algorithm sends goes through `Fabric`.
+
+A process holds a block of consecutive agents (rows of an [a, D] tensor). With one process the fabric touches
+no torch.distributed at all: gossip is the local product P @ Θ and an all-reduce is a mean over rows — the
+paper's single-worker setting and our reference. With several processes the same calls become gloo
+point-to-point messages and collectives. Every wait carries a timeout, so a dead peer becomes an error.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .timing import Recorder
+from .topology import block_plan, mixing_matrix
+
+# Distinct tags keep unrelated point-to-point streams between the same pair of ranks apart.
+TAG_GOSSIP, TAG_TO_AGENTS, TAG_TO_COORDINATOR = 1, 2, 3
+
+
+class CommError(RuntimeError):
+    """A peer did not answer in time or a transfer failed; the message names the rank and the call."""
+
+
+class GossipHandle:
+    """An in-flight gossip round: `wait()` returns P @ Θ for the local rows (a persistent buffer)."""
+
+    def __init__(self, fabric: "Fabric", state: dict, works: list, timer_name: str):
+        self._fabric, self._state, self._works, self._name = fabric, state, works, timer_name
+
+    def wait(self) -> torch.Tensor:
+        st = self._state
+        with self._fabric.recorder.section(self._name):
+            self._fabric._wait_all(self._works, self._name)
+            torch.matmul(st["weights"], st["buf"], out=st["out"])
+        return st["out"]
+
+
+class Fabric:
+    def __init__(self, n_agents: int, k: int, rank: int = 0, world: int = 1,
+                 timeout_s: float = 300.0, recorder: Recorder | None = None):
+        if n_agents % world:
+            raise ValueError(f"{n_agents} agents cannot be split evenly over {world} processes")
+        self.n_agents, self.k, self.rank, self.world = n_agents, k, rank, world
+        self.per_process = n_agents // world
+        self.agents = range(rank * self.per_process, (rank + 1) * self.per_process)
+        self.timeout = timedelta(seconds=timeout_s)
+        self.recorder = recorder or Recorder()
+        self.distributed = world > 1
+        self.P = mixing_matrix(n_agents, k)
+        self.plan = block_plan(self.P, world, rank)
+        self._gossip_state: dict[tuple, dict] = {}
+        self._sum_buffers: dict[tuple, torch.Tensor] = {}
+        self.context = "setup"  # what the job is doing, for error messages (e.g. "iteration 12")
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+    def _wait_all(self, works: list, what: str) -> None:
+        for work in works:
+            try:
+                ok = work.wait(self.timeout)
+            except RuntimeError as err:
+                raise CommError(f"rank {self.rank}: {what} failed during {self.context}: "
+                                f"{str(err).splitlines()[0]}") from None
+            if ok is False:
+                raise CommError(f"rank {self.rank}: {what} timed out after "
+                                f"{self.timeout.total_seconds():.0f}s during {self.context}")
+
+    def rows_of(self, rank: int) -> range:
+        return range(rank * self.per_process, (rank + 1) * self.per_process)
+
+    # ---- DSGD mixing -----------------------------------------------------------------------------------------
+    def gossip_start(self, x: torch.Tensor, name: str = "gossip") -> GossipHandle:
+        """Post one mixing round of the local rows x [a, D]; x may be changed as soon as this returns."""
+        key = (x.shape[1], x.dtype)
+        st = self._gossip_state.get(key) or self._make_gossip_state(*key)
+        with self.recorder.section(name):
+            st["buf"][: self.per_process].copy_(x)
+            works = []
+            for peer, (lo, hi) in st["recv_slices"].items():
+                works.append(dist.irecv(st["buf"][lo:hi], src=peer, tag=TAG_GOSSIP))
+            for peer, rows in st["send_rows"].items():
+                staged = st["stage"][peer]
+                torch.index_select(x, 0, rows, out=staged)
+                works.append(dist.isend(staged, dst=peer, tag=TAG_GOSSIP))
+            self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
+        return GossipHandle(self, st, works, name)
+
+    def gossip(self, x: torch.Tensor, name: str = "gossip") -> torch.Tensor:
+        return self.gossip_start(x, name).wait()
+
+    def _make_gossip_state(self, dim: int, dtype: torch.dtype) -> dict:
+        # Allocated once per vector size: no model-sized allocation per round.
+        plan = self.plan
+        n_recv = sum(len(v) for v in plan.recv.values())
+        st = {
+            "buf": torch.empty(self.per_process + n_recv, dim, dtype=dtype),
+            "out": torch.empty(self.per_process, dim, dtype=dtype),
+            "weights": torch.as_tensor(plan.weights, dtype=dtype),
+            "recv_slices": {},
+            "send_rows": {q: torch.as_tensor(rows, dtype=torch.long) for q, rows in plan.send.items()},
+            "stage": {q: torch.empty(len(rows), dim, dtype=dtype) for q, rows in plan.send.items()},
+        }
+        offset = self.per_process
+        for q in sorted(plan.recv):
+            st["recv_slices"][q] = (offset, offset + len(plan.recv[q]))
+            offset += len(plan.recv[q])
+        st["send_bytes"] = sum(len(r) for r in plan.send.values()) * dim * st["buf"].element_size()
+        self._gossip_state[(dim, dtype)] = st
+        return st
+
+    # ---- parameter sharing -----------------------------------------------------------------------------------
+    def allreduce_mean(self, x: torch.Tensor, name: str = "allreduce") -> torch.Tensor:
+        """Mean over all n agents of the rows x [a, D] -> [D] (a persistent buffer)."""
+        total = self.allreduce_sum(x.sum(dim=0) if x.shape[0] > 1 else x[0], name)
+        return total.div_(self.n_agents)
+
+    def allreduce_sum(self, x: torch.Tensor, name: str = "allreduce") -> torch.Tensor:
+        """Elementwise sum of x over ranks (every rank gets it) in a persistent buffer."""
+        key = (tuple(x.shape), x.dtype, name)
+        buf = self._sum_buffers.get(key)
+        if buf is None:
+            buf = self._sum_buffers[key] = torch.empty_like(x)
+        buf.copy_(x)
+        if self.distributed:
+            with self.recorder.section(name, nbytes=buf.numel() * buf.element_size(), messages=1):
+                self._wait_all([dist.all_reduce(buf, async_op=True)], name)
+        return buf
+
+    # ---- coordinator <-> agents, once per environment step ---------------------------------------------------
+    def to_agents(self, full: torch.Tensor | None, like: torch.Tensor, name: str = "step_exchange") -> torch.Tensor:
+        """Rank 0 sends each rank its agents' slice of full [n, ...]; returns the local slice [a, ...].
+
+        `like` is a local-sized template (shape and dtype) that receiving ranks fill.
+        """
+        if not self.distributed:
+            return full
+        with self.recorder.section(name):
+            if self.rank == 0:
+                works = [dist.isend(full[self.rows_of(r).start: self.rows_of(r).stop], dst=r, tag=TAG_TO_AGENTS)
+                         for r in range(1, self.world)]
+                self.recorder.count(name, nbytes=(full.numel() - like.numel()) * full.element_size(),
+                                    messages=self.world - 1)
+                self._wait_all(works, name)
+                return full[: self.per_process]
+            self._wait_all([dist.irecv(like, src=0, tag=TAG_TO_AGENTS)], name)
+            return like
+
+    def to_coordinator(self, local: torch.Tensor, full: torch.Tensor | None,
+                       name: str = "step_exchange") -> torch.Tensor | None:
+        """Every rank sends its rows local [a, ...] to rank 0, which returns them stacked in full [n, ...]."""
+        if not self.distributed:
+            return local
+        with self.recorder.section(name):
+            if self.rank == 0:
+                full[: self.per_process].copy_(local)
+                works = [dist.irecv(full[self.rows_of(r).start: self.rows_of(r).stop], src=r, tag=TAG_TO_COORDINATOR)
+                         for r in range(1, self.world)]
+                self._wait_all(works, name)
+                return full
+            self.recorder.count(name, nbytes=local.numel() * local.element_size(), messages=1)
+            self._wait_all([dist.isend(local.contiguous(), dst=0, tag=TAG_TO_COORDINATOR)], name)
+            return None
+
+    # ---- occasional collectives ------------------------------------------------------------------------------
+    def gather_rows(self, x: torch.Tensor, name: str = "gather") -> torch.Tensor | None:
+        """Rows of every rank stacked [n, ...] on rank 0 (None elsewhere)."""
+        if not self.distributed:
+            return x.clone()
+        with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1):
+            out = [torch.empty_like(x) for _ in range(self.world)] if self.rank == 0 else None
+            self._wait_all([dist.gather(x.contiguous(), out, dst=0, async_op=True)], name)
+        return torch.cat(out) if self.rank == 0 else None
+
+    def broadcast(self, x: torch.Tensor, src: int = 0, name: str = "broadcast") -> torch.Tensor:
+        if self.distributed:
+            with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1):
+                self._wait_all([dist.broadcast(x, src=src, async_op=True)], name)
+        return x
+
+    def gather_objects(self, obj) -> list | None:
+        """Small Python objects of every rank on rank 0 (end-of-run reports)."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def barrier(self, name: str = "wait") -> None:
+        if self.distributed:
+            with self.recorder.section(name):
+                self._wait_all([dist.barrier(async_op=True)], name)
+
+
+def world_from_env() -> tuple[int, int]:
+    """(rank, world size) as torchrun / our launcher set them; (0, 1) when run as a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+@contextmanager
+def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None):
+    """Create the process group (if several processes) with an explicit timeout and always tear it down."""
+    rank, world = world_from_env()
+    if world > 1:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+    fabric = Fabric(n_agents, k, rank, world, timeout_s, recorder)
+    ok = False
+    try:
+        yield fabric
+        ok = True
+    finally:
+        if world > 1:
+            try:
+                if ok:
+                    fabric.barrier()  # nobody leaves while a peer still needs its messages
+            finally:
+                dist.destroy_process_group()
+

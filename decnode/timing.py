@@ -1,0 +1,94 @@
+"""Per-rank recorder of where the wall-clock goes: named compute sections and communication calls.
+
+Sections nest; each one records *exclusive* time (its children are subtracted), so the categories of one rank
+add up to at most its wall-clock and the remainder is honest "other" time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Tally:
+    seconds: float = 0.0
+    calls: int = 0
+    bytes: int = 0
+    messages: int = 0
+
+    def add(self, other: "Tally") -> None:
+        self.seconds += other.seconds
+        self.calls += other.calls
+        self.bytes += other.bytes
+        self.messages += other.messages
+
+
+@dataclass
+class Recorder:
+    tallies: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
+    started: float = field(default_factory=time.perf_counter)
+    _child_time: list[float] = field(default_factory=list)
+
+    @contextmanager
+    def section(self, name: str, nbytes: int = 0, messages: int = 0):
+        """Time a block as `name`; nested blocks are charged to themselves, not to their parent."""
+        self._child_time.append(0.0)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - t0
+            children = self._child_time.pop()
+            tally = self.tallies[name]
+            tally.seconds += elapsed - children
+            tally.calls += 1
+            tally.bytes += nbytes
+            tally.messages += messages
+            if self._child_time:
+                self._child_time[-1] += elapsed
+
+    def count(self, name: str, nbytes: int = 0, messages: int = 0) -> None:
+        """Add traffic to `name` without timing (for bytes posted in one call and waited on in another)."""
+        tally = self.tallies[name]
+        tally.bytes += nbytes
+        tally.messages += messages
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.started
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        out = {name: vars(t).copy() for name, t in sorted(self.tallies.items())}
+        out["wall"] = {"seconds": self.wall(), "calls": 1, "bytes": 0, "messages": 0}
+        return out
+
+    def seconds(self) -> dict[str, float]:
+        return {name: t.seconds for name, t in self.tallies.items()}
+
+
+def delta_seconds(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """Seconds spent per section between two `Recorder.seconds()` readings."""
+    return {k: round(v - before.get(k, 0.0), 6) for k, v in now.items() if v - before.get(k, 0.0) > 0}
+
+
+def format_table(per_rank: list[dict[str, dict[str, float]]]) -> str:
+    """One row per rank plus the sum over ranks; one column per section: seconds and % of that row's wall."""
+    names = sorted({name for snap in per_rank for name in snap if name != "wall"})
+    rows = []
+    for rank, snap in enumerate(per_rank):
+        secs = {name: snap.get(name, {}).get("seconds", 0.0) for name in names}
+        wall = snap["wall"]["seconds"]
+        secs["other"] = max(wall - sum(secs.values()), 0.0)
+        rows.append((f"rank {rank}", secs, wall))
+    total = {name: sum(r[1][name] for r in rows) for name in names + ["other"]}
+    rows.append(("all ranks", total, sum(r[2] for r in rows)))
+    columns = names + ["other"]
+    width = max(14, *(len(c) + 2 for c in columns))
+    header = f"{'':<10}" + "".join(f"{c:>{width}}" for c in columns) + f"{'wall':>10}"
+    lines = [header, "-" * len(header)]
+    for label, secs, wall in rows:
+        cells = "".join(f"{secs[c]:>{width - 7}.2f}s {100 * secs[c] / wall if wall else 0:>4.0f}%" for c in columns)
+        lines.append(f"{label:<10}{cells}{wall:>9.2f}s")
+    return "\n".join(lines)
