@@ -1,0 +1,52 @@
+"""The one small interface every environment backend implements: B environments stepped at once.
+
+Shapes (B = n_envs, N = n_agents):
+    obs    float32 [B, N, obs_dim]   each agent's own observation
+    state  float32 [B, state_dim]    the global state the critic sees
+    avail  bool    [B, N, n_actions] actions each agent may take now (SMAC masks; all True for MPE)
+    reward float32 [B, N]            per-agent reward of the step just taken
+    done   bool    [B]               the episode of env b ended with this step (terminated or time limit)
+
+Environments reset themselves: after a step with done[b], the returned obs/state/avail of env b are the
+first observation of its next episode (the on-policy MAPPO convention), and `info["episode_return"][b]`
+holds the finished episode's return, defined as sum over steps of (mean over agents of the reward).
+Optional info keys: "won" bool [B] (SMAC-like envs, meaningful where done).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class Step:
+    obs: np.ndarray
+    state: np.ndarray
+    avail: np.ndarray
+    reward: np.ndarray | None = None  # None right after reset
+    done: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class BatchedEnv(Protocol):
+    n_envs: int
+    n_agents: int
+    obs_dim: int
+    state_dim: int
+    n_actions: int
+    episode_limit: int
+
+    def reset(self, seed: int) -> Step:
+        """Start all B environments; env b draws from a generator seeded by (seed, b)."""
+
+    def step(self, actions: np.ndarray) -> Step:
+        """actions int64 [B, N]; returns the next Step (auto-reset where done)."""
+
+    def get_state(self) -> Any:
+        """Picklable snapshot of everything (world state, step counters, random generators) for exact resume."""
+
+    def set_state(self, state: Any) -> None:
+        """Restore a get_state() snapshot: stepping on afterwards repeats what the original env did."""
