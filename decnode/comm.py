@@ -59,14 +59,18 @@ class Fabric:
 
     # ---- helpers ---------------------------------------------------------------------------------------------
     def _wait_all(self, works: list, what: str) -> None:
-        for work in works:
+        """Wait on works, each a Work or (peer rank, Work); failures name the peer when it is known."""
+        for item in works:
+            peer, work = item if isinstance(item, tuple) else (None, item)
+            with_peer = f" with rank {peer}" if peer is not None else ""
             try:
                 ok = work.wait(self.timeout)
             except RuntimeError as err:
-                raise CommError(f"rank {self.rank}: {what} failed during {self.context}: "
+                raise CommError(f"rank {self.rank}: {what}{with_peer} failed during {self.context} "
+                                f"(is rank {peer if peer is not None else '?'} alive?): "
                                 f"{str(err).splitlines()[0]}") from None
             if ok is False:
-                raise CommError(f"rank {self.rank}: {what} timed out after "
+                raise CommError(f"rank {self.rank}: {what}{with_peer} timed out after "
                                 f"{self.timeout.total_seconds():.0f}s during {self.context}")
 
     def rows_of(self, rank: int) -> range:
@@ -81,11 +85,11 @@ class Fabric:
             st["buf"][: self.per_process].copy_(x)
             works = []
             for peer, (lo, hi) in st["recv_slices"].items():
-                works.append(dist.irecv(st["buf"][lo:hi], src=peer, tag=TAG_GOSSIP))
+                works.append((peer, dist.irecv(st["buf"][lo:hi], src=peer, tag=TAG_GOSSIP)))
             for peer, rows in st["send_rows"].items():
                 staged = st["stage"][peer]
                 torch.index_select(x, 0, rows, out=staged)
-                works.append(dist.isend(staged, dst=peer, tag=TAG_GOSSIP))
+                works.append((peer, dist.isend(staged, dst=peer, tag=TAG_GOSSIP)))
             self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
         return GossipHandle(self, st, works, name)
 
@@ -140,13 +144,13 @@ class Fabric:
             return full
         with self.recorder.section(name):
             if self.rank == 0:
-                works = [dist.isend(full[self.rows_of(r).start: self.rows_of(r).stop], dst=r, tag=TAG_TO_AGENTS)
+                works = [(r, dist.isend(full[self.rows_of(r).start: self.rows_of(r).stop], dst=r, tag=TAG_TO_AGENTS))
                          for r in range(1, self.world)]
                 self.recorder.count(name, nbytes=(full.numel() - like.numel()) * full.element_size(),
                                     messages=self.world - 1)
                 self._wait_all(works, name)
                 return full[: self.per_process]
-            self._wait_all([dist.irecv(like, src=0, tag=TAG_TO_AGENTS)], name)
+            self._wait_all([(0, dist.irecv(like, src=0, tag=TAG_TO_AGENTS))], name)
             return like
 
     def to_coordinator(self, local: torch.Tensor, full: torch.Tensor | None,
@@ -157,12 +161,12 @@ class Fabric:
         with self.recorder.section(name):
             if self.rank == 0:
                 full[: self.per_process].copy_(local)
-                works = [dist.irecv(full[self.rows_of(r).start: self.rows_of(r).stop], src=r, tag=TAG_TO_COORDINATOR)
-                         for r in range(1, self.world)]
+                works = [(r, dist.irecv(full[self.rows_of(r).start: self.rows_of(r).stop], src=r,
+                                         tag=TAG_TO_COORDINATOR)) for r in range(1, self.world)]
                 self._wait_all(works, name)
                 return full
             self.recorder.count(name, nbytes=local.numel() * local.element_size(), messages=1)
-            self._wait_all([dist.isend(local.contiguous(), dst=0, tag=TAG_TO_COORDINATOR)], name)
+            self._wait_all([(0, dist.isend(local.contiguous(), dst=0, tag=TAG_TO_COORDINATOR))], name)
             return None
 
     # ---- occasional collectives ------------------------------------------------------------------------------

@@ -73,22 +73,47 @@ def delta_seconds(now: dict[str, float], before: dict[str, float]) -> dict[str, 
     return {k: round(v - before.get(k, 0.0), 6) for k, v in now.items() if v - before.get(k, 0.0) > 0}
 
 
+# How raw sections fold into the categories a reader asks about (raw names stay in timing.json).
+GROUPS = {"act": "rollout", "env": "rollout", "step_exchange": "step_exchange", "actor_update": "actor_update",
+          "gossip": "gossip/allreduce", "allreduce": "gossip/allreduce", "gossip_critic": "gossip/allreduce",
+          "allreduce_critic": "gossip/allreduce", "critic": "critic", "critic_sgd": "critic",
+          "state_broadcast": "critic", "eval": "eval", "advantages": "waiting", "stats": "waiting",
+          "broadcast": "waiting", "gather": "waiting", "wait": "waiting", "checkpoint": "checkpoint",
+          "setup": "setup"}
+ORDER = ["setup", "rollout", "step_exchange", "actor_update", "gossip/allreduce", "critic", "eval", "waiting",
+         "checkpoint"]
+
+
+def grouped(snapshot: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Seconds per category (plus 'wall') from one rank's Recorder.snapshot()."""
+    out: dict[str, float] = {}
+    for name, tally in snapshot.items():
+        if name != "wall":
+            group = GROUPS.get(name, name)
+            out[group] = out.get(group, 0.0) + tally["seconds"]
+    out["wall"] = snapshot["wall"]["seconds"]
+    return out
+
+
 def format_table(per_rank: list[dict[str, dict[str, float]]]) -> str:
-    """One row per rank plus the sum over ranks; one column per section: seconds and % of that row's wall."""
-    names = sorted({name for snap in per_rank for name in snap if name != "wall"})
+    """One row per rank plus the sum over ranks; one column per category: seconds and % of that row's wall.
+
+    Communication categories include the time spent waiting for the slowest peer to arrive.
+    """
+    groups = [grouped(snap) for snap in per_rank]
+    present = {g for snap in groups for g in snap if g != "wall"}
+    columns = [g for g in ORDER if g in present] + sorted(present - set(ORDER)) + ["other"]
     rows = []
-    for rank, snap in enumerate(per_rank):
-        secs = {name: snap.get(name, {}).get("seconds", 0.0) for name in names}
-        wall = snap["wall"]["seconds"]
-        secs["other"] = max(wall - sum(secs.values()), 0.0)
-        rows.append((f"rank {rank}", secs, wall))
-    total = {name: sum(r[1][name] for r in rows) for name in names + ["other"]}
+    for rank, snap in enumerate(groups):
+        secs = {c: snap.get(c, 0.0) for c in columns[:-1]}
+        secs["other"] = max(snap["wall"] - sum(secs.values()), 0.0)
+        rows.append((f"rank {rank}", secs, snap["wall"]))
+    total = {c: sum(r[1][c] for r in rows) for c in columns}
     rows.append(("all ranks", total, sum(r[2] for r in rows)))
-    columns = names + ["other"]
     width = max(14, *(len(c) + 2 for c in columns))
     header = f"{'':<10}" + "".join(f"{c:>{width}}" for c in columns) + f"{'wall':>10}"
     lines = [header, "-" * len(header)]
     for label, secs, wall in rows:
-        cells = "".join(f"{secs[c]:>{width - 7}.2f}s {100 * secs[c] / wall if wall else 0:>4.0f}%" for c in columns)
-        lines.append(f"{label:<10}{cells}{wall:>9.2f}s")
+        cells = "".join(f"{secs[c]:>{width - 6}.1f}s {100 * secs[c] / wall if wall else 0:>3.0f}%" for c in columns)
+        lines.append(f"{label:<10}{cells}{wall:>9.1f}s")
     return "\n".join(lines)

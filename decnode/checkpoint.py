@@ -1,0 +1,53 @@
+"""Checkpoints: one file per run, written atomically by rank 0, holding every rank's state.
+
+Rank 0 gathers each rank's per-agent state (parameters, samplers, hidden states, local critics) with one
+gather of Python objects and stores it by agent id, so a run may resume on a different number of processes.
+It adds its own coordinator state (environments, central critic, counters) and writes
+`checkpoint.pt` through a temporary file and a rename, so a crash mid-write leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+# What a resumed run must agree on with the checkpoint; anything else may change (e.g. iterations).
+IDENTITY_KEYS = {"env": ("name", "n_agents", "n_envs", "episode_length"),
+                 "algo": ("name", "k", "critic", "mix_every"), "train": ("hidden", "seed")}
+
+
+class CheckpointError(RuntimeError):
+    """A missing, corrupt or incompatible checkpoint; the message is one line."""
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(run_dir: Path) -> dict:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint in {run_dir} (expected {path.name})")
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {str(err).splitlines()[0][:120]}") from None
+    if not isinstance(state, dict) or "iteration" not in state or "agents" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a decnode checkpoint")
+    return state
+
+
+def check_compatible(saved_config: dict, config: dict) -> None:
+    """One-line error when a resume would change what the run is (agents, topology, algorithm, env)."""
+    for section, keys in IDENTITY_KEYS.items():
+        for key in keys:
+            old, new = saved_config[section][key], config[section][key]
+            if old != new:
+                raise CheckpointError(f"cannot resume: {section}.{key} was {old!r} in the checkpoint, now {new!r}")

@@ -1,0 +1,154 @@
+"""The paper's perturbed test environment: Gaussian observation noise + epsilon-random actions.
+
+Observation noise: obs + N(0, (c * obs_std)^2) per feature, where obs_std is the sample std of the clean
+observations (collect it with RunningStd). Only the per-agent obs the policy sees are perturbed; the global
+`state` is returned clean, because it only feeds the critic, which is not used at test time.
+Action noise: each agent's action is, with probability epsilon, replaced by one drawn uniformly from that
+agent's currently available actions (the replacement may equal the original action).
+Paper settings: Simple Spread c=0.2, eps=0.2; SMAC c=0.1, eps=0.01.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from decnode.envs.base import BatchedEnv, Step
+
+
+class RunningStd:
+    """Per-feature running mean / population std (Chan-Welford merge in float64).
+
+    Across processes, Welford's M2 is not additive (it is taken about each process's own mean), so the trainer
+    all-reduce-SUMS to_moments() / to_vector() = (count, sum, sum of squares) and rebuilds with from_moments().
+    """
+
+    def __init__(self, n_features: int):
+        self.count = 0.0
+        self.mean = np.zeros(n_features)
+        self.m2 = np.zeros(n_features)
+
+    def update(self, x: np.ndarray) -> None:
+        """x [..., F]: every leading index is one sample."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1, self.mean.size)
+        if len(x):
+            mean = x.mean(axis=0)
+            self.merge_stats(len(x), mean, np.square(x - mean).sum(axis=0))
+
+    def merge_stats(self, count: float, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Chan et al.'s parallel combination with a (count, mean, M2) summary of other samples."""
+        if count == 0:
+            return
+        n = self.count + count
+        delta = mean - self.mean
+        self.m2 = self.m2 + m2 + np.square(delta) * (self.count * count / n)
+        self.mean = self.mean + delta * (count / n)
+        self.count = float(n)
+
+    def merge(self, other: RunningStd) -> None:
+        self.merge_stats(other.count, other.mean, other.m2)
+
+    @property
+    def var(self) -> np.ndarray:
+        return self.m2 / self.count if self.count else np.zeros_like(self.m2)
+
+    @property
+    def std(self) -> np.ndarray:
+        std = np.sqrt(np.maximum(self.var, 0.0))
+        # A std below 1e-6 |mean| is rounding (ss/n - mean^2 after from_moments), not variation, and
+        # could not even be represented in float32 obs: report such features, and constant ones, as 0.
+        std[std <= 1e-6 * np.abs(self.mean)] = 0.0
+        return std
+
+    # --------------------------------------------------------- additive form, for summing over ranks
+    def to_moments(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, sum, sum of squares) in float64; each term is additive across disjoint sample sets."""
+        return self.count, self.mean * self.count, self.m2 + np.square(self.mean) * self.count
+
+    @classmethod
+    def from_moments(cls, count: float, s: np.ndarray, ss: np.ndarray) -> RunningStd:
+        s, ss = np.asarray(s, dtype=np.float64), np.asarray(ss, dtype=np.float64)
+        rs = cls(s.size)
+        if count:
+            rs.count, rs.mean = float(count), s / count
+            rs.m2 = np.maximum(ss - s * rs.mean, 0.0)  # cancellation can dip just below 0
+        return rs
+
+    def to_vector(self) -> np.ndarray:
+        """[count, sum(F), sumsq(F)] float64: one buffer to all-reduce-sum."""
+        c, s, ss = self.to_moments()
+        return np.concatenate([[c], s, ss])
+
+    @classmethod
+    def from_vector(cls, v: np.ndarray) -> RunningStd:
+        v = np.asarray(v, dtype=np.float64)
+        f = (v.size - 1) // 2
+        return cls.from_moments(v[0], v[1:1 + f], v[1 + f:])
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"count": np.array(self.count), "mean": self.mean.copy(), "m2": self.m2.copy()}
+
+    def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
+        self.count, self.mean, self.m2 = float(d["count"]), np.array(d["mean"], np.float64), np.array(d["m2"], np.float64)
+
+
+class PerturbedEnv:
+    """Wraps any BatchedEnv; every attribute it does not define (n_envs, n_agents, obs_dim, ...) is the env's.
+
+    Step.info gains "executed_actions" [B, N] (what the env actually ran) and "action_replaced" [B, N] bool
+    (an epsilon draw hit; the replacement can coincide with the policy's action).
+    reset(seed, **kw) reseeds the noise generator from (seed of __init__, reset seed, first_env), so a
+    reset with the same seed replays the same noise (common random numbers across checkpoints) and ranks
+    evaluating different env shares (first_env) get independent noise.
+    """
+
+    def __init__(self, env: BatchedEnv, obs_std: np.ndarray, c: float, epsilon: float, seed: int):
+        obs_std = np.asarray(obs_std, dtype=np.float64)
+        assert obs_std.shape == (env.obs_dim,), (obs_std.shape, env.obs_dim)
+        assert c >= 0 and 0 <= epsilon <= 1
+        self.env, self.c, self.epsilon, self.seed = env, float(c), float(epsilon), seed
+        self.noise_scale = (self.c * obs_std).astype(np.float32)
+        self.rng = np.random.default_rng(seed)
+        self._avail: np.ndarray | None = None  # mask of the last returned Step: what actions may be drawn
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "env":  # not yet set (e.g. during unpickling): avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+    def reset(self, seed: int, **kw) -> Step:
+        self.rng = np.random.default_rng([self.seed, seed, kw.get("first_env", 0)])
+        return self._perturb(self.env.reset(seed, **kw))
+
+    def step(self, actions: np.ndarray) -> Step:
+        assert self._avail is not None, "call reset(seed) first"
+        actions = np.asarray(actions)
+        avail = self._avail
+        replace = self.rng.random(actions.shape) < self.epsilon
+        # Uniform over available actions, vectorised: draw k-th of the n_avail True entries, then find it
+        # as the first position where the running count of Trues exceeds k.
+        n_avail = avail.sum(axis=-1)
+        assert n_avail.min() >= 1, "an agent has no available action"
+        k = self.rng.integers(0, n_avail)
+        random_act = (np.cumsum(avail, axis=-1) > k[..., None]).argmax(axis=-1)
+        executed = np.where(replace, random_act, actions).astype(actions.dtype, copy=False)
+        out = self._perturb(self.env.step(executed))
+        out.info = {**out.info, "executed_actions": executed, "action_replaced": replace}
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        return {"env": self.env.get_state(), "rng": self.rng.bit_generator.state,
+                "avail": None if self._avail is None else self._avail.copy()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.env.set_state(state["env"])
+        self.rng = np.random.Generator(np.random.PCG64(0))  # seed irrelevant: state overwritten next
+        self.rng.bit_generator.state = state["rng"]
+        self._avail = None if state["avail"] is None else state["avail"].copy()
+
+    def _perturb(self, s: Step) -> Step:
+        self._avail = np.asarray(s.avail, dtype=bool).copy()
+        noise = self.rng.standard_normal(s.obs.shape, dtype=np.float32) * self.noise_scale
+        obs = (s.obs + noise).astype(np.float32, copy=False)  # c=0: scale 0 adds exact zeros
+        return Step(obs, s.state, s.avail, s.reward, s.done, s.info)

@@ -1,0 +1,73 @@
+"""Start n worker processes on this machine through torch's elastic launcher API (what torchrun uses).
+
+We do not manage processes by hand: the elastic agent spawns the workers, watches them, and stops every
+other worker when one dies. This module turns its outcome into one line a researcher can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def last_iteration(run_dir: Path) -> int | None:
+    """The last iteration rank 0 logged (what the job was doing when it failed)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1])["iteration"] if lines else 0
+
+
+def checkpoint_iteration(run_dir: Path) -> int | None:
+    from .checkpoint import CheckpointError, load
+    try:
+        return load(run_dir)["iteration"]
+    except CheckpointError:
+        return None
+
+
+def launch(n_procs: int, payload: tuple, run_dir: Path) -> int:
+    """Run decnode.run.worker(*payload) on n_procs local processes; returns the exit code for the CLI."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from .run import worker
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n_procs, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
+                          monitor_interval=0.5, start_method="spawn")
+    try:
+        elastic_launch(config, worker)(*payload)
+        return 0
+    except SignalException as err:
+        it = checkpoint_iteration(run_dir)
+        name = signal.Signals(err.sigval).name
+        print(f"decnode-run: {name} received; checkpoint at iteration {it} in {run_dir}; "
+              f"continue with --resume {run_dir}", file=sys.stderr, flush=True)
+        return 0 if it is not None else 1
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        if failure.signal_name() not in ("", "<N/A>", "NA"):
+            how = f"died ({failure.signal_name()})"
+        else:
+            how = f"failed (exit code {failure.exitcode})"
+        message = failure.message if isinstance(failure.message, str) else ""
+        message = message.strip().splitlines()[-1] if message.strip() else ""
+        it, saved = last_iteration(run_dir), checkpoint_iteration(run_dir)
+        where = f" during iteration {it + 1}" if it is not None else " during setup"
+        resume = f"; last checkpoint: iteration {saved}, continue with --resume {run_dir}" if saved else ""
+        print(f"decnode-run: error: rank {rank} {how}{where}{': ' + message if message else ''}{resume}",
+              file=sys.stderr, flush=True)
+        return 1
