@@ -176,6 +176,27 @@ def resolve(cfg: Config, n_procs: int) -> Config:
     apply(cfg, {"train": overrides}, f"per_algo.{algo.name}")
     cfg.per_algo = {}  # applied: the resolved config states the values actually used
 
+    positive = {"env.n_envs": env.n_envs, "env.episode_length": env.episode_length,
+                "train.iterations": tr.iterations, "train.lr": tr.lr, "train.ppo_epochs": tr.ppo_epochs,
+                "train.num_minibatch": tr.num_minibatch, "train.clip": tr.clip, "train.hidden": tr.hidden,
+                "train.max_grad_norm": tr.max_grad_norm, "train.huber_delta": tr.huber_delta,
+                "eval.episodes": ev.episodes, "eval.test_episodes": ev.test_episodes,
+                "run.timeout_s": cfg.run.timeout_s}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    nonneg = {"train.min_lr": tr.min_lr, "train.entropy_coef": tr.entropy_coef, "train.value_coef": tr.value_coef,
+              "eval.interval": ev.interval, "eval.obs_noise": ev.obs_noise,
+              "run.checkpoint_interval": cfg.run.checkpoint_interval}
+    for key, value in nonneg.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be ≥ 0, got {value}")
+    for key, value in {"train.gamma": tr.gamma, "train.gae_lambda": tr.gae_lambda,
+                       "eval.action_noise": ev.action_noise}.items():
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{key} must be in [0, 1], got {value}")
+    if not 0 <= env.local_ratio <= 1:
+        raise ConfigError(f"env.local_ratio must be in [0, 1], got {env.local_ratio}")
     if not isinstance(n_procs, int) or n_procs < 1:
         raise ConfigError(f"the number of processes must be an integer ≥ 1, got {n_procs!r}")
     kind, _, map_name = env.name.partition(":")
@@ -210,6 +231,8 @@ def resolve(cfg: Config, n_procs: int) -> Config:
     algo.agents_per_process = per
 
     n = env.n_agents
+    if kind == "simple_spread" and n < 2:
+        raise ConfigError(f"Simple Spread needs at least 2 agents (processes × agents per process), got {n}")
     if not 0 <= algo.k <= n - 1:
         raise ConfigError(f"algo.k must be in [0, {n - 1}] for n={n} agents, got k={algo.k}")
     if algo.mix_every not in ("step", "iteration"):
@@ -219,27 +242,6 @@ def resolve(cfg: Config, n_procs: int) -> Config:
     if env.reward not in ("smac", "native"):
         raise ConfigError(f"env.reward must be smac or native, got '{env.reward}'")
 
-    positive = {"env.n_envs": env.n_envs, "env.episode_length": env.episode_length,
-                "train.iterations": tr.iterations, "train.lr": tr.lr, "train.ppo_epochs": tr.ppo_epochs,
-                "train.num_minibatch": tr.num_minibatch, "train.clip": tr.clip, "train.hidden": tr.hidden,
-                "train.max_grad_norm": tr.max_grad_norm, "train.huber_delta": tr.huber_delta,
-                "eval.episodes": ev.episodes, "eval.test_episodes": ev.test_episodes,
-                "run.timeout_s": cfg.run.timeout_s}
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-    nonneg = {"train.min_lr": tr.min_lr, "train.entropy_coef": tr.entropy_coef, "train.value_coef": tr.value_coef,
-              "eval.interval": ev.interval, "eval.obs_noise": ev.obs_noise,
-              "run.checkpoint_interval": cfg.run.checkpoint_interval}
-    for key, value in nonneg.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be ≥ 0, got {value}")
-    for key, value in {"train.gamma": tr.gamma, "train.gae_lambda": tr.gae_lambda,
-                       "eval.action_noise": ev.action_noise}.items():
-        if not 0 <= value <= 1:
-            raise ConfigError(f"{key} must be in [0, 1], got {value}")
-    if not 0 <= env.local_ratio <= 1:
-        raise ConfigError(f"env.local_ratio must be in [0, 1], got {env.local_ratio}")
     if tr.num_minibatch != 1:
         raise ConfigError(f"train.num_minibatch must be 1 (full batch, as in the paper), got {tr.num_minibatch}")
     if tr.chunk_length is not None and (tr.chunk_length < 1 or env.episode_length % tr.chunk_length):

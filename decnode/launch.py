@@ -37,13 +37,11 @@ def checkpoint_iteration(run_dir: Path) -> int | None:
         return None
 
 
-def launch(n_procs: int, payload: tuple, run_dir: Path) -> int:
-    """Run decnode.run.worker(*payload) on n_procs local processes; returns the exit code for the CLI."""
+def launch(n_procs: int, worker, payload: tuple, run_dir: Path) -> int:
+    """Run worker(*payload) (a module-level function) on n_procs local processes; returns the CLI's exit code."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    from .run import worker
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n_procs, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,

@@ -83,6 +83,8 @@ class AgentGRU(nn.Module):
         """
         A, T, M, _ = x.shape
         H = self.hidden
+        if A == 1 and (T == 1 or not reset[1:].any()):  # (for A > 1 the batched loop below is faster)
+            return self._fused(x, h0 * (~reset[0].bool()).to(x.dtype).unsqueeze(-1))
         # input projections do not depend on h: one bmm for all T steps
         gi = torch.baddbmm(self.b_ih, x.reshape(A, T * M, -1), self.w_ih).view(A, T, M, 3 * H)
         keep = (~reset.bool()).to(x.dtype).unsqueeze(-1)  # [T, M, 1]
@@ -99,6 +101,18 @@ class AgentGRU(nn.Module):
             h = (1.0 - z) * n + z * h
             outs.append(h)
         return torch.stack(outs, dim=1), h
+
+
+    def _fused(self, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+        """No episode starts inside the sequence: run torch's own GRU kernel per agent (about 2x faster than
+        the step loop above, which is still needed when hidden states must be zeroed mid-sequence)."""
+        outs, last = [], []
+        for a in range(x.shape[0]):
+            weights = [self.w_ih[a].t(), self.w_hh[a].t(), self.b_ih[a, 0], self.b_hh[a, 0]]
+            out, h = torch._VF.gru(x[a], h0[a].unsqueeze(0), weights, True, 1, 0.0, self.training, False, False)
+            outs.append(out)
+            last.append(h[0])
+        return torch.stack(outs), torch.stack(last)
 
 
 class RecurrentNet(nn.Module):

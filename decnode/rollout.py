@@ -15,6 +15,7 @@ import torch
 from .actor import ActorBatch, ActorBlock
 from .comm import Fabric
 from .envs.base import BatchedEnv, Step
+from .envs.perturb import RunningStd
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Rollout:
                                           reset=torch.empty(T + 1, B, dtype=torch.bool))
             self.step_data: Step | None = None
             self.next_reset = np.ones(B, dtype=bool)
+            # Per-feature std of the training observations: the scale of the test env's noise (paper 4).
+            self.obs_stats = RunningStd(obs_dim)
 
     def start(self, seed: int) -> None:
         """Reset the environments (rank 0) and every agent's hidden state."""
@@ -77,6 +80,7 @@ class Rollout:
                 with rec.section("env"):
                     full = self._pack(self.step_data)
                     self.coord.states[t] = torch.from_numpy(self.step_data.state)
+                    self.obs_stats.update(self.step_data.obs)
                     self.coord.reset[t] = torch.from_numpy(self.next_reset)
             msg = fabric.to_agents(full if coordinator else None, self.local_msg)
             with rec.section("act"):

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         worker(*payload)
         return
     from .launch import launch
-    sys.exit(launch(n_procs, payload, run_dir))
+    sys.exit(launch(n_procs, worker, payload, run_dir))
 
 
 if __name__ == "__main__":

@@ -223,7 +223,8 @@ class Trainer:
             ro = self.rollout
             state = {"iteration": self.iteration, "env_steps": self.env_steps, "config": self.cfg.to_dict(),
                      "agents": agents, "env": ro.env.get_state(), "step_data": ro.step_data,
-                     "next_reset": ro.next_reset.copy(), "last_eval": self.last_eval}
+                     "next_reset": ro.next_reset.copy(), "last_eval": self.last_eval,
+                     "obs_stats": ro.obs_stats.state_dict()}
             if self.cfg.algo.critic == "central":
                 state["critic"] = {"params": self.critic.params.clone(), "h": self.critic.h.clone(),
                                    "value_norm": self.critic.value_norm.state_dict()}
@@ -247,6 +248,7 @@ class Trainer:
             ro = self.rollout
             ro.env.set_state(state["env"])
             ro.step_data, ro.next_reset = state["step_data"], state["next_reset"].copy()
+            ro.obs_stats.load_state_dict(state["obs_stats"])
             if self.cfg.algo.critic == "central":
                 self.critic.params.copy_(state["critic"]["params"])
                 self.critic.h = state["critic"]["h"].clone()
@@ -255,11 +257,16 @@ class Trainer:
         self.last_eval = state.get("last_eval", float("nan"))
 
     def save_models(self) -> None:
+        """models.pt: every agent's actor, the averaged actor θ̄, the central critic, the obs std for the test env."""
         rows = self.fabric.gather_rows(self.actor.params)
+        central = self.cfg.algo.critic == "central"
+        critic_rows = None if central else self.fabric.gather_rows(self.critic.params)
         if self.coordinator:
             torch.save({"actor_rows": rows, "actor_mean": rows.mean(0), "config": self.cfg.to_dict(),
-                        "obs_dim": self.obs_dim, "n_actions": self.n_actions,
-                        "critic": self.critic.params.clone() if self.cfg.algo.critic == "central" else None},
+                        "obs_dim": self.obs_dim, "state_dim": self.state_dim, "n_actions": self.n_actions,
+                        "obs_std": self.rollout.obs_stats.std, "iteration": self.iteration,
+                        "critic": self.critic.params.clone() if central else critic_rows,
+                        "value_norm": self.critic.value_norm.state_dict() if central else None},
                        self.run_dir / "models.pt")
 
     def is_eval_iteration(self) -> bool:
