@@ -74,6 +74,7 @@ class RunConfig:
     checkpoint_interval: int = 50
     timeout_s: float = 300.0  # every collective and point-to-point wait
     tensorboard: bool = True
+    stop_after: int | None = None  # checkpoint and stop after this iteration (scheduled preemption); --resume goes on
 
 
 @dataclass

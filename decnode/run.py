@@ -53,6 +53,7 @@ def prepare(args: argparse.Namespace, n_procs: int) -> tuple[Config, Path, dict 
         state = ckpt.load(Path(args.resume))
         cfg = Config()
         apply(cfg, {k: v for k, v in state["config"].items() if k != "per_algo"}, "checkpoint")
+        cfg.run.stop_after = None  # a planned stop is over once we resume (unless asked again below)
     else:
         cfg = load(args.config or DEFAULT_CONFIG)
     flags = {"algo": {"name": args.algo, "k": args.k, "critic": args.critic,
@@ -61,6 +62,8 @@ def prepare(args: argparse.Namespace, n_procs: int) -> tuple[Config, Path, dict 
     apply(cfg, {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}, "command line")
     for text in args.set:
         apply(cfg, parse_override(text), "--set")
+    if state is not None:  # before resolve, so a changed env or algorithm is named as such
+        ckpt.check_compatible(state["config"], cfg.to_dict())
     resolve(cfg, n_procs)
     if state is not None:
         ckpt.check_compatible(state["config"], cfg.to_dict())

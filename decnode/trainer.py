@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +289,10 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     with rec.section("setup"):
         trainer = Trainer(cfg, fabric, run_dir, resume)
     logger = RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard) if trainer.coordinator else None
+    # Which process is which rank: for whoever has to inspect or stop one of them.
+    procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid()})
+    if logger is not None:
+        (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
     stopped = False
     while trainer.iteration < tr.iterations:
         before = rec.seconds()
@@ -298,7 +304,8 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
                 stats["eval_win_rate"] = result["win_rate"]
         if logger is not None:
             logger.log(trainer.metrics_line(stats, delta_seconds(rec.seconds(), before)), stats, trainer.last_eval)
-        if stats["stop"]:  # every rank saw the same flag in the same all-reduce: all stop here together
+        planned = cfg.run.stop_after is not None and trainer.iteration >= cfg.run.stop_after
+        if stats["stop"] or planned:  # every rank saw the same flag in the same all-reduce: all stop together
             stopped = True
             break
         if cfg.run.checkpoint_interval and trainer.iteration % cfg.run.checkpoint_interval == 0:
