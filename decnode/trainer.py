@@ -25,6 +25,7 @@ from .critic import Critic
 from .envs import make_env
 from .evaluate import Evaluator
 from .mappo import linear_lr
+from .metrics import spread_and_sums
 from .rollout import Rollout
 from .timing import delta_seconds
 
@@ -156,27 +157,19 @@ class Trainer:
         return self._iteration_stats(stats, theta_start, critic_losses, coord, lr)
 
     def _iteration_stats(self, stats, theta_start, critic_losses, coord, lr) -> dict:
-        """One all-reduce per iteration carries the losses, the noise metrics (paper A.5) and the stop flag."""
-        theta, grad = self.actor.params, stats["grad"]
-        delta = theta - theta_start
-        d = theta.shape[1]
-        local_critic = critic_losses[0].sum() if (critic_losses and self.cfg.algo.critic == "local") else 0.0
-        scalars = torch.tensor([grad.double().pow(2).sum(), delta.double().pow(2).sum(),
-                                theta_start.double().pow(2).sum(), stats["policy_loss"].sum(),
-                                stats["entropy"].sum(), stats["grad_norm"].sum(), float(local_critic),
-                                float(self.stop.flag)], dtype=torch.float64)
-        vec = torch.cat([grad.double().sum(0), delta.double().sum(0), theta_start.double().sum(0), scalars])
-        with self.rec.section("stats"):
-            total = self.fabric.allreduce_sum(vec, name="stats")
+        """One all-reduce per iteration carries the losses, the noise metrics (paper A.5) and the stop flag.
+        Dₘ uses the first epoch's gradient (taken at θₘ); Vₘ the whole iteration's update θₘ₊₁ − θₘ."""
+        local_critic = critic_losses[0].sum().item() if (critic_losses and self.cfg.algo.critic == "local") else 0.0
+        spread, sums = spread_and_sums(
+            self.fabric, {"grad_disagreement": stats["grad"], "update_variance": self.actor.params - theta_start,
+                          "consensus_distance": theta_start},
+            [stats["policy_loss"].sum().item(), stats["entropy"].sum().item(), stats["grad_norm"].sum().item(),
+             local_critic, float(self.stop.flag)])
         n = self.n
-        g_sum, dt_sum, th_sum, s = total[:d], total[d:2 * d], total[2 * d:3 * d], total[3 * d:]
-        out = {"iteration": self.iteration, "env_steps": self.env_steps, "lr": lr,
-               "policy_loss": s[3].item() / n, "entropy": s[4].item() / n, "grad_norm": s[5].item() / n,
-               "grad_disagreement": max(s[0].item() / n - (g_sum / n).pow(2).sum().item(), 0.0),
-               "update_variance": max(s[1].item() / n - (dt_sum / n).pow(2).sum().item(), 0.0),
-               "consensus_distance": max(s[2].item() / n - (th_sum / n).pow(2).sum().item(), 0.0)}
+        out = {"iteration": self.iteration, "env_steps": self.env_steps, "lr": lr, "policy_loss": sums[0] / n,
+               "entropy": sums[1] / n, "grad_norm": sums[2] / n, **spread}
         if self.cfg.algo.critic == "local":
-            out["value_loss"] = s[6].item() / n
+            out["value_loss"] = sums[3] / n
         elif self.coordinator and critic_losses:
             out["value_loss"] = critic_losses[0].mean().item()
         if self.coordinator:
@@ -184,7 +177,7 @@ class Trainer:
             out["train_reward"] = float(np.mean(rets)) if rets else None
             if coord.episode_wins:
                 out["train_win_rate"] = float(np.mean(coord.episode_wins))
-        out["stop"] = s[7].item() > 0
+        out["stop"] = sums[4] > 0
         return out
 
     # ---- evaluation and models ----------------------------------------------------------------------------------
