@@ -234,7 +234,9 @@ def resolve(cfg: Config, n_procs: int) -> Config:
     n = env.n_agents
     if kind == "simple_spread" and n < 2:
         raise ConfigError(f"Simple Spread needs at least 2 agents (processes × agents per process), got {n}")
-    if not 0 <= algo.k <= n - 1:
+    if env.state_agent_id and algo.critic == "central":
+        raise ConfigError("env.state_agent_id needs algo.critic=local (the central critic has a head per agent)")
+    if algo.name == "decpg" and not 0 <= algo.k <= n - 1:
         raise ConfigError(f"algo.k must be in [0, {n - 1}] for n={n} agents, got k={algo.k}")
     if algo.mix_every not in ("step", "iteration"):
         raise ConfigError(f"algo.mix_every must be step or iteration, got '{algo.mix_every}'")

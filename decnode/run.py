@@ -108,7 +108,8 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     cfg = Config()
     apply(cfg, {k: v for k, v in cfg_dict.items() if k != "per_algo"}, "launcher")
     state = ckpt.load(Path(run_dir)) if resume else None
-    with open_fabric(cfg.env.n_agents, cfg.algo.k, cfg.run.timeout_s) as fabric:
+    k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
+    with open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s) as fabric:
         return train(cfg, fabric, Path(run_dir), state)
 
 

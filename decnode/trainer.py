@@ -23,13 +23,11 @@ from .comm import Fabric
 from .config import Config
 from .critic import Critic
 from .envs import make_env
-from .evaluate import Evaluator
+from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from .mappo import linear_lr
 from .metrics import spread_and_sums
 from .rollout import Rollout
 from .timing import delta_seconds
-
-EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use seeds disjoint from the training environments'
 
 
 class StopRequested:
@@ -72,10 +70,11 @@ class Trainer:
                                                  else "allreduce_critic")
         self.rollout = Rollout(fabric, self.actor, env, T=self.T, B=self.B, obs_dim=self.obs_dim,
                                state_dim=state_dim, n_actions=self.n_actions, hidden=tr.hidden)
-        spread_eval = env_cfg.name == "simple_spread"  # cheap envs: every rank plays a share
+        # Cheap batched envs: every rank plays a share; heavy backends (JAX, SC2, mpe2) play on rank 0.
+        self.evaluator_spread = env_cfg.name == "simple_spread" and env_cfg.backend == "batched"
         self.evaluator = Evaluator(fabric, lambda b: make_env(env_cfg.name, n, b, **self.env_kwargs),
                                    episodes=cfg.eval.episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
-                                   hidden=tr.hidden, spread=spread_eval)
+                                   hidden=tr.hidden, spread=self.evaluator_spread)
         self.iteration, self.env_steps, self.last_eval = 0, 0, float("nan")
         self.rollout.start(tr.seed)
         if self.critic is not None:
@@ -192,6 +191,25 @@ class Trainer:
         self.last_eval = result["return"]
         return result
 
+    def evaluate_train_and_test(self) -> dict:
+        """Mode 1 of the paper's A.6 on the train env and on the perturbed test env (obs noise c·std, ε actions)."""
+        from .analysis import test_env_wrapper
+
+        cfg = self.cfg
+        obs_std = torch.zeros(self.obs_dim, dtype=torch.float64)
+        if self.coordinator:
+            obs_std.copy_(torch.from_numpy(self.rollout.obs_stats.std))
+        obs_std = self.fabric.broadcast(obs_std, name="eval")
+        seed = cfg.train.seed
+        test = Evaluator(self.fabric, lambda b: make_env(cfg.env.name, self.n, b, **self.env_kwargs),
+                         episodes=cfg.eval.test_episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
+                         hidden=cfg.train.hidden, spread=self.evaluator_spread,
+                         wrap=test_env_wrapper(cfg.to_dict(), obs_std.numpy(), seed + TEST_SEED_OFFSET))
+        rows = self.average_actor()
+        train_result = self.evaluator.run(rows, seed=seed + EVAL_SEED_OFFSET)
+        test_result = test.run(rows, seed=seed + TEST_SEED_OFFSET)
+        return {"train": train_result, "test": test_result, "gap": test_result["return"] - train_result["return"]}
+
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     def _agent_state(self) -> dict:
         st = {"actor": self.actor.params.clone(), "h": self.rollout.h.clone(),
@@ -256,12 +274,19 @@ class Trainer:
         rows = self.fabric.gather_rows(self.actor.params)
         central = self.cfg.algo.critic == "central"
         critic_rows = None if central else self.fabric.gather_rows(self.critic.params)
+        critic_norms = None
+        if not central:  # local critics: per-agent return statistics, gathered like their parameters
+            vn = self.critic.value_norm.state_dict()
+            stats = self.fabric.gather_rows(torch.stack([vn["running_mean"], vn["running_mean_sq"]], dim=1))
+            if self.coordinator:
+                critic_norms = {"running_mean": stats[:, 0], "running_mean_sq": stats[:, 1],
+                                "debiasing_term": vn["debiasing_term"]}
         if self.coordinator:
             torch.save({"actor_rows": rows, "actor_mean": rows.mean(0), "config": self.cfg.to_dict(),
                         "obs_dim": self.obs_dim, "state_dim": self.state_dim, "n_actions": self.n_actions,
                         "obs_std": self.rollout.obs_stats.std, "iteration": self.iteration,
                         "critic": self.critic.params.clone() if central else critic_rows,
-                        "value_norm": self.critic.value_norm.state_dict() if central else None},
+                        "value_norm": self.critic.value_norm.state_dict() if central else critic_norms},
                        self.run_dir / "models.pt")
 
     def is_eval_iteration(self) -> bool:
@@ -307,9 +332,20 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     trainer.save_models()
     summary = {"iterations": trainer.iteration, "env_steps": trainer.env_steps, "stopped": stopped,
                "final_eval_reward": trainer.last_eval, "n_agents": trainer.n, "processes": fabric.world}
+    if not stopped:  # the paper's headline: the averaged model on the train and the perturbed test env
+        with rec.section("eval"):
+            summary["generalisation"] = trainer.evaluate_train_and_test()
+        if trainer.coordinator:
+            (Path(run_dir) / "eval.json").write_text(json.dumps(
+                {"run_dir": str(run_dir), "iteration": trainer.iteration, "modes": {"average": summary["generalisation"]}},
+                indent=1))
     timing = fabric.gather_objects(rec.snapshot())
     if logger is not None:
         print(logger.finish(timing, summary), flush=True)
+        if "generalisation" in summary:
+            g = summary["generalisation"]
+            print(f"averaged model, deterministic: train {g['train']['return']:.3f} ({g['train']['episodes']} episodes)"
+                  f"  test {g['test']['return']:.3f} ({g['test']['episodes']} episodes)  gap {g['gap']:.3f}", flush=True)
         if stopped:
             print(f"stopped at iteration {trainer.iteration}; continue with --resume {run_dir}", flush=True)
     return summary
