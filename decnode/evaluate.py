@@ -2,7 +2,8 @@
 
 `rows` [n, D] holds the flat actor parameters that control agent 0…n−1: the averaged model θ̄ repeated n
 times (the paper's headline), each agent's own θᵢ (local models), or one θⱼ for everyone. Episode e is played
-from seed (eval_seed, e) wherever it runs, so the numbers do not depend on the number of ranks.
+from env seed (eval_seed, e) wherever it runs, and with stochastic actions it draws its uniforms from its own
+generator seeded by (eval_seed, e) (`episode_generator`), so the numbers do not depend on the number of ranks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ import torch
 from .comm import Fabric
 from .envs.base import BatchedEnv
 from .models import RecurrentNet, categorical_sample, flatten_parameters, masked_logits
+
+EVAL_SEED_OFFSET = 1_000_003  # train-env evaluation: seeds disjoint from the training environments' seed
+TEST_SEED_OFFSET = 2_000_029  # test-env evaluation: disjoint from both
+
+
+def episode_generator(seed: int, episode: int) -> torch.Generator:
+    """The generator of episode `episode`'s sampled actions: a 64-bit seed hashed from (seed, episode) by
+    numpy's SeedSequence, so nearby (seed, episode) pairs give unrelated streams."""
+    word = np.random.SeedSequence([seed, episode, 0x5A3]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(word))
 
 
 def share(episodes: int, world: int, rank: int) -> range:
@@ -60,7 +71,9 @@ class Evaluator:
         reset = torch.ones(B, dtype=torch.bool)
         finished = np.zeros(B, dtype=bool)
         returns, wins = np.zeros(B), np.zeros(B)
-        gen = torch.Generator().manual_seed(seed)
+        # Stochastic play: episode e (env b = e − first) draws its [n, K] uniforms from its own generator.
+        gens = [] if deterministic else [episode_generator(seed, e) for e in self.mine]
+        u = None
         for _ in range(env.episode_limit):
             obs = torch.from_numpy(np.ascontiguousarray(step.obs.transpose(1, 0, 2)))
             avail = torch.from_numpy(np.ascontiguousarray(step.avail.transpose(1, 0, 2)))
@@ -69,7 +82,11 @@ class Evaluator:
             if deterministic:
                 actions = logits.argmax(-1)
             else:
-                actions = categorical_sample(logits, torch.rand(logits.shape, generator=gen))
+                if u is None:
+                    u = torch.empty(B, logits.shape[0], logits.shape[2], dtype=logits.dtype)  # [B, n, K]
+                for g, row in zip(gens, u):
+                    row.uniform_(generator=g)
+                actions = categorical_sample(logits, u.transpose(0, 1))
             step = env.step(actions.T.numpy())
             new = step.done & ~finished  # only the first episode of each env counts
             returns[new] = step.info["episode_return"][new]

@@ -37,12 +37,17 @@ def checkpoint_iteration(run_dir: Path) -> int | None:
         return None
 
 
-def launch(n_procs: int, worker, payload: tuple, run_dir: Path) -> int:
-    """Run worker(*payload) (a module-level function) on n_procs local processes; returns the CLI's exit code."""
+def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "decnode-run") -> int:
+    """Run worker(*payload) (a module-level function) on n_procs local processes; returns the CLI's exit code.
+
+    prog names the command in the messages. Only decnode-run (training) checkpoints, so only its messages
+    mention iterations and --resume; for other tools (decnode-eval, decnode-landscape) a stop is a failure.
+    """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    training = prog == "decnode-run"
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n_procs, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
                           monitor_interval=0.5, start_method="spawn")
@@ -50,9 +55,12 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path) -> int:
         elastic_launch(config, worker)(*payload)
         return 0
     except SignalException as err:
-        it = checkpoint_iteration(run_dir)
         name = signal.Signals(err.sigval).name
-        print(f"decnode-run: {name} received; checkpoint at iteration {it} in {run_dir}; "
+        if not training:
+            print(f"{prog}: {name} received; stopped before finishing", file=sys.stderr, flush=True)
+            return 1
+        it = checkpoint_iteration(run_dir)
+        print(f"{prog}: {name} received; checkpoint at iteration {it} in {run_dir}; "
               f"continue with --resume {run_dir}", file=sys.stderr, flush=True)
         return 0 if it is not None else 1
     except ChildFailedError as err:
@@ -63,9 +71,11 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path) -> int:
             how = f"failed (exit code {failure.exitcode})"
         message = failure.message if isinstance(failure.message, str) else ""
         message = message.strip().splitlines()[-1] if message.strip() else ""
-        it, saved = last_iteration(run_dir), checkpoint_iteration(run_dir)
-        where = f" during iteration {it + 1}" if it is not None else " during setup"
-        resume = f"; last checkpoint: iteration {saved}, continue with --resume {run_dir}" if saved else ""
-        print(f"decnode-run: error: rank {rank} {how}{where}{': ' + message if message else ''}{resume}",
+        where = resume = ""
+        if training:
+            it, saved = last_iteration(run_dir), checkpoint_iteration(run_dir)
+            where = f" during iteration {it + 1}" if it is not None else " during setup"
+            resume = f"; last checkpoint: iteration {saved}, continue with --resume {run_dir}" if saved else ""
+        print(f"{prog}: error: rank {rank} {how}{where}{': ' + message if message else ''}{resume}",
               file=sys.stderr, flush=True)
         return 1

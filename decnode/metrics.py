@@ -32,6 +32,8 @@ def spread_and_sums(fabric: Fabric, rows: dict[str, torch.Tensor], scalars: list
         offset += d
     for i, name in enumerate(rows):
         mean_sq = total[offset + i].item() / n
-        out[name] = max(mean_sq - (sums[i] / n).pow(2).sum().item(), 0.0)
+        spread = mean_sq - (sums[i] / n).pow(2).sum().item()
+        # Below ~1e-12 of the magnitude the difference is float64 rounding (identical PS replicas), not spread.
+        out[name] = spread if spread > 1e-12 * mean_sq else 0.0
     offset += len(rows)
     return out, total[offset:].tolist()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import signal
 import socket
 from pathlib import Path
@@ -339,9 +340,14 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
             (Path(run_dir) / "eval.json").write_text(json.dumps(
                 {"run_dir": str(run_dir), "iteration": trainer.iteration, "modes": {"average": summary["generalisation"]}},
                 indent=1))
-    timing = fabric.gather_objects(rec.snapshot())
+    # Peak resident memory of every process (ru_maxrss is in KiB on Linux): what a job of this size needs.
+    reports = fabric.gather_objects((rec.snapshot(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
     if logger is not None:
+        timing, memory = [r[0] for r in reports], [round(r[1], 1) for r in reports]
+        summary["peak_rss_mb"] = memory
         print(logger.finish(timing, summary), flush=True)
+        print(f"peak memory per process: rank 0 {memory[0]:.0f} MB, others up to {max(memory[1:], default=0):.0f} MB;"
+              f" sum over processes {sum(memory):.0f} MB (an upper bound on the job's peak)", flush=True)
         if "generalisation" in summary:
             g = summary["generalisation"]
             print(f"averaged model, deterministic: train {g['train']['return']:.3f} ({g['train']['episodes']} episodes)"

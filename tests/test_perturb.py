@@ -216,3 +216,30 @@ def test_wraps_batched_spread_end_to_end():
         n_done += s.done.sum()
         assert np.array_equal(np.isfinite(s.info["episode_return"]), s.done)  # info passed through
     assert n_done == 2 * B
+
+
+def test_noise_depends_only_on_global_env_index():
+    """Episode e's noise and action replacements are the same played as env e of a batch of 8 or as env
+    e − 4 of a batch of 4 reset with first_env=4 (how evaluation spreads episodes over ranks)."""
+    B, N = 8, 3
+    std = np.ones(6 * N)
+    whole = PerturbedEnv(BatchedSpread(B, N), std, c=0.5, epsilon=0.5, seed=11)
+    half = PerturbedEnv(BatchedSpread(4, N), std, c=0.5, epsilon=0.5, seed=11)
+    one = PerturbedEnv(BatchedSpread(1, N), std, c=0.5, epsilon=0.5, seed=11)
+    sw, sh, so = whole.reset(5), half.reset(5, first_env=4), one.reset(5, first_env=6)
+    g = np.random.default_rng(0)
+    for t in range(60):  # crosses two auto-resets (episode_limit 25)
+        np.testing.assert_array_equal(sh.obs, sw.obs[4:])
+        np.testing.assert_array_equal(so.obs, sw.obs[6:7])
+        if t:
+            for key in ("executed_actions", "action_replaced"):
+                np.testing.assert_array_equal(sh.info[key], sw.info[key][4:])
+                np.testing.assert_array_equal(so.info[key], sw.info[key][6:7])
+            np.testing.assert_array_equal(sh.reward, sw.reward[4:])
+        a = g.integers(0, 5, (B, N))
+        sw, sh, so = whole.step(a), half.step(a[4:]), one.step(a[6:7])
+    assert sw.info["action_replaced"].any() and not np.array_equal(sw.obs[:4], sw.obs[4:])
+    # a different wrapper seed or reset seed gives other noise for the same env
+    other = PerturbedEnv(BatchedSpread(4, N), std, c=0.5, epsilon=0.5, seed=12)
+    assert not np.array_equal(other.reset(5, first_env=4).obs, half.reset(5, first_env=4).obs)
+    assert not np.array_equal(half.reset(6, first_env=4).obs[..., :4], half.reset(5, first_env=4).obs[..., :4])

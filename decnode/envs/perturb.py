@@ -98,9 +98,14 @@ class PerturbedEnv:
 
     Step.info gains "executed_actions" [B, N] (what the env actually ran) and "action_replaced" [B, N] bool
     (an epsilon draw hit; the replacement can coincide with the policy's action).
-    reset(seed, **kw) reseeds the noise generator from (seed of __init__, reset seed, first_env), so a
-    reset with the same seed replays the same noise (common random numbers across checkpoints) and ranks
-    evaluating different env shares (first_env) get independent noise.
+
+    Randomness is per environment: reset(seed, first_env=f, ...) gives env b its own generator seeded from
+    (seed of __init__, reset seed, f + b), so env b's noise depends only on its global index f + b, not on
+    the size of the batch it is played in. Evaluation spread over ranks (rank r plays envs f…f+B_r−1 of a
+    larger batch) therefore sees exactly the noise of a one-process run, and a reset with the same seed
+    replays the same noise (common random numbers across checkpoints). Every step, env b draws 2N uniforms
+    for the actions (N "replace?" draws, N choices among the available actions) and then N·obs_dim normals
+    for the observation, whatever c and epsilon are, so c and epsilon only scale / threshold the same draws.
     """
 
     def __init__(self, env: BatchedEnv, obs_std: np.ndarray, c: float, epsilon: float, seed: int):
@@ -109,7 +114,7 @@ class PerturbedEnv:
         assert c >= 0 and 0 <= epsilon <= 1
         self.env, self.c, self.epsilon, self.seed = env, float(c), float(epsilon), seed
         self.noise_scale = (self.c * obs_std).astype(np.float32)
-        self.rng = np.random.default_rng(seed)
+        self.rngs: list[np.random.Generator] = []  # one per environment, set by reset()
         self._avail: np.ndarray | None = None  # mask of the last returned Step: what actions may be drawn
 
     def __getattr__(self, name: str) -> Any:
@@ -118,19 +123,25 @@ class PerturbedEnv:
         return getattr(self.env, name)
 
     def reset(self, seed: int, **kw) -> Step:
-        self.rng = np.random.default_rng([self.seed, seed, kw.get("first_env", 0)])
+        first = kw.get("first_env", 0)
+        self.rngs = [np.random.default_rng([self.seed, seed, first + b]) for b in range(self.env.n_envs)]
         return self._perturb(self.env.reset(seed, **kw))
 
     def step(self, actions: np.ndarray) -> Step:
-        assert self._avail is not None, "call reset(seed) first"
+        assert self._avail is not None and self.rngs, "call reset(seed) first"
         actions = np.asarray(actions)
         avail = self._avail
-        replace = self.rng.random(actions.shape) < self.epsilon
-        # Uniform over available actions, vectorised: draw k-th of the n_avail True entries, then find it
-        # as the first position where the running count of Trues exceeds k.
+        B, N = actions.shape
+        u = np.empty((B, 2 * N))
+        for g, row in zip(self.rngs, u):
+            g.random(out=row)
+        replace = u[:, :N] < self.epsilon
+        # Uniform over available actions, vectorised: pick the k-th of the n_avail True entries, k = ⌊u·n_avail⌋
+        # (min() guards u·n rounding up to n), then find it as the first position where the running count of
+        # Trues exceeds k.
         n_avail = avail.sum(axis=-1)
         assert n_avail.min() >= 1, "an agent has no available action"
-        k = self.rng.integers(0, n_avail)
+        k = np.minimum((u[:, N:] * n_avail).astype(np.int64), n_avail - 1)
         random_act = (np.cumsum(avail, axis=-1) > k[..., None]).argmax(axis=-1)
         executed = np.where(replace, random_act, actions).astype(actions.dtype, copy=False)
         out = self._perturb(self.env.step(executed))
@@ -138,17 +149,24 @@ class PerturbedEnv:
         return out
 
     def get_state(self) -> dict[str, Any]:
-        return {"env": self.env.get_state(), "rng": self.rng.bit_generator.state,
+        return {"env": self.env.get_state(), "rngs": [g.bit_generator.state for g in self.rngs],
                 "avail": None if self._avail is None else self._avail.copy()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.env.set_state(state["env"])
-        self.rng = np.random.Generator(np.random.PCG64(0))  # seed irrelevant: state overwritten next
-        self.rng.bit_generator.state = state["rng"]
+        self.rngs = []
+        for s in state["rngs"]:
+            g = np.random.Generator(np.random.PCG64(0))  # seed irrelevant: state overwritten next
+            g.bit_generator.state = s
+            self.rngs.append(g)
         self._avail = None if state["avail"] is None else state["avail"].copy()
 
     def _perturb(self, s: Step) -> Step:
         self._avail = np.asarray(s.avail, dtype=bool).copy()
-        noise = self.rng.standard_normal(s.obs.shape, dtype=np.float32) * self.noise_scale
+        assert len(self.rngs) == s.obs.shape[0], (len(self.rngs), s.obs.shape)
+        noise = np.empty(s.obs.shape, dtype=np.float32)
+        for g, row in zip(self.rngs, noise):
+            g.standard_normal(dtype=np.float32, out=row)
+        noise *= self.noise_scale
         obs = (s.obs + noise).astype(np.float32, copy=False)  # c=0: scale 0 adds exact zeros
         return Step(obs, s.state, s.avail, s.reward, s.done, s.info)

@@ -1,0 +1,260 @@
+"""Evaluate a finished run in the paper's four settings (A.6), on the train env and the perturbed test env.
+
+    decnode-eval RUN_DIR [--mode average|average_stochastic|local|individual|all] [--episodes 32]
+                 [--test-episodes 1000] [--nproc P] [--out eval.json]
+
+Modes (rows [n, D] = which actor parameters control agents 0…n−1):
+  average             θ̄ for every agent, argmax actions (the paper's headline number)
+  average_stochastic  θ̄ for every agent, sampled actions
+  local               agent i acts with its own θᵢ, argmax
+  individual          θⱼ controls every agent, for each j in turn, argmax; mean and population std over j
+Every mode runs on the train env (`--episodes`, seed train.seed + EVAL_SEED_OFFSET, as the trainer evaluates)
+and on the test env (`--test-episodes`, seed train.seed + TEST_SEED_OFFSET, observations + c·std Gaussian noise
+and ε-random actions); gap = test − train.
+
+Results do not depend on the number of processes: episode e always starts from env seed (seed, e), its test
+noise (PerturbedEnv) and its sampled actions (Evaluator) come from streams seeded by e, and each rank plays a
+contiguous share of episodes (batched Simple Spread; backends without `reset(seed, first_env=)` play every
+episode on rank 0). Only the order in which the per-rank sums are added changes, i.e. the last bits of the means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .comm import Fabric
+from .envs import make_env
+from .envs.perturb import PerturbedEnv
+from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
+
+MODES = ("average", "average_stochastic", "local", "individual")
+
+
+class AnalysisError(ValueError):
+    """Bad input for an analysis tool; the message is one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad arguments in one line (no usage block) and exits with code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def fail(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+# ---- run directory -------------------------------------------------------------------------------------------
+def load_models(run_dir: str | Path) -> dict:
+    """models.pt of a finished run; AnalysisError (one line) when it is missing or unreadable."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AnalysisError(f"run directory not found: {run_dir}")
+    path = run_dir / "models.pt"
+    if not path.is_file():
+        raise AnalysisError(f"no models.pt in {run_dir} (is the run finished?)")
+    try:
+        models = torch.load(path, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise AnalysisError(f"{path} is corrupt or unreadable: {str(err).splitlines()[0][:120]}") from None
+    missing = {"actor_rows", "actor_mean", "config", "obs_dim", "n_actions", "obs_std"} - set(models)
+    if missing:
+        raise AnalysisError(f"{path} lacks {', '.join(sorted(missing))} (written by an older decnode?)")
+    return models
+
+
+def parse_modes(text: str) -> list[str]:
+    """'all', one mode, or a comma-separated list."""
+    if text == "all":
+        return list(MODES)
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise AnalysisError(f"unknown mode '{','.join(bad) or text}' (choose from {', '.join(MODES)}, all)")
+    return modes
+
+
+def eval_seeds(cfg: dict) -> tuple[int, int]:
+    """(train-env seed, test-env seed) for a run's config dict."""
+    seed = cfg["train"]["seed"]
+    return seed + EVAL_SEED_OFFSET, seed + TEST_SEED_OFFSET
+
+
+def env_factory(cfg: dict, n: int):
+    """make_env(n_envs) with the run's environment settings (as the trainer builds it)."""
+    env = cfg["env"]
+    kwargs = dict(backend=env["backend"], local_ratio=env["local_ratio"], max_cycles=env["episode_length"],
+                  reward=env["reward"])
+    return lambda b: make_env(env["name"], n, b, **kwargs)
+
+
+def test_env_wrapper(cfg_dict: dict, obs_std, seed: int):
+    """wrap(env) for Evaluator: the paper's test env with c = eval.obs_noise, ε = eval.action_noise.
+    PerturbedEnv draws env b's noise from (seed, reset seed, first_env + b): per episode, not per rank."""
+    ev = cfg_dict["eval"]
+    std = np.asarray(obs_std, dtype=np.float64)
+    return lambda env: PerturbedEnv(env, std, ev["obs_noise"], ev["action_noise"], seed)
+
+
+class _Collectives:
+    """What Evaluator uses of a fabric, with n agents whatever the process count: evaluation plays whole
+    episodes per rank, so n need not divide by the number of processes (3 agents on 2 ranks is fine)."""
+
+    def __init__(self, fabric: Fabric, n_agents: int):
+        self.fabric, self.rank, self.world, self.n_agents = fabric, fabric.rank, fabric.world, n_agents
+
+    def allreduce_sum(self, x: torch.Tensor, name: str = "allreduce") -> torch.Tensor:
+        return self.fabric.allreduce_sum(x, name)
+
+
+# ---- the four modes ------------------------------------------------------------------------------------------
+def _summary(result: dict, wins: bool) -> dict:
+    out = {"return": result["return"], "episodes": result["episodes"]}
+    if wins:
+        out["win_rate"] = result["win_rate"]
+    return out
+
+
+def _individual(results: list[dict], wins: bool) -> dict:
+    rets = np.array([r["return"] for r in results])
+    out = {"return": float(rets.mean()), "return_std": float(rets.std()), "per_agent": rets.tolist(),
+           "episodes": results[0]["episodes"]}
+    if wins:
+        w = np.array([r["win_rate"] for r in results])
+        out.update(win_rate=float(w.mean()), win_rate_std=float(w.std()))
+    return out
+
+
+def evaluate_run(run_dir: str | Path, modes: str | list[str], episodes: int | None = None,
+                 test_episodes: int | None = None, fabric: Fabric | None = None, *, models: dict | None = None,
+                 spread: bool | None = None) -> dict:
+    """Every rank of `fabric` calls this; all return the same dict. None episodes: the config's values.
+    modes: names from MODES, or "all" (AnalysisError for others). models: models.pt's dict (default: read it).
+
+    fabric may be the trainer's (any n) or a fabric with one row per rank; only its collectives are used.
+    spread=None: every rank plays a share where the env can start at an episode offset (batched Simple
+    Spread, `reset(seed, first_env=)`); other backends play everything on rank 0.
+    """
+    modes = parse_modes(modes if isinstance(modes, str) else ",".join(modes))
+    models = models if models is not None else load_models(run_dir)
+    cfg, rows_all, mean = models["config"], models["actor_rows"].float(), models["actor_mean"].float()
+    n = rows_all.shape[0]
+    fabric = fabric if fabric is not None else Fabric(n, 0)
+    view = _Collectives(fabric, n)
+    episodes = episodes or cfg["eval"]["episodes"]
+    test_episodes = test_episodes or cfg["eval"]["test_episodes"]
+    seed_train, seed_test = eval_seeds(cfg)
+    wins = cfg["env"]["name"] != "simple_spread"
+    if spread is None:
+        spread = cfg["env"]["name"] == "simple_spread" and cfg["env"]["backend"] == "batched"
+    common = dict(obs_dim=models["obs_dim"], n_actions=models["n_actions"], hidden=cfg["train"]["hidden"],
+                  spread=spread)
+    make = env_factory(cfg, n)
+    splits = {"train": (Evaluator(view, make, episodes=episodes, **common), seed_train),
+              "test": (Evaluator(view, make, episodes=test_episodes,
+                                 wrap=test_env_wrapper(cfg, models["obs_std"], seed_test), **common),
+                       seed_test)}
+    settings = {"average": [(mean.expand(n, -1), True)], "average_stochastic": [(mean.expand(n, -1), False)],
+                "local": [(rows_all, True)], "individual": [(rows_all[j].expand(n, -1), True) for j in range(n)]}
+    out = {"run_dir": str(run_dir), "env": cfg["env"]["name"], "algo": cfg["algo"]["name"], "k": cfg["algo"]["k"],
+           "n_agents": n, "iteration": models.get("iteration"), "processes": fabric.world,
+           "episodes": {"train": episodes, "test": test_episodes},
+           "seeds": {"train": seed_train, "test": seed_test},
+           "test_env": {"obs_noise": cfg["eval"]["obs_noise"], "action_noise": cfg["eval"]["action_noise"]},
+           "modes": {}}
+    for mode in modes:
+        entry = {}
+        for split, (evaluator, seed) in splits.items():
+            results = [evaluator.run(rows, seed, deterministic=det) for rows, det in settings[mode]]
+            entry[split] = _individual(results, wins) if mode == "individual" else _summary(results[0], wins)
+        entry["gap"] = entry["test"]["return"] - entry["train"]["return"]
+        if wins:
+            entry["gap_win_rate"] = entry["test"]["win_rate"] - entry["train"]["win_rate"]
+        out["modes"][mode] = entry
+    return out
+
+
+def format_result(result: dict) -> str:
+    lines = [f"{result['run_dir']}: {result['algo']} k={result['k']} n={result['n_agents']} "
+             f"iteration {result['iteration']} — train {result['episodes']['train']} / "
+             f"test {result['episodes']['test']} episodes",
+             f"{'mode':<20}{'train':>12}{'test':>12}{'gap':>12}"]
+    for mode, e in result["modes"].items():
+        std = lambda s: f"±{e[s]['return_std']:.3f}" if "return_std" in e[s] else ""  # noqa: E731
+        lines.append(f"{mode:<20}{e['train']['return']:>12.3f}{e['test']['return']:>12.3f}{e['gap']:>12.3f}"
+                     + (f"   (std over j: train {std('train')}, test {std('test')})" if mode == "individual" else ""))
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def eval_worker(run_dir: str, modes: list[str], episodes: int | None, test_episodes: int | None, out: str,
+                timeout_s: float) -> None:
+    """What each process runs under launch(): a fabric with one row per rank; rank 0 writes the result."""
+    from .comm import open_fabric, world_from_env
+
+    torch.set_num_threads(1)  # several processes share few cores
+    _, world = world_from_env()
+    with open_fabric(world, 0, timeout_s) as fabric:
+        result = evaluate_run(run_dir, modes, episodes, test_episodes, fabric)
+        if fabric.rank == 0:
+            _write_json(Path(out), result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="decnode-eval", description="Evaluate a finished run in the paper's four settings.")
+    p.add_argument("run_dir", help="run directory holding models.pt")
+    p.add_argument("--mode", default="all", help=f"{'|'.join(MODES)}|all, or a comma-separated list (default all)")
+    p.add_argument("--episodes", type=int, default=None, help="train-env episodes (default: config eval.episodes)")
+    p.add_argument("--test-episodes", type=int, default=None,
+                   help="test-env episodes (default: config eval.test_episodes)")
+    p.add_argument("--nproc", type=int, default=1, help="processes to spread the episodes over (default 1)")
+    p.add_argument("--out", default="eval.json", help="output JSON; a relative path is inside RUN_DIR")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        modes = parse_modes(args.mode)
+        for name in ("episodes", "test_episodes", "nproc"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise AnalysisError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
+        run_dir = Path(args.run_dir)
+        models = load_models(run_dir)
+    except AnalysisError as err:
+        fail("decnode-eval", str(err))
+    out = Path(args.out) if Path(args.out).is_absolute() else run_dir / args.out
+    if args.nproc == 1:
+        cfg = models["config"]
+        result = evaluate_run(run_dir, modes, args.episodes, args.test_episodes,
+                              Fabric(models["actor_rows"].shape[0], cfg["algo"]["k"]), models=models)
+        _write_json(out, result)
+    else:
+        from .launch import launch
+        out.unlink(missing_ok=True)  # a stale file must not pass for this evaluation's result
+        payload = (str(run_dir), modes, args.episodes, args.test_episodes, str(out),
+                   float(models["config"]["run"]["timeout_s"]))
+        code = launch(args.nproc, eval_worker, payload, run_dir, prog="decnode-eval")
+        if code or not out.is_file():
+            sys.exit(code or 1)
+        result = json.loads(out.read_text())
+    print(format_result(result))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Reward and policy-loss landscapes around the averaged actor θ̄ (paper 5.4, A.4; Li et al. 2018).
+
+    decnode-landscape RUN_DIR [--grid 21] [--span 1.0] [--episodes 8] [--nproc P] [--seed 0]
+
+Directions. r₁, r₂ ~ N(0, I) over the flat actor vector (torch generator seeded by --seed, in that order).
+Each is filter-normalised against θ̄: the flat vector is cut at the tensor boundaries of an A=1 RecurrentNet;
+in a weight matrix (stored [in, out], so a filter is one output neuron's column = a row of PyTorch's [out, in]
+matrix, GRU gates included) each filter is rescaled to the norm of θ̄'s same filter; a bias vector is rescaled
+as one tensor. Filters/biases of θ̄ that are exactly zero get a zero direction. Then Gram–Schmidt on the flat
+vectors: u₁ = d₁/‖d₁‖, u₂ = (d₂ − (d₂·u₁)u₁)/‖…‖, and each is rescaled back to its filter-normalised length:
+d₁ ← ‖d₁‖u₁ (= d₁, still exactly filter-normalised), d₂ ← ‖d₂‖u₂. Both then have length ‖θ̄‖ (the filter norms
+add up to it) and are exactly orthogonal; d₂ moves from filter normalisation only by its tiny overlap with d₁
+(cosine ~ 1/√D, stored in the npz).
+
+Grid. θ(α, β) = θ̄ + α d₁ + β d₂ for α, β on `grid` evenly spaced points of [−span, span] (the centre, for an odd
+grid, is exactly θ̄). At every point, all agents use θ(α, β):
+  reward  mean return of `--episodes` deterministic episodes on the train env, with the trainer's evaluation
+          seed (so the centre equals the run's own evaluation of θ̄ on those episodes);
+  loss    ppo_policy_loss (no entropy term) on ONE fixed batch the size of a training iteration's (B = env.n_envs
+          environments × T = env.episode_length steps), played by θ̄ with sampled actions (seed train.seed +
+          BATCH_SEED_OFFSET); old log-probs are θ̄'s, recomputed by the same full-sequence forward pass, so
+          the ratio is exactly 1 at the centre. Advantages: GAE with the
+          run's saved critic (central, or the per-agent local critics) when models.pt holds it together with
+          its value normaliser and its input size matches; otherwise discounted returns Σ γ^s r_{t+s} within the
+          episode, no bootstrap (npz: advantage_source). Either is normalised per agent as in training
+          (normalize_advantages). The loss is the mean over agents.
+Grid points are dealt round-robin to the processes and gathered on rank 0, which writes into RUN_DIR
+landscape.npz (alphas, betas, reward [i, j] and loss [i, j] at (alphas[i], betas[j]), direction_seed, span,
+episodes, eval_seed, batch_seed, advantage_source, cosine_before, norm_d1, norm_d2, norm_theta) and
+landscape_reward.png, landscape_loss.png (3-D surfaces), landscape_{reward,loss}_hist.png (histograms).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .actor import sampler_seed
+from .analysis import AnalysisError, OneLineParser, env_factory, eval_seeds, fail, load_models
+from .comm import Fabric
+from .critic import Critic
+from .evaluate import Evaluator
+from .mappo import normalize_advantages, ppo_policy_loss
+from .models import RecurrentNet, categorical_sample, flatten_parameters, log_prob, masked_logits
+
+BATCH_SEED_OFFSET = 3_000_017  # the fixed loss batch: disjoint from training and evaluation seeds
+BIASES = ("bias", "b_ih", "b_hh")
+
+
+# ---- directions ----------------------------------------------------------------------------------------------
+def filter_slices(obs_dim: int, n_actions: int, hidden: int) -> list[tuple[str, int, tuple[int, ...]]]:
+    """(name, offset, per-agent shape) of every actor tensor inside the flat vector, in flatten order."""
+    net = RecurrentNet(1, obs_dim, n_actions, hidden)
+    out, off = [], 0
+    for name, p in net.named_parameters():
+        shape = tuple(p.shape[1:])
+        out.append((name, off, shape))
+        off += math.prod(shape)
+    return out
+
+
+def filter_normalise(direction: torch.Tensor, theta: torch.Tensor, layout) -> torch.Tensor:
+    """Li et al.'s filter normalisation of a flat direction against the flat parameters theta."""
+    d = direction.clone()
+    for name, off, shape in layout:
+        size = math.prod(shape)
+        dv, tv = d[off: off + size].view(shape), theta[off: off + size].view(shape)
+        if name.split(".")[-1] in BIASES:  # a bias is one "filter"
+            dv.mul_(tv.norm() / (dv.norm() + 1e-12))
+        else:  # [in, out]: column j is output neuron j's filter
+            dv.mul_(tv.norm(dim=0, keepdim=True) / (dv.norm(dim=0, keepdim=True) + 1e-12))
+    return d
+
+
+def make_directions(theta: torch.Tensor, layout, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Two orthogonal, filter-normalised directions (float64) and how they were made (see the module doc)."""
+    gen = torch.Generator().manual_seed(seed)
+    theta = theta.double()
+    d1 = filter_normalise(torch.randn(theta.numel(), generator=gen, dtype=torch.float64), theta, layout)
+    d2 = filter_normalise(torch.randn(theta.numel(), generator=gen, dtype=torch.float64), theta, layout)
+    n1, n2 = d1.norm(), d2.norm()
+    u1 = d1 / n1
+    cosine = float(d2 @ u1 / n2)
+    u2 = d2 - (d2 @ u1) * u1
+    u2 = u2 / u2.norm()
+    return n1 * u1, n2 * u2, {"cosine_before": cosine, "norm_d1": float(n1), "norm_d2": float(n2),
+                              "norm_theta": float(theta.norm())}
+
+
+def grid_axis(grid: int, span: float) -> np.ndarray:
+    half = (grid - 1) / 2
+    return span * (np.arange(grid) - half) / half if grid > 1 else np.zeros(1)
+
+
+# ---- the fixed batch and its loss ----------------------------------------------------------------------------
+@dataclass
+class LossBatch:
+    obs: torch.Tensor  # [n, T, B, od]
+    avail: torch.Tensor  # [n, T, B, K] bool
+    actions: torch.Tensor  # [n, T, B]
+    reset: torch.Tensor  # [T, B]
+    adv: torch.Tensor  # [n, T, B] normalised
+    old_logp: torch.Tensor  # [n, T, B], θ̄'s
+    advantage_source: str
+
+
+def _net(models: dict, n: int) -> tuple[RecurrentNet, torch.Tensor]:
+    net = RecurrentNet(n, models["obs_dim"], models["n_actions"], models["config"]["train"]["hidden"])
+    params, _ = flatten_parameters(net, n)
+    net.requires_grad_(False)
+    return net, params
+
+
+@torch.no_grad()
+def collect_batch(models: dict) -> LossBatch:
+    """One rollout of B envs × T steps with θ̄ acting stochastically, plus its normalised advantages."""
+    cfg, mean = models["config"], models["actor_mean"].float()
+    n = models["actor_rows"].shape[0]
+    T, B, tr = cfg["env"]["episode_length"], cfg["env"]["n_envs"], cfg["train"]
+    seed = tr["seed"] + BATCH_SEED_OFFSET
+    env = env_factory(cfg, n)(B)
+    net, params = _net(models, n)
+    params.copy_(mean.expand(n, -1))
+    gens = [torch.Generator().manual_seed(sampler_seed(seed, i)) for i in range(n)]
+    od, K = models["obs_dim"], models["n_actions"]
+    obs, avail = torch.empty(n, T, B, od), torch.empty(n, T, B, K, dtype=torch.bool)
+    actions, resets = torch.empty(n, T, B, dtype=torch.long), torch.empty(T + 1, B, dtype=torch.bool)
+    states, rewards = torch.empty(T + 1, B, env.state_dim), torch.empty(T, B, n)
+    dones = torch.empty(T, B, dtype=torch.bool)
+    step, h, reset = env.reset(seed), net.initial_state(B), torch.ones(B, dtype=torch.bool)
+    for t in range(T):
+        obs[:, t] = torch.from_numpy(np.ascontiguousarray(step.obs.transpose(1, 0, 2)))
+        avail[:, t] = torch.from_numpy(np.ascontiguousarray(step.avail.transpose(1, 0, 2)))
+        states[t], resets[t] = torch.from_numpy(step.state), reset
+        logits, h = net.step(obs[:, t], h, reset)
+        logits = masked_logits(logits, avail[:, t])
+        actions[:, t] = categorical_sample(logits, torch.stack([torch.rand(B, K, generator=g) for g in gens]))
+        step = env.step(actions[:, t].T.numpy())
+        rewards[t], dones[t] = torch.from_numpy(step.reward), torch.from_numpy(step.done)
+        reset = dones[t].clone()
+    states[T], resets[T] = torch.from_numpy(step.state), reset
+    adv, source = _advantages(models, states, resets, rewards, dones)
+    batch = LossBatch(obs, avail, actions, resets[:T], normalize_advantages(adv), torch.empty(0), source)
+    batch.old_logp = _logp(net, params, mean, batch)
+    return batch
+
+
+def _advantages(models, states, resets, rewards, dones) -> tuple[torch.Tensor, str]:
+    """[n, T, B] advantages: the saved critic(s) + GAE when models.pt has them with their value normaliser,
+    else discounted returns (module doc)."""
+    cfg, tr = models["config"], models["config"]["train"]
+    n, B = rewards.shape[-1], states.shape[1]
+    params, norm = models.get("critic"), models.get("value_norm")
+    if params is not None and norm is not None:
+        central = cfg["algo"]["critic"] == "central"
+        x = states.unsqueeze(0).expand(params.shape[0], *states.shape)  # as the trainer feeds its critic
+        if not central and cfg["env"].get("state_agent_id"):
+            x = torch.cat([x, torch.eye(n)[:, None, None, :].expand(n, *states.shape[:2], n)], dim=-1)
+        if x.shape[-1] == models.get("state_dim"):
+            critic = Critic(params.shape[0], x.shape[-1], n if central else 1, tr["hidden"], tr["seed"],
+                            per_row_norm=not central)
+            critic.params.copy_(params)
+            critic.value_norm.load_state_dict(norm)
+            critic.start(B)
+            values, _ = critic.values(x, resets)
+            r = rewards.unsqueeze(0) if central else rewards.permute(2, 0, 1).unsqueeze(-1)
+            adv, _ = critic.advantages(values, r, dones, tr["gamma"], tr["gae_lambda"])
+            adv = adv[0].permute(2, 0, 1) if central else adv[..., 0]
+            return adv.contiguous(), "gae_central_critic" if central else "gae_local_critics"
+    ret, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + tr["gamma"] * running * (~dones[t]).float().unsqueeze(-1)
+        ret[t] = running
+    return ret.permute(2, 0, 1).contiguous(), "discounted_returns"
+
+
+def _logp(net: RecurrentNet, params: torch.Tensor, theta: torch.Tensor, batch: LossBatch) -> torch.Tensor:
+    n, B = batch.obs.shape[0], batch.obs.shape[2]
+    params.copy_(theta.expand(n, -1))
+    logits, _ = net(batch.obs, net.initial_state(B), batch.reset)
+    return log_prob(masked_logits(logits, batch.avail), batch.actions)
+
+
+@torch.no_grad()
+def policy_loss(net, params, theta: torch.Tensor, batch: LossBatch, clip: float) -> float:
+    return ppo_policy_loss(_logp(net, params, theta, batch), batch.old_logp, batch.adv, clip).mean().item()
+
+
+# ---- the grid ------------------------------------------------------------------------------------------------
+def directions_for(models: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    layout = filter_slices(models["obs_dim"], models["n_actions"], models["config"]["train"]["hidden"])
+    return make_directions(models["actor_mean"].float(), layout, seed)
+
+
+def landscape_points(models: dict, points: list[int], grid: int, span: float, episodes: int,
+                     directions: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """{"points": [(point index, reward, loss)], "advantage_source"} for this rank's points; point p is
+    (α index p // grid, β index p % grid)."""
+    cfg = models["config"]
+    n = models["actor_rows"].shape[0]
+    mean = models["actor_mean"].float()
+    d1, d2 = directions
+    axis = grid_axis(grid, span)
+    evaluator = Evaluator(Fabric(n, 0), env_factory(cfg, n), episodes=episodes, obs_dim=models["obs_dim"],
+                          n_actions=models["n_actions"], hidden=cfg["train"]["hidden"], spread=False)
+    batch = collect_batch(models)
+    net, params = _net(models, n)
+    eval_seed = eval_seeds(cfg)[0]
+    out = []
+    for p in points:
+        theta = (mean.double() + axis[p // grid] * d1 + axis[p % grid] * d2).float()
+        reward = evaluator.run(theta.expand(n, -1), eval_seed)["return"]
+        out.append((p, reward, policy_loss(net, params, theta, batch, cfg["train"]["clip"])))
+    return {"points": out, "advantage_source": batch.advantage_source}
+
+
+def compute(run_dir: str, grid: int, span: float, episodes: int, seed: int, fabric) -> dict | None:
+    """Every rank calls this; rank 0 returns the assembled landscape (and writes it), others None."""
+    models = load_models(run_dir)
+    d1, d2, info = directions_for(models, seed)
+    mine = list(range(fabric.rank, grid * grid, fabric.world))
+    parts = fabric.gather_objects(landscape_points(models, mine, grid, span, episodes, (d1, d2)))
+    if fabric.rank != 0:
+        return None
+    reward, loss = np.full(grid * grid, np.nan), np.full(grid * grid, np.nan)
+    for part in parts:
+        for p, r, lo in part["points"]:
+            reward[p], loss[p] = r, lo
+    cfg = models["config"]
+    result = {"alphas": grid_axis(grid, span), "betas": grid_axis(grid, span),
+              "reward": reward.reshape(grid, grid), "loss": loss.reshape(grid, grid), "direction_seed": seed,
+              "span": span, "episodes": episodes, "eval_seed": eval_seeds(cfg)[0],
+              "batch_seed": cfg["train"]["seed"] + BATCH_SEED_OFFSET,
+              "advantage_source": parts[0]["advantage_source"], **info}
+    save(Path(run_dir), result, models)
+    return result
+
+
+def save(run_dir: Path, result: dict, models: dict) -> None:
+    np.savez(run_dir / "landscape.npz", **{k: np.asarray(v) for k, v in result.items()})
+    from .plots import plot_landscape, run_label
+    label = f"{run_label(models['config'])}, iteration {models.get('iteration')}"
+    for key, name in (("reward", "average episode reward"), ("loss", "policy loss")):
+        plot_landscape(result["alphas"], result["betas"], result[key], name, label,
+                       run_dir / f"landscape_{key}.png", run_dir / f"landscape_{key}_hist.png")
+
+
+def landscape_worker(run_dir: str, grid: int, span: float, episodes: int, seed: int, timeout_s: float) -> None:
+    from .comm import open_fabric, world_from_env
+
+    torch.set_num_threads(1)
+    _, world = world_from_env()
+    with open_fabric(world, 0, timeout_s) as fabric:  # one row per rank: only gather_objects is used
+        compute(run_dir, grid, span, episodes, seed, fabric)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = OneLineParser(prog="decnode-landscape", description="Reward and policy-loss landscapes around θ̄.")
+    p.add_argument("run_dir", help="run directory holding models.pt")
+    p.add_argument("--grid", type=int, default=21, help="points per axis (odd puts θ̄ at the centre; default 21)")
+    p.add_argument("--span", type=float, default=1.0, help="α, β range [-span, span] (default 1.0)")
+    p.add_argument("--episodes", type=int, default=8, help="train-env episodes per grid point (default 8)")
+    p.add_argument("--nproc", type=int, default=1, help="processes to spread the grid points over (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
+    args = p.parse_args(argv)
+    try:
+        for name in ("grid", "episodes", "nproc"):
+            if getattr(args, name) < 1:
+                raise AnalysisError(f"--{name} must be ≥ 1, got {getattr(args, name)}")
+        if not args.span > 0:
+            raise AnalysisError(f"--span must be > 0, got {args.span}")
+        models = load_models(args.run_dir)
+    except AnalysisError as err:
+        fail("decnode-landscape", str(err))
+    run_dir = Path(args.run_dir)
+    if args.nproc == 1:
+        result = compute(str(run_dir), args.grid, args.span, args.episodes, args.seed,
+                         Fabric(models["actor_rows"].shape[0], models["config"]["algo"]["k"]))
+    else:
+        from .launch import launch
+        (run_dir / "landscape.npz").unlink(missing_ok=True)
+        payload = (str(run_dir), args.grid, args.span, args.episodes, args.seed,
+                   float(models["config"]["run"]["timeout_s"]))
+        code = launch(args.nproc, landscape_worker, payload, run_dir, prog="decnode-landscape")
+        if code or not (run_dir / "landscape.npz").is_file():
+            sys.exit(code or 1)
+        result = dict(np.load(run_dir / "landscape.npz"))
+    c = args.grid // 2
+    print(f"reward: centre {result['reward'][c, c]:.3f}, min {np.nanmin(result['reward']):.3f}, "
+          f"max {np.nanmax(result['reward']):.3f}; loss: centre {result['loss'][c, c]:.4f}, "
+          f"min {np.nanmin(result['loss']):.4f}, max {np.nanmax(result['loss']):.4f}")
+    print(f"wrote {run_dir / 'landscape.npz'} and landscape_{{reward,loss}}{{,_hist}}.png")
+
+
+if __name__ == "__main__":
+    main()
