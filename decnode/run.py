@@ -10,12 +10,11 @@ Bad input ends in one line on stderr, exit code 2, before any process group form
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
+import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from . import checkpoint as ckpt
@@ -110,7 +109,13 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     state = ckpt.load(Path(run_dir)) if resume else None
     k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
     with open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s) as fabric:
-        return train(cfg, fabric, Path(run_dir), state)
+        summary = train(cfg, fabric, Path(run_dir), state)
+    if summary.get("signal") and under_torchrun():
+        # Checkpoint written and the group torn down: now let the launcher's signal end this process, as it
+        # expects (it would otherwise wait for a return value nobody reads, then SIGKILL us).
+        signal.signal(summary["signal"], signal.SIG_DFL)
+        os.kill(os.getpid(), summary["signal"])
+    return summary
 
 
 def fail(message: str, code: int = 2) -> None:

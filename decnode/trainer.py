@@ -35,12 +35,12 @@ class StopRequested:
     """SIGINT/SIGTERM only set a flag; the ranks agree on it at the next iteration boundary and stop together."""
 
     def __init__(self):
-        self.flag = False
+        self.flag, self.signum = False, None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._set)
 
-    def _set(self, *_):
-        self.flag = True
+    def _set(self, signum, _frame):
+        self.flag, self.signum = True, signum
 
 
 class Trainer:
@@ -332,6 +332,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     trainer.save_checkpoint()
     trainer.save_models()
     summary = {"iterations": trainer.iteration, "env_steps": trainer.env_steps, "stopped": stopped,
+               "signal": trainer.stop.signum,
                "final_eval_reward": trainer.last_eval, "n_agents": trainer.n, "processes": fabric.world}
     if not stopped:  # the paper's headline: the averaged model on the train and the perturbed test env
         with rec.section("eval"):

@@ -1,6 +1,5 @@
 """The fabric over real processes (gloo on 127.0.0.1) against closed forms computed in the test process."""
 
-import numpy as np
 import pytest
 import torch
 

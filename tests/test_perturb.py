@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-import pytest
 
 from decnode.envs.base import Step
 from decnode.envs.perturb import PerturbedEnv, RunningStd

@@ -54,10 +54,11 @@ def _worker_pids(run_dir: Path) -> dict[int, int]:
     return {p["rank"]: p["pid"] for p in json.loads((run_dir / "processes.json").read_text())}
 
 
-def _wait_for_iterations(run_dir: Path, count: int, proc, deadline: float) -> None:
+def _wait_for_iterations(run_dir: Path, count: int, proc, deadline: float, checkpoint: bool = True) -> None:
     while time.time() < deadline:
         path = run_dir / "metrics.jsonl"
-        if path.exists() and len(path.read_text().splitlines()) >= count and (run_dir / "checkpoint.pt").exists():
+        logged = path.exists() and len(path.read_text().splitlines()) >= count
+        if logged and (not checkpoint or (run_dir / "checkpoint.pt").exists()):
             return
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.2)
@@ -97,14 +98,18 @@ def test_sigterm_to_the_launcher_checkpoints_and_exits_cleanly(tmp_path):
     proc = decnode("--nproc", "2", "--iterations", "400", *BASE, "--set", "run.checkpoint_interval=1000",
                    "--out", run_dir, wait=False)
     try:
-        _wait_for_iterations(run_dir, 2, proc, time.time() + 180)
+        _wait_for_iterations(run_dir, 2, proc, time.time() + 180, checkpoint=False)
+        assert not (run_dir / "checkpoint.pt").exists()  # the one we find later is the stop's
         proc.send_signal(signal.SIGTERM)
+        sent = time.time()
         _, stderr = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr[-2000:]
+    assert time.time() - sent < 20, "workers should stop at the next iteration boundary, not be killed later"
     done = len(metrics(run_dir))
+    assert done < 400
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["iteration"] == done
     ours = [line for line in stderr.splitlines() if line.startswith("decnode-run:")]
     assert len(ours) == 1 and "SIGTERM received" in ours[0] and f"iteration {done}" in ours[0], stderr[-2000:]
