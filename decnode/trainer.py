@@ -319,6 +319,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
         if trainer.is_eval_iteration():
             result = trainer.evaluate()
             stats["eval_reward"] = result["return"]
+            stats["eval_episodes"] = result["episodes"]
             if cfg.env.name != "simple_spread":
                 stats["eval_win_rate"] = result["win_rate"]
         if logger is not None:

@@ -55,6 +55,7 @@ states, heuristic-enemy states and running returns) resume it exactly.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any
 
@@ -126,6 +127,9 @@ def _build(map_name: str, reward: str):
     """Construct the SMAX env and its jitted, vmapped reset/step once per (map, reward), shared by instances:
     another SmaxEnv with the same map and reward does not compile again (the episode limit is a traced
     argument; only a new B retraces, for the new shapes)."""
+    # One XLA thread: the coordinator shares the cores with every agent process, and single-threaded
+    # reductions keep runs bit-reproducible. Must be set before jax is first imported.
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     import jax
     import jax.numpy as jnp
     from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
