@@ -48,7 +48,8 @@ class RunLogger:
             rate = 0.0
         else:
             rate = (stats["env_steps"] - self._steps0) / max(time.perf_counter() - self._t0, 1e-9)
-        self.bar.set_postfix({"env_steps/s": f"{rate:.0f}", "eval": f"{last_eval:.2f}"}, refresh=False)
+        last = "-" if last_eval != last_eval else f"{last_eval:.2f}"  # NaN until the first evaluation
+        self.bar.set_postfix({"env_steps/s": f"{rate:.0f}", "eval": last}, refresh=False)
         self.bar.update(1)
 
     def finish(self, per_rank_timing: list[dict], summary: dict) -> str:

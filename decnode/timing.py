@@ -98,7 +98,8 @@ def grouped(snapshot: dict[str, dict[str, float]]) -> dict[str, float]:
 def format_table(per_rank: list[dict[str, dict[str, float]]]) -> str:
     """One row per rank plus the sum over ranks; one column per category: seconds and % of that row's wall.
 
-    Communication categories include the time spent waiting for the slowest peer to arrive.
+    Communication categories include the time spent waiting for the slowest peer to arrive. Short headers:
+    exchange = per-step coordinator exchange, actor upd = PPO actor update, gossip/AR = gossip or all-reduce.
     """
     groups = [grouped(snap) for snap in per_rank]
     present = {g for snap in groups for g in snap if g != "wall"}
@@ -110,10 +111,14 @@ def format_table(per_rank: list[dict[str, dict[str, float]]]) -> str:
         rows.append((f"rank {rank}", secs, snap["wall"]))
     total = {c: sum(r[1][c] for r in rows) for c in columns}
     rows.append(("all ranks", total, sum(r[2] for r in rows)))
-    width = max(14, *(len(c) + 2 for c in columns))
-    header = f"{'':<10}" + "".join(f"{c:>{width}}" for c in columns) + f"{'wall':>10}"
+    width = 13
+    short = {"step_exchange": "exchange", "actor_update": "actor upd", "gossip/allreduce": "gossip/AR",
+             "checkpoint": "ckpt"}
+    header = f"{'':<10}" + "".join(f"{short.get(c, c):>{width}}" for c in columns) + f"{'wall':>10}"
     lines = [header, "-" * len(header)]
     for label, secs, wall in rows:
         cells = "".join(f"{secs[c]:>{width - 6}.1f}s {100 * secs[c] / wall if wall else 0:>3.0f}%" for c in columns)
         lines.append(f"{label:<10}{cells}{wall:>9.1f}s")
+    lines.append("exchange: per-step observations/actions with rank 0; gossip/AR: DecPG gossip or PS all-reduce; "
+                 "waiting: other collectives. Communication time includes waiting for the slowest peer.")
     return "\n".join(lines)
