@@ -82,6 +82,7 @@ class ActorBlock:
             if epoch == 0:
                 stats = {"policy_loss": policy_loss.detach(), "entropy": ent.detach(),
                          "grad": self.grads.clone(), "grad_norm": self.grads.norm(dim=1)}
+            combiner.after_backward(self.grads)
             if during_comm is not None:
                 during_comm(epoch)
             combiner.step(self.params, self.grads, lr, max_grad_norm)

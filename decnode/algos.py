@@ -19,12 +19,15 @@ def clip_rows_(grads: torch.Tensor, max_norm: float) -> torch.Tensor:
 
 
 class Combiner:
-    """Hooks around backward: `before_backward` may start communication that `step` then finishes."""
+    """Hooks around backward: `before_backward`/`after_backward` may start communication that `step` finishes."""
 
     def __init__(self, fabric: Fabric, name: str):
         self.fabric, self.name = fabric, name
 
     def before_backward(self, params: torch.Tensor, mix: bool) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def after_backward(self, grads: torch.Tensor) -> None:  # noqa: B027 - optional hook
         pass
 
     def step(self, params: torch.Tensor, grads: torch.Tensor, lr: float, max_grad_norm: float) -> None:
@@ -61,13 +64,20 @@ class DecPG(LocalSGD):
 
 class ParameterSharing(Combiner):
     """One shared network: the gradient averaged over all n agents by all-reduce, then one SGD step applied
-    to every replica, so replicas stay bit-identical."""
+    to every replica, so replicas stay bit-identical. The all-reduce is posted right after backward, so work
+    placed between the hooks (rank 0's critic epoch) hides its latency."""
 
     def __init__(self, fabric: Fabric, name: str = "allreduce"):
         super().__init__(fabric, name)
+        self._pending = None
+
+    def after_backward(self, grads: torch.Tensor) -> None:
+        self._pending = self.fabric.allreduce_mean_start(grads, self.name)
 
     def step(self, params: torch.Tensor, grads: torch.Tensor, lr: float, max_grad_norm: float) -> None:
-        mean = self.fabric.allreduce_mean(grads, self.name)
+        pending = self._pending or self.fabric.allreduce_mean_start(grads, self.name)
+        self._pending = None
+        mean = pending.wait()
         clip_rows_(mean.unsqueeze(0), max_grad_norm)
         params.sub_(mean.unsqueeze(0), alpha=lr)
 

@@ -40,6 +40,20 @@ class GossipHandle:
         return st["out"]
 
 
+class PendingReduce:
+    """An in-flight all-reduce: `wait()` returns the reduced persistent buffer (times `scale`)."""
+
+    def __init__(self, fabric: "Fabric", buf: torch.Tensor, work, name: str, scale: float):
+        self._fabric, self._buf, self._work, self._name, self._scale = fabric, buf, work, name, scale
+
+    def wait(self) -> torch.Tensor:
+        if self._work is not None:
+            with self._fabric.recorder.section(self._name):
+                self._fabric._wait_all([self._work], self._name)
+            self._work = None
+        return self._buf.mul_(self._scale) if self._scale != 1.0 else self._buf
+
+
 class Fabric:
     def __init__(self, n_agents: int, k: int, rank: int = 0, world: int = 1,
                  timeout_s: float = 300.0, recorder: Recorder | None = None):
@@ -119,20 +133,28 @@ class Fabric:
     # ---- parameter sharing -----------------------------------------------------------------------------------
     def allreduce_mean(self, x: torch.Tensor, name: str = "allreduce") -> torch.Tensor:
         """Mean over all n agents of the rows x [a, D] -> [D] (a persistent buffer)."""
-        total = self.allreduce_sum(x.sum(dim=0) if x.shape[0] > 1 else x[0], name)
-        return total.div_(self.n_agents)
+        return self.allreduce_mean_start(x, name).wait()
+
+    def allreduce_mean_start(self, x: torch.Tensor, name: str = "allreduce") -> "PendingReduce":
+        """Post the mean over all agents' rows; x may change as soon as this returns. `.wait()` -> [D]."""
+        return self.allreduce_sum_start(x.sum(dim=0) if x.shape[0] > 1 else x[0], name, scale=1 / self.n_agents)
 
     def allreduce_sum(self, x: torch.Tensor, name: str = "allreduce") -> torch.Tensor:
         """Elementwise sum of x over ranks (every rank gets it) in a persistent buffer."""
+        return self.allreduce_sum_start(x, name).wait()
+
+    def allreduce_sum_start(self, x: torch.Tensor, name: str = "allreduce", scale: float = 1.0) -> "PendingReduce":
         key = (tuple(x.shape), x.dtype, name)
         buf = self._sum_buffers.get(key)
         if buf is None:
             buf = self._sum_buffers[key] = torch.empty_like(x)
         buf.copy_(x)
+        work = None
         if self.distributed:
-            with self.recorder.section(name, nbytes=buf.numel() * buf.element_size(), messages=1):
-                self._wait_all([dist.all_reduce(buf, async_op=True)], name)
-        return buf
+            with self.recorder.section(name):
+                work = dist.all_reduce(buf, async_op=True)
+            self.recorder.count(name, nbytes=buf.numel() * buf.element_size(), messages=1)
+        return PendingReduce(self, buf, work, name, scale)
 
     # ---- coordinator <-> agents, once per environment step ---------------------------------------------------
     def to_agents(self, full: torch.Tensor | None, like: torch.Tensor, name: str = "step_exchange") -> torch.Tensor:

@@ -63,5 +63,6 @@ class Critic:
         v, _ = self.net(x, h0, r)
         loss = value_loss(v, old_v, target, clip, huber_delta)
         (value_coef * loss).sum().backward()
+        combiner.after_backward(self.grads)
         combiner.step(self.params, self.grads, lr, max_grad_norm)
         return loss.detach()
