@@ -25,7 +25,7 @@ DEFAULT_NPROC = {"5m_vs_6m": 5, "10m_vs_11m": 10, "6h_vs_8z": 6, "27m_vs_30m": 9
 def run_map(name: str, nproc: int, iterations: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "decnode.run", "--nproc", str(nproc), "--config", f"configs/smax_{name}.yaml",
+        cmd = [sys.executable, "-m", "decnode.run", "--nproc", str(nproc), "--config", f"configs/smac_{name}.yaml",
                "--iterations", str(iterations), "--out", str(out), "--set", "eval.interval=0",
                "--set", "eval.test_episodes=32", "--set", "run.tensorboard=false", "--set", "run.checkpoint_interval=0"]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

@@ -53,7 +53,7 @@ def test_torchrun_spelling(tmp_path):
     (["--nproc", "2", "--set", "train.clip=0"], "train.clip must be > 0"),
     (["--nproc", "2", "--set", "eval.action_noise=1.5"], "eval.action_noise must be in [0, 1]"),
     (["--nproc", "2", "--set", "algo.k=two"], "config key 'algo.k' must be int"),
-    (["--nproc", "3", "--config", "configs/smax_5m_vs_6m.yaml"], "5 agents cannot be split evenly over 3"),
+    (["--nproc", "3", "--config", "configs/smac_5m_vs_6m.yaml"], "5 agents cannot be split evenly over 3"),
     (["--nproc", "2", "--config", "nope.yaml"], "config file not found"),
 ])
 def test_bad_input_is_one_line_before_any_process_group(tmp_path, args, needle):

@@ -33,7 +33,7 @@ def untrained_eval(seed: int = 1) -> float:
 def test_5m_vs_6m_learns(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "decnode.run", "--nproc", "1", "--agents-per-process", "5", "--config",
-           "configs/smax_5m_vs_6m.yaml", "--iterations", str(ITERATIONS), "--out", str(out), "--set", "eval.interval=25",
+           "configs/smac_5m_vs_6m.yaml", "--iterations", str(ITERATIONS), "--out", str(out), "--set", "eval.interval=25",
            "--set", "eval.test_episodes=32", "--set", "run.tensorboard=false", "--set", "train.lr=0.5",
            "--set", "train.min_lr=0.5", "--set", "train.clip=0.2", "--set", "env.n_envs=16",
            "--set", "env.episode_length=50"]
