@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         if rank0:  # one writer; under torchrun the other workers wait for it in the rendezvous
             create_run_dir(cfg, run_dir, state is not None, args.overwrite)
     except (ConfigError, ckpt.CheckpointError, ValueError) as err:
-        fail(str(err)) if rank0 else sys.exit(2)
+        if not rank0:  # under torchrun every worker finds the same error; one of them says it
+            sys.exit(2)
+        fail(str(err))
     del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
     payload = (cfg.to_dict(), str(run_dir), bool(args.resume))
     if torchrun or n_procs == 1:
