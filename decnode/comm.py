@@ -56,7 +56,7 @@ class PendingReduce:
 
 class Fabric:
     def __init__(self, n_agents: int, k: int, rank: int = 0, world: int = 1,
-                 timeout_s: float = 300.0, recorder: Recorder | None = None):
+                 timeout_s: float = 300.0, recorder: Recorder | None = None, exchange: str = "p2p"):
         if n_agents % world:
             raise ValueError(f"{n_agents} agents cannot be split evenly over {world} processes")
         self.n_agents, self.k, self.rank, self.world = n_agents, k, rank, world
@@ -65,6 +65,9 @@ class Fabric:
         self.timeout = timedelta(seconds=timeout_s)
         self.recorder = recorder or Recorder()
         self.distributed = world > 1
+        # How rank 0 and the agents swap observations and actions each step: posted point-to-point messages, or
+        # scatter/gather collectives (benchmarks/comm.py measures both; they are close here).
+        self.exchange = exchange
         self.P = mixing_matrix(n_agents, k)
         self.plan = block_plan(self.P, world, rank)
         self._gossip_state: dict[tuple, dict] = {}
@@ -164,6 +167,11 @@ class Fabric:
         """
         if not self.distributed:
             return full
+        if self.exchange == "collective":
+            with self.recorder.section(name):
+                chunks = list(full.split(self.per_process)) if self.rank == 0 else None
+                self._wait_all([dist.scatter(like, chunks, src=0, async_op=True)], name)
+            return like
         with self.recorder.section(name):
             if self.rank == 0:
                 works = [(r, dist.isend(full[self.rows_of(r).start: self.rows_of(r).stop], dst=r, tag=TAG_TO_AGENTS))
@@ -180,6 +188,11 @@ class Fabric:
         """Every rank sends its rows local [a, ...] to rank 0, which returns them stacked in full [n, ...]."""
         if not self.distributed:
             return local
+        if self.exchange == "collective":
+            with self.recorder.section(name):
+                chunks = list(full.split(self.per_process)) if self.rank == 0 else None
+                self._wait_all([dist.gather(local.contiguous(), chunks, dst=0, async_op=True)], name)
+            return full if self.rank == 0 else None
         with self.recorder.section(name):
             if self.rank == 0:
                 full[: self.per_process].copy_(local)
@@ -227,12 +240,12 @@ def world_from_env() -> tuple[int, int]:
 
 
 @contextmanager
-def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None):
+def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None, exchange: str = "p2p"):
     """Create the process group (if several processes) with an explicit timeout and always tear it down."""
     rank, world = world_from_env()
     if world > 1:
         dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-    fabric = Fabric(n_agents, k, rank, world, timeout_s, recorder)
+    fabric = Fabric(n_agents, k, rank, world, timeout_s, recorder, exchange)
     ok = False
     try:
         yield fabric

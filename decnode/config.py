@@ -74,6 +74,7 @@ class RunConfig:
     checkpoint_interval: int = 50
     timeout_s: float = 300.0  # every collective and point-to-point wait
     tensorboard: bool = True
+    exchange: str = "p2p"  # per-step obs/actions exchange: p2p (posted isend/irecv) | collective (scatter/gather)
     stop_after: int | None = None  # checkpoint and stop after this iteration (scheduled preemption); --resume goes on
 
 
@@ -245,6 +246,8 @@ def resolve(cfg: Config, n_procs: int) -> Config:
     if env.reward not in ("smac", "native"):
         raise ConfigError(f"env.reward must be smac or native, got '{env.reward}'")
 
+    if cfg.run.exchange not in ("p2p", "collective"):
+        raise ConfigError(f"run.exchange must be p2p or collective, got '{cfg.run.exchange}'")
     if tr.num_minibatch != 1:
         raise ConfigError(f"train.num_minibatch must be 1 (full batch, as in the paper), got {tr.num_minibatch}")
     if tr.chunk_length is not None and (tr.chunk_length < 1 or env.episode_length % tr.chunk_length):

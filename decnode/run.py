@@ -108,7 +108,7 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     apply(cfg, {k: v for k, v in cfg_dict.items() if k != "per_algo"}, "launcher")
     state = ckpt.load(Path(run_dir)) if resume else None
     k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
-    with open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s) as fabric:
+    with open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange) as fabric:
         summary = train(cfg, fabric, Path(run_dir), state)
     if summary.get("signal") and under_torchrun():
         # Checkpoint written and the group torn down: now let the launcher's signal end this process, as it

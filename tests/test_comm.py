@@ -66,11 +66,11 @@ def test_single_process_fabric_needs_no_process_group():
     assert not torch.distributed.is_initialized()
 
 
-def _exchange_worker(per_process: int):
+def _exchange_worker(per_process: int, exchange: str):
     from decnode.comm import world_from_env
     rank, world = world_from_env()
     n = per_process * world
-    with open_fabric(n, 1, timeout_s=60) as fabric:
+    with open_fabric(n, 1, timeout_s=60, exchange=exchange) as fabric:
         got = []
         for step in range(5):
             full = torch.arange(n * 3, dtype=torch.float32).view(n, 3) + step if rank == 0 else None
@@ -82,10 +82,11 @@ def _exchange_worker(per_process: int):
     return got, gathered
 
 
+@pytest.mark.parametrize("exchange", ["p2p", "collective"])
 @pytest.mark.parametrize("world,per_process", [(3, 1), (2, 2)])
-def test_coordinator_exchange_round_trip(world, per_process):
+def test_coordinator_exchange_round_trip(world, per_process, exchange):
     n = world * per_process
-    results = run_ranks(_exchange_worker, world, per_process, timeout=120)
+    results = run_ranks(_exchange_worker, world, per_process, exchange, timeout=120)
     for step in range(5):
         full = torch.arange(n * 3, dtype=torch.float32).view(n, 3) + step
         for rank, (got, _) in enumerate(results):
