@@ -37,6 +37,23 @@ def checkpoint_iteration(run_dir: Path) -> int | None:
         return None
 
 
+def _signal(failure) -> str:
+    name = failure.signal_name()
+    return "" if name in ("", "<N/A>", "NA") else name
+
+
+def root_cause(err):
+    """(rank, failure) that most likely started it. A rank killed from outside (SIGKILL, SIGSEGV, …) makes its
+    peers fail a moment later with a communication error, and either may be recorded first; SIGTERM is what
+    the launcher itself sends while shutting the rest down."""
+    failures = sorted(err.failures.items())
+    for pick in (lambda f: _signal(f) not in ("", "SIGTERM"), lambda f: _signal(f) != ""):
+        chosen = [(rank, f) for rank, f in failures if pick(f)]
+        if chosen:
+            return chosen[0]
+    return err.get_first_failure()
+
+
 def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "decnode-run") -> int:
     """Run worker(*payload) (a module-level function) on n_procs local processes; returns the CLI's exit code.
 
@@ -64,7 +81,7 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
               f"continue with --resume {run_dir}", file=sys.stderr, flush=True)
         return 0 if it is not None else 1
     except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
+        rank, failure = root_cause(err)
         if failure.signal_name() not in ("", "<N/A>", "NA"):
             how = f"died ({failure.signal_name()})"
         else:
