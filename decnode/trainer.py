@@ -117,6 +117,7 @@ class Trainer:
                     rewards = coord.rewards.unsqueeze(0)  # [1, T, B, n]: one row, a head per agent
                     adv, returns = self.critic.advantages(values, rewards, coord.dones, tr.gamma, tr.gae_lambda)
                     adv_by_agent = adv[0].permute(2, 0, 1).contiguous()  # [n, T, B]
+                critic_reset = coord.reset
             local_adv = torch.empty(self.fabric.per_process, self.T, self.B)
             advantages = fabric.to_agents(adv_by_agent if self.coordinator else None, local_adv, name="advantages")
         else:
@@ -131,7 +132,7 @@ class Trainer:
                 values, h_before = self.critic.values(states, reset)
                 adv, returns = self.critic.advantages(values, rewards.unsqueeze(-1), dones, tr.gamma, tr.gae_lambda)
                 advantages = adv[..., 0]
-            coord_reset = reset
+            critic_reset = reset
 
         # PPO epochs. The critic's epoch runs while the actor's gossip/all-reduce is in flight.
         epochs = tr.ppo_epochs
@@ -142,7 +143,6 @@ class Trainer:
             if self.critic is None:
                 return
             with rec.section("critic"):
-                critic_reset = coord.reset if cfg.algo.critic == "central" else coord_reset
                 critic_losses.append(self.critic.update(
                     states, h_before, critic_reset, values, returns, self.critic_combiner, lr=lr, clip=tr.clip,
                     huber_delta=tr.huber_delta, value_coef=tr.value_coef, max_grad_norm=tr.max_grad_norm,
