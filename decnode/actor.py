@@ -1,4 +1,6 @@
-"""A process's block of actors: acting with per-agent randomness, and the PPO update of their own parameters."""
+"""A process's block of actors: acting with per-agent randomness, and the PPO loss of their own parameters.
+
+The epoch loop (backward, combine, step) is the trainer's; this block only computes losses and gradients."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .algos import Combiner
 from .mappo import normalize_advantages, ppo_policy_loss
 from .models import (RecurrentNet, categorical_sample, chunk_resets, chunk_sequences, chunk_start_states,
                      entropy, flatten_parameters, log_prob, masked_logits)
@@ -26,6 +27,19 @@ class ActorBatch:
     actions: torch.Tensor
     logp: torch.Tensor
     h_before: torch.Tensor  # hidden state entering each step (chunk starts are read from here)
+    reset: torch.Tensor
+
+
+@dataclass
+class PPOBatch:
+    """The same rollout cut into training chunks [a, chunks·…]; advantages normalised per agent."""
+
+    obs: torch.Tensor
+    avail: torch.Tensor
+    actions: torch.Tensor
+    old_logp: torch.Tensor
+    adv: torch.Tensor
+    h0: torch.Tensor
     reset: torch.Tensor
 
 
@@ -55,35 +69,39 @@ class ActorBlock:
         actions = categorical_sample(logits, self.uniforms(obs.shape[1]))
         return actions, log_prob(logits, actions), h
 
-    def update(self, batch: ActorBatch, advantages: torch.Tensor, combiner: Combiner, *, lr: float, epochs: int,
-               clip: float, entropy_coef: float, max_grad_norm: float, chunk: int, mix_epochs: set[int],
-               during_comm=None) -> dict[str, torch.Tensor]:
-        """PPO epochs on the full batch; each epoch is one SGD step combined by `combiner`.
+    def ppo_batch(self, batch: ActorBatch, advantages: torch.Tensor, chunk: int) -> PPOBatch:
+        """The rollout as the PPO epochs consume it: chunked sequences and normalised advantages."""
+        return PPOBatch(obs=chunk_sequences(batch.obs, chunk), avail=chunk_sequences(batch.avail, chunk),
+                        actions=chunk_sequences(batch.actions, chunk), old_logp=chunk_sequences(batch.logp, chunk),
+                        adv=chunk_sequences(normalize_advantages(advantages), chunk),
+                        h0=chunk_start_states(batch.h_before, chunk), reset=chunk_resets(batch.reset, chunk))
 
-        `during_comm(epoch)` runs between backward and the combine, while the gossip is in flight.
-        Returns per-row statistics, including the first epoch's gradient (for the noise metrics).
+    def backward(self, b: PPOBatch, *, clip: float, entropy_coef: float, health: bool = False) -> dict:
+        """The PPO loss of every row on the full batch; leaves ∇Lᵢ(θᵢ) in `grads` (rows are independent).
+
+        Returns per-row statistics [a]; with `health` also PPO's health metrics, approx-KL (k3 estimator) and
+        the clipped fraction, which only say something after the policy moved (the trainer asks on the last epoch).
         """
-        obs = chunk_sequences(batch.obs, chunk)
-        avail = chunk_sequences(batch.avail, chunk)
-        actions = chunk_sequences(batch.actions, chunk)
-        old_logp = chunk_sequences(batch.logp, chunk)
-        adv = chunk_sequences(normalize_advantages(advantages), chunk)
-        h0 = chunk_start_states(batch.h_before, chunk)
-        reset = chunk_resets(batch.reset, chunk)
-        stats = {}
-        for epoch in range(epochs):
-            combiner.before_backward(self.params, epoch in mix_epochs)
-            self.grads.zero_()
-            logits, _ = self.net(obs, h0, reset)
-            logits = masked_logits(logits, avail)
-            policy_loss = ppo_policy_loss(log_prob(logits, actions), old_logp, adv, clip)
-            ent = entropy(logits, avail).mean(dim=(1, 2))
-            (policy_loss - entropy_coef * ent).sum().backward()  # rows are independent: row i gets ∇Lᵢ
-            if epoch == 0:
-                stats = {"policy_loss": policy_loss.detach(), "entropy": ent.detach(),
-                         "grad": self.grads.clone(), "grad_norm": self.grads.norm(dim=1)}
-            combiner.after_backward(self.grads)
-            if during_comm is not None:
-                during_comm(epoch)
-            combiner.step(self.params, self.grads, lr, max_grad_norm)
+        self.grads.zero_()
+        logits, _ = self.net(b.obs, b.h0, b.reset)
+        logits = masked_logits(logits, b.avail)
+        new_logp = log_prob(logits, b.actions)
+        policy_loss = ppo_policy_loss(new_logp, b.old_logp, b.adv, clip)
+        ent = entropy(logits, b.avail).mean(dim=(1, 2))
+        (policy_loss - entropy_coef * ent).sum().backward()
+        stats = {"policy_loss": policy_loss.detach(), "entropy": ent.detach()}
+        if health:
+            with torch.no_grad():
+                log_ratio = new_logp - b.old_logp
+                stats["approx_kl"] = (log_ratio.exp() - 1 - log_ratio).mean(dim=(1, 2))
+                stats["clip_fraction"] = ((log_ratio.exp() - 1).abs() > clip).float().mean(dim=(1, 2))
         return stats
+
+    def state_dict(self) -> dict:
+        """Per-agent rows: parameters and each agent's action sampler."""
+        return {"params": self.params.clone(), "samplers": [g.get_state() for g in self.samplers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.params.copy_(state["params"])
+        for gen, s in zip(self.samplers, state["samplers"]):
+            gen.set_state(s)

@@ -51,3 +51,26 @@ def check_compatible(saved_config: dict, config: dict) -> None:
             old, new = saved_config[section][key], config[section][key]
             if old != new:
                 raise CheckpointError(f"cannot resume: {section}.{key} was {old!r} in the checkpoint, now {new!r}")
+
+
+def cat_rows(per_rank: list):
+    """Merge the per-agent (`rows`) states of every rank, in rank order, into one keyed by agent: tensors with an
+    agent axis are concatenated and lists extended; a 0-d tensor or other value (shared by all rows, e.g. a value
+    normaliser's debiasing term) is taken from rank 0."""
+    first = per_rank[0]
+    if isinstance(first, dict):
+        return {key: cat_rows([part[key] for part in per_rank]) for key in first}
+    if isinstance(first, torch.Tensor) and first.dim() > 0:
+        return torch.cat(per_rank)
+    if isinstance(first, list):
+        return [x for part in per_rank for x in part]
+    return first
+
+
+def take_rows(state, rows: range):
+    """The inverse of cat_rows for one rank: the slice of every per-agent entry that belongs to `rows`."""
+    if isinstance(state, dict):
+        return {key: take_rows(value, rows) for key, value in state.items()}
+    if isinstance(state, torch.Tensor) and state.dim() > 0 or isinstance(state, list):
+        return state[rows.start: rows.stop]
+    return state

@@ -43,7 +43,7 @@ import torch
 from .actor import sampler_seed
 from .analysis import AnalysisError, OneLineParser, env_factory, eval_seeds, fail, load_models
 from .comm import Fabric
-from .critic import Critic
+from .critic import critic_from_models
 from .evaluate import Evaluator
 from .mappo import normalize_advantages, ppo_policy_loss
 from .models import RecurrentNet, categorical_sample, flatten_parameters, log_prob, masked_logits
@@ -153,25 +153,11 @@ def collect_batch(models: dict) -> LossBatch:
 def _advantages(models, states, resets, rewards, dones) -> tuple[torch.Tensor, str]:
     """[n, T, B] advantages: the saved critic(s) + GAE when models.pt has them with their value normaliser,
     else discounted returns (module doc)."""
-    cfg, tr = models["config"], models["config"]["train"]
-    n, B = rewards.shape[-1], states.shape[1]
-    params, norm = models.get("critic"), models.get("value_norm")
-    if params is not None and norm is not None:
-        central = cfg["algo"]["critic"] == "central"
-        x = states.unsqueeze(0).expand(params.shape[0], *states.shape)  # as the trainer feeds its critic
-        if not central and cfg["env"].get("state_agent_id"):
-            x = torch.cat([x, torch.eye(n)[:, None, None, :].expand(n, *states.shape[:2], n)], dim=-1)
-        if x.shape[-1] == models.get("state_dim"):
-            critic = Critic(params.shape[0], x.shape[-1], n if central else 1, tr["hidden"], tr["seed"],
-                            per_row_norm=not central)
-            critic.params.copy_(params)
-            critic.value_norm.load_state_dict(norm)
-            critic.start(B)
-            values, _ = critic.values(x, resets)
-            r = rewards.unsqueeze(0) if central else rewards.permute(2, 0, 1).unsqueeze(-1)
-            adv, _ = critic.advantages(values, r, dones, tr["gamma"], tr["gae_lambda"])
-            adv = adv[0].permute(2, 0, 1) if central else adv[..., 0]
-            return adv.contiguous(), "gae_central_critic" if central else "gae_local_critics"
+    tr = models["config"]["train"]
+    critic = critic_from_models(models, states.shape[-1])
+    if critic is not None:
+        adv = critic.offline_advantages(states, resets, rewards, dones)
+        return adv, "gae_local_critics" if critic.per_agent else "gae_central_critic"
     ret, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
         running = rewards[t] + tr["gamma"] * running * (~dones[t]).float().unsqueeze(-1)

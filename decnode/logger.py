@@ -11,7 +11,8 @@ from tqdm import tqdm
 from .timing import format_table
 
 SCALARS = ("train_reward", "eval_reward", "eval_win_rate", "train_win_rate", "policy_loss", "value_loss",
-           "entropy", "lr", "grad_disagreement", "update_variance", "consensus_distance", "grad_norm")
+           "entropy", "lr", "grad_disagreement", "update_variance", "consensus_distance", "grad_norm",
+           "approx_kl", "clip_fraction", "explained_variance")
 
 
 class RunLogger:

@@ -106,3 +106,20 @@ class Rollout:
             self.coord.states[self.T] = torch.from_numpy(self.step_data.state)
             self.coord.reset[self.T] = torch.from_numpy(self.next_reset)
         return batch, (self.coord if coordinator else None)
+
+    def state_dict(self) -> dict:
+        """`rows`: each agent's hidden state; `coordinator` (rank 0): the environments, the step in hand, the
+        pending episode starts and the observation statistics."""
+        coordinator = {}
+        if self.fabric.rank == 0:
+            coordinator = {"env": self.env.get_state(), "step_data": self.step_data,
+                           "next_reset": self.next_reset.copy(), "obs_stats": self.obs_stats.state_dict()}
+        return {"rows": {"h": self.h.clone()}, "coordinator": coordinator}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.h.copy_(state["rows"]["h"])
+        if self.fabric.rank == 0:
+            c = state["coordinator"]
+            self.env.set_state(c["env"])
+            self.step_data, self.next_reset = c["step_data"], c["next_reset"].copy()
+            self.obs_stats.load_state_dict(c["obs_stats"])

@@ -19,10 +19,10 @@ import torch
 
 from . import checkpoint as ckpt
 from .actor import ActorBlock
-from .algos import LocalSGD, make_combiner
+from .algos import make_combiner
 from .comm import Fabric
 from .config import Config
-from .critic import Critic
+from .critic import make_critic
 from .envs import make_env
 from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from .mappo import linear_lr
@@ -43,32 +43,36 @@ class StopRequested:
         self.flag, self.signum = True, signum
 
 
+class NonFiniteError(RuntimeError):
+    """A loss or parameter became NaN or inf; the message names the rank, the quantity and the iteration."""
+
+
+# What the non-finite check looks at, in order; its index travels in the per-iteration all-reduce.
+WATCHED = ("policy loss", "actor parameters", "value loss", "critic parameters")
+
+
 class Trainer:
     def __init__(self, cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None):
         self.cfg, self.fabric, self.run_dir = cfg, fabric, Path(run_dir)
         self.rec, self.coordinator = fabric.recorder, fabric.rank == 0
         env_cfg, tr = cfg.env, cfg.train
-        n, a = fabric.n_agents, fabric.per_process
+        n = fabric.n_agents
         self.n, self.T, self.B = n, env_cfg.episode_length, env_cfg.n_envs
         self.env_kwargs = dict(backend=env_cfg.backend, local_ratio=env_cfg.local_ratio,
                                max_cycles=env_cfg.episode_length, reward=env_cfg.reward)
         env = make_env(env_cfg.name, n, self.B, **self.env_kwargs) if self.coordinator else None
         dims = torch.tensor([env.obs_dim, env.state_dim, env.n_actions] if env else [0, 0, 0])
         self.obs_dim, state_dim, self.n_actions = (int(x) for x in fabric.broadcast(dims))
-        # MAPPO's agent-specific state: only a per-agent (local) critic can take an agent id as input.
-        self.id_dim = n if env_cfg.state_agent_id else 0
-        self.state_dim = state_dim + self.id_dim
         self.chunk = tr.chunk_length or self.T
+        self.mix_epochs = (range(tr.ppo_epochs) if cfg.algo.mix_every == "step"  # DecPG: which epochs gossip
+                           else range(tr.ppo_epochs - 1, tr.ppo_epochs))
 
         self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed)
         self.actor_combiner = make_combiner(cfg.algo.name, fabric, "gossip" if cfg.algo.name == "decpg" else "allreduce")
-        if cfg.algo.critic == "central":
-            self.critic = Critic(1, self.state_dim, n, tr.hidden, tr.seed, per_row_norm=False) if self.coordinator else None
-            self.critic_combiner = LocalSGD(fabric, "critic_sgd")
-        else:
-            self.critic = Critic(a, self.state_dim, 1, tr.hidden, tr.seed, per_row_norm=True)
-            self.critic_combiner = make_combiner(cfg.algo.name, fabric, "gossip_critic" if cfg.algo.name == "decpg"
-                                                 else "allreduce_critic")
+        self.critic = make_critic(cfg.algo.critic, fabric, algo=cfg.algo.name, state_dim=state_dim,
+                                  agent_id=env_cfg.state_agent_id, seed=tr.seed, T=self.T, B=self.B, hidden=tr.hidden,
+                                  chunk=self.chunk, gamma=tr.gamma, lam=tr.gae_lambda, clip=tr.clip,
+                                  huber_delta=tr.huber_delta, value_coef=tr.value_coef, max_grad_norm=tr.max_grad_norm)
         self.rollout = Rollout(fabric, self.actor, env, T=self.T, B=self.B, obs_dim=self.obs_dim,
                                state_dim=state_dim, n_actions=self.n_actions, hidden=tr.hidden)
         # Cheap batched envs: every rank plays a share; heavy backends (JAX, SC2, mpe2) play on rank 0.
@@ -78,107 +82,97 @@ class Trainer:
                                    hidden=tr.hidden, spread=self.evaluator_spread)
         self.iteration, self.env_steps, self.last_eval = 0, 0, float("nan")
         self.rollout.start(tr.seed)
-        if self.critic is not None:
-            self.critic.start(self.B)
         if resume is not None:
-            self._restore(resume)
+            self.load_state_dict(resume)
         self.stop = StopRequested()
 
     # ---- one iteration -----------------------------------------------------------------------------------------
-    def _states_for_critic(self, coord_states: torch.Tensor | None) -> torch.Tensor | None:
-        """[rows, T+1, B, S] input of this rank's critic: the global state (local critics: + one-hot agent id)."""
-        if self.critic is None:
-            return None
-        states = coord_states
-        if self.cfg.algo.critic == "local":  # every agent's critic needs the state: one broadcast per iteration
-            buf = states if self.coordinator else torch.empty(self.T + 1, self.B, self.state_dim - self.id_dim)
-            states = self.fabric.broadcast(buf, name="state_broadcast")
-        x = states.unsqueeze(0).expand(self.critic.rows, *states.shape)
-        if self.id_dim:
-            ids = torch.eye(self.n)[list(self.fabric.agents)]
-            x = torch.cat([x, ids[:, None, None, :].expand(self.critic.rows, *states.shape[:2], self.n)], dim=-1)
-        return x
-
     def iterate(self) -> dict:
-        cfg, tr, fabric, rec = self.cfg, self.cfg.train, self.fabric, self.rec
-        it = self.iteration
-        fabric.context = f"iteration {it}"
-        lr = linear_lr(it, tr.iterations, tr.lr, tr.min_lr)
+        tr, rec = self.cfg.train, self.rec
+        self.fabric.context = f"iteration {self.iteration}"
+        lr = linear_lr(self.iteration, tr.iterations, tr.lr, tr.min_lr)
         theta_start = self.actor.params.clone()
+
         batch, coord = self.rollout.collect()
+        critic_batch = self.critic.prepare(coord)  # this rank's advantages and the critic's training data
+        ppo = self.actor.ppo_batch(batch, critic_batch.advantages, self.chunk)
 
-        # Advantages: the central critic (rank 0) sends each agent its own; local critics compute their own.
-        with rec.section("critic"):
-            states = self._states_for_critic(coord.states if coord is not None else None)
-        if cfg.algo.critic == "central":
-            if self.coordinator:
-                with rec.section("critic"):
-                    values, h_before = self.critic.values(states, coord.reset)
-                    rewards = coord.rewards.unsqueeze(0)  # [1, T, B, n]: one row, a head per agent
-                    adv, returns = self.critic.advantages(values, rewards, coord.dones, tr.gamma, tr.gae_lambda)
-                    adv_by_agent = adv[0].permute(2, 0, 1).contiguous()  # [n, T, B]
-                critic_reset = coord.reset
-            local_adv = torch.empty(self.fabric.per_process, self.T, self.B)
-            advantages = fabric.to_agents(adv_by_agent if self.coordinator else None, local_adv, name="advantages")
-        else:
-            rewards = fabric.to_agents(coord.rewards.permute(2, 0, 1).contiguous() if coord is not None else None,
-                                       torch.empty(self.fabric.per_process, self.T, self.B), name="advantages")
-            flags = torch.zeros(2, self.T + 1, self.B)  # dones (T of them) and episode starts (T+1)
-            if coord is not None:
-                flags[0, : self.T], flags[1] = coord.dones, coord.reset
-            flags = fabric.broadcast(flags, name="advantages")
-            dones, reset = flags[0, : self.T] > 0.5, flags[1] > 0.5
+        actor, combiner = self.actor, self.actor_combiner
+        for epoch in range(tr.ppo_epochs):  # one full-batch SGD step each
+            mix = epoch in self.mix_epochs
+            with rec.section("actor_update"):
+                combiner.before_backward(actor.params, mix)  # DecPG posts the gossip of θ here...
+                stats = actor.backward(ppo, clip=tr.clip, entropy_coef=tr.entropy_coef,
+                                       health=epoch == tr.ppo_epochs - 1)
+                if epoch == 0:  # the noise metrics use the gradient at θₘ
+                    first = {**stats, "grad": actor.grads.clone()}
+                combiner.after_backward(actor.grads)  # ...and PS the all-reduce of ∇ here
             with rec.section("critic"):
-                values, h_before = self.critic.values(states, reset)
-                adv, returns = self.critic.advantages(values, rewards.unsqueeze(-1), dones, tr.gamma, tr.gae_lambda)
-                advantages = adv[..., 0]
-            critic_reset = reset
+                self.critic.epoch(critic_batch, lr, mix)  # while the actor's message is in flight
+            with rec.section("actor_update"):
+                combiner.step(actor.params, actor.grads, lr, tr.max_grad_norm)
 
-        # PPO epochs. The critic's epoch runs while the actor's gossip/all-reduce is in flight.
-        epochs = tr.ppo_epochs
-        mix_epochs = set(range(epochs)) if cfg.algo.mix_every == "step" else {epochs - 1}
-        critic_losses = []
-
-        def critic_epoch(epoch: int) -> None:
-            if self.critic is None:
-                return
-            with rec.section("critic"):
-                critic_losses.append(self.critic.update(
-                    states, h_before, critic_reset, values, returns, self.critic_combiner, lr=lr, clip=tr.clip,
-                    huber_delta=tr.huber_delta, value_coef=tr.value_coef, max_grad_norm=tr.max_grad_norm,
-                    chunk=self.chunk, epoch=epoch, mix=epoch in mix_epochs))
-
-        with rec.section("actor_update"):
-            stats = self.actor.update(batch, advantages, self.actor_combiner, lr=lr, epochs=epochs, clip=tr.clip,
-                                      entropy_coef=tr.entropy_coef, max_grad_norm=tr.max_grad_norm,
-                                      chunk=self.chunk, mix_epochs=mix_epochs, during_comm=critic_epoch)
         self.iteration += 1
         self.env_steps += self.T * self.B
-        return self._iteration_stats(stats, theta_start, critic_losses, coord, lr)
+        return self._iteration_stats(first, stats, critic_batch, theta_start, coord, lr)
 
-    def _iteration_stats(self, stats, theta_start, critic_losses, coord, lr) -> dict:
-        """One all-reduce per iteration carries the losses, the noise metrics (paper A.5) and the stop flag.
-        Dₘ uses the first epoch's gradient (taken at θₘ); Vₘ the whole iteration's update θₘ₊₁ − θₘ."""
-        local_critic = critic_losses[0].sum().item() if (critic_losses and self.cfg.algo.critic == "local") else 0.0
-        spread, sums = spread_and_sums(
-            self.fabric, {"grad_disagreement": stats["grad"], "update_variance": self.actor.params - theta_start,
-                          "consensus_distance": theta_start},
-            [stats["policy_loss"].sum().item(), stats["entropy"].sum().item(), stats["grad_norm"].sum().item(),
-             local_critic, float(self.stop.flag)])
-        n = self.n
-        out = {"iteration": self.iteration, "env_steps": self.env_steps, "lr": lr, "policy_loss": sums[0] / n,
-               "entropy": sums[1] / n, "grad_norm": sums[2] / n, **spread}
-        if self.cfg.algo.critic == "local":
-            out["value_loss"] = sums[3] / n
-        elif self.coordinator and critic_losses:
-            out["value_loss"] = critic_losses[0].mean().item()
+    def _nonfinite(self, first: dict, critic_batch) -> tuple[int, int]:
+        """(index into WATCHED + 1, local row) of the first NaN/inf on this rank; (0, 0) if all is finite."""
+        watched = [first["policy_loss"], self.actor.params,
+                   critic_batch.losses[0] if critic_batch.losses else None,
+                   self.critic.net.params if self.critic.net is not None else None]
+        for code, x in enumerate(watched, start=1):
+            if x is not None:
+                bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1)
+                if bad.any():
+                    return code, int(bad.nonzero()[0])
+        return 0, 0
+
+    def _iteration_stats(self, first, last, critic_batch, theta_start, coord, lr) -> dict:
+        """One all-reduce per iteration carries the losses, PPO's health metrics, the noise metrics (paper A.5),
+        the non-finite check and the stop flag. Dₘ uses the first epoch's gradient (taken at θₘ); Vₘ the whole
+        iteration's update θₘ₊₁ − θₘ; approx-KL and clip fraction the last epoch (the first one's ratio is 1)."""
+        ev = critic_batch.explained_variance
+        scalars = {"policy_loss": first["policy_loss"].sum().item(), "entropy": first["entropy"].sum().item(),
+                   "grad_norm": first["grad"].norm(dim=1).sum().item(), "approx_kl": last["approx_kl"].sum().item(),
+                   "clip_fraction": last["clip_fraction"].sum().item(),
+                   "value_loss": critic_batch.losses[0].sum().item() if critic_batch.losses else 0.0,
+                   "explained_variance": ev.sum().item() if ev is not None else 0.0, "stop": float(self.stop.flag)}
+        # Which rank saw a NaN/inf, and where: one slot per rank, so every rank can name the culprit.
+        code, row = self._nonfinite(first, critic_batch)
+        flags = [0.0] * self.fabric.world
+        flags[self.fabric.rank] = float(code + len(WATCHED) * row) if code else 0.0
+        spread, totals = spread_and_sums(
+            self.fabric, {"grad_disagreement": first["grad"], "update_variance": self.actor.params - theta_start,
+                          "consensus_distance": theta_start}, [*scalars.values(), *flags])
+        sums = dict(zip(scalars, totals))
+        self._raise_if_nonfinite(totals[len(scalars):])
+        n, critic_rows = self.n, self.critic.total_rows
+        out = {"iteration": self.iteration, "env_steps": self.env_steps, "lr": lr,
+               **{key: sums[key] / n for key in ("policy_loss", "entropy", "grad_norm", "approx_kl", "clip_fraction")},
+               "value_loss": sums["value_loss"] / critic_rows,
+               "explained_variance": sums["explained_variance"] / critic_rows, **spread}
         if self.coordinator:
             rets = coord.episode_returns
             out["train_reward"] = float(np.mean(rets)) if rets else None
             if coord.episode_wins:
                 out["train_win_rate"] = float(np.mean(coord.episode_wins))
-        out["stop"] = sums[4] > 0
+        out["stop"] = sums["stop"] > 0
         return out
+
+    def _raise_if_nonfinite(self, flags: list[float]) -> None:
+        bad = [(rank, int(f)) for rank, f in enumerate(flags) if f]
+        if not bad:
+            return
+        rank, value = bad[0]
+        code, row = (value - 1) % len(WATCHED) + 1, (value - 1) // len(WATCHED)
+        what = WATCHED[code - 1]
+        if what != "critic parameters" or self.critic.per_agent:
+            what += f" of agent {self.fabric.rows_of(rank)[row]}"
+        others = f" (and on {len(bad) - 1} more ranks)" if len(bad) > 1 else ""
+        raise NonFiniteError(f"rank {rank}: {what} became NaN or inf in iteration {self.iteration}{others}; "
+                             f"stopped without saving, so the last checkpoint is the last good state "
+                             f"(a smaller train.lr or train.max_grad_norm may help)")
 
     # ---- evaluation and models ----------------------------------------------------------------------------------
     def average_actor(self) -> torch.Tensor:
@@ -211,84 +205,43 @@ class Trainer:
         test_result = test.run(rows, seed=seed + TEST_SEED_OFFSET)
         return {"train": train_result, "test": test_result, "gap": test_result["return"] - train_result["return"]}
 
-    # ---- checkpoints ---------------------------------------------------------------------------------------------
-    def _agent_state(self) -> dict:
-        st = {"actor": self.actor.params.clone(), "h": self.rollout.h.clone(),
-              "samplers": [g.get_state() for g in self.actor.samplers]}
-        if self.cfg.algo.critic == "local":
-            st.update(critic=self.critic.params.clone(), critic_h=self.critic.h.clone(),
-                      value_norm=self.critic.value_norm.state_dict())
-        return st
+    # ---- checkpoints: the union of the components' state_dicts ----------------------------------------------------
+    def state_dict(self) -> dict:
+        """The checkpoint (complete on rank 0): every agent's rows gathered by agent id, so a run may resume on
+        another process count, plus rank 0's coordinator state and the counters."""
+        rollout, critic = self.rollout.state_dict(), self.critic.state_dict()
+        rows = {"actor": self.actor.state_dict(), "rollout": rollout["rows"], "critic": critic["rows"]}
+        per_rank = self.fabric.gather_objects(rows)
+        if not self.coordinator:
+            return {}
+        return {"iteration": self.iteration, "env_steps": self.env_steps, "config": self.cfg.to_dict(),
+                "last_eval": self.last_eval, "agents": ckpt.cat_rows(per_rank),
+                "coordinator": {"rollout": rollout["coordinator"], "critic": critic["coordinator"]}}
 
-    def save_checkpoint(self) -> None:
-        with self.rec.section("checkpoint"):
-            per_rank = self.fabric.gather_objects(self._agent_state())
-            if not self.coordinator:
-                return
-            agents = {key: torch.cat([r[key] for r in per_rank]) for key in ("actor", "h")}
-            agents["samplers"] = [s for r in per_rank for s in r["samplers"]]
-            if self.cfg.algo.critic == "local":
-                norms = [r["value_norm"] for r in per_rank]  # per-agent rows; every row saw the same updates
-                agents.update(critic=torch.cat([r["critic"] for r in per_rank]),
-                              critic_h=torch.cat([r["critic_h"] for r in per_rank]),
-                              value_norm={"running_mean": torch.cat([v["running_mean"] for v in norms]),
-                                          "running_mean_sq": torch.cat([v["running_mean_sq"] for v in norms]),
-                                          "debiasing_term": norms[0]["debiasing_term"]})
-            ro = self.rollout
-            state = {"iteration": self.iteration, "env_steps": self.env_steps, "config": self.cfg.to_dict(),
-                     "agents": agents, "env": ro.env.get_state(), "step_data": ro.step_data,
-                     "next_reset": ro.next_reset.copy(), "last_eval": self.last_eval,
-                     "obs_stats": ro.obs_stats.state_dict()}
-            if self.cfg.algo.critic == "central":
-                state["critic"] = {"params": self.critic.params.clone(), "h": self.critic.h.clone(),
-                                   "value_norm": self.critic.value_norm.state_dict()}
-            ckpt.atomic_save(state, self.run_dir / ckpt.CHECKPOINT)
-
-    def _restore(self, state: dict) -> None:
-        rows = slice(self.fabric.agents.start, self.fabric.agents.stop)
-        ag = state["agents"]
-        self.actor.params.copy_(ag["actor"][rows])
-        self.rollout.h.copy_(ag["h"][rows])
-        for gen, s in zip(self.actor.samplers, ag["samplers"][rows]):
-            gen.set_state(s)
-        if self.cfg.algo.critic == "local":
-            self.critic.params.copy_(ag["critic"][rows])
-            self.critic.h = ag["critic_h"][rows].clone()
-            vn = ag["value_norm"]
-            self.critic.value_norm.load_state_dict({"running_mean": vn["running_mean"][rows],
-                                                    "running_mean_sq": vn["running_mean_sq"][rows],
-                                                    "debiasing_term": vn["debiasing_term"]})
-        if self.coordinator:
-            ro = self.rollout
-            ro.env.set_state(state["env"])
-            ro.step_data, ro.next_reset = state["step_data"], state["next_reset"].copy()
-            ro.obs_stats.load_state_dict(state["obs_stats"])
-            if self.cfg.algo.critic == "central":
-                self.critic.params.copy_(state["critic"]["params"])
-                self.critic.h = state["critic"]["h"].clone()
-                self.critic.value_norm.load_state_dict(state["critic"]["value_norm"])
+    def load_state_dict(self, state: dict) -> None:
+        rows = ckpt.take_rows(state["agents"], self.fabric.agents)
+        self.actor.load_state_dict(rows["actor"])
+        self.rollout.load_state_dict({"rows": rows["rollout"], "coordinator": state["coordinator"]["rollout"]})
+        self.critic.load_state_dict({"rows": rows["critic"], "coordinator": state["coordinator"]["critic"]})
         self.iteration, self.env_steps = state["iteration"], state["env_steps"]
         self.last_eval = state.get("last_eval", float("nan"))
 
-    def save_models(self) -> None:
-        """models.pt: every agent's actor, the averaged actor θ̄, the central critic, the obs std for the test env."""
-        rows = self.fabric.gather_rows(self.actor.params)
-        central = self.cfg.algo.critic == "central"
-        critic_rows = None if central else self.fabric.gather_rows(self.critic.params)
-        critic_norms = None
-        if not central:  # local critics: per-agent return statistics, gathered like their parameters
-            vn = self.critic.value_norm.state_dict()
-            stats = self.fabric.gather_rows(torch.stack([vn["running_mean"], vn["running_mean_sq"]], dim=1))
+    def save_checkpoint(self) -> None:
+        with self.rec.section("checkpoint"):
+            state = self.state_dict()
             if self.coordinator:
-                critic_norms = {"running_mean": stats[:, 0], "running_mean_sq": stats[:, 1],
-                                "debiasing_term": vn["debiasing_term"]}
+                ckpt.atomic_save(state, self.run_dir / ckpt.CHECKPOINT)
+
+    def save_models(self) -> None:
+        """models.pt: every agent's actor, the averaged actor θ̄, the critic(s) with their value normaliser, and
+        the observation std for the test env."""
+        rows = self.fabric.gather_rows(self.actor.params)
+        critic, value_norm = self.critic.saved_params()
         if self.coordinator:
             torch.save({"actor_rows": rows, "actor_mean": rows.mean(0), "config": self.cfg.to_dict(),
-                        "obs_dim": self.obs_dim, "state_dim": self.state_dim, "n_actions": self.n_actions,
+                        "obs_dim": self.obs_dim, "state_dim": self.critic.input_dim, "n_actions": self.n_actions,
                         "obs_std": self.rollout.obs_stats.std, "iteration": self.iteration,
-                        "critic": self.critic.params.clone() if central else critic_rows,
-                        "value_norm": self.critic.value_norm.state_dict() if central else critic_norms},
-                       self.run_dir / "models.pt")
+                        "critic": critic, "value_norm": value_norm}, self.run_dir / "models.pt")
 
     def is_eval_iteration(self) -> bool:
         ev = self.cfg.eval.interval
