@@ -169,7 +169,7 @@ class Trainer:
         what = WATCHED[code - 1]
         if what != "critic parameters" or self.critic.per_agent:
             what += f" of agent {self.fabric.rows_of(rank)[row]}"
-        others = f" (and on {len(bad) - 1} more ranks)" if len(bad) > 1 else ""
+        others = f" (and on {len(bad) - 1} more of the {self.fabric.world} ranks)" if len(bad) > 1 else ""
         raise NonFiniteError(f"rank {rank}: {what} became NaN or inf in iteration {self.iteration}{others}; "
                              f"stopped without saving, so the last checkpoint is the last good state "
                              f"(a smaller train.lr or train.max_grad_norm may help)")

@@ -67,3 +67,39 @@ def test_ps_replicas_bit_identical_decpg_replicas_differ(trained, critic):
     dec = distributed[("decpg", critic)]["actor_rows"]
     assert (dec[0] - dec[1]).abs().max() > 1e-6, "DecPG replicas should differ (k=1 mixes partially)"
     torch.testing.assert_close(dec.mean(0), single[("decpg", critic)]["actor_rows"].mean(0), atol=1e-5, rtol=0)
+
+
+def _train_until_nonfinite(root: str):
+    """A run whose lr schedule blows up after its first iterations (lr 1e-2 -> 1e30 over 4 iterations; min_lr is
+    set after validation, which rightly refuses such a schedule). Returns (error message, checkpoint iteration)."""
+    from pathlib import Path
+
+    from decnode import checkpoint as ckpt
+    from decnode.comm import Fabric, open_fabric
+    from decnode.trainer import NonFiniteError, train
+
+    torch.set_num_threads(1)
+    cfg = small_config("decpg", "local", N, f"{root}/nan", iterations=4)
+    cfg.train.min_lr, cfg.run.checkpoint_interval = 1e30, 1
+    run_dir = Path(cfg.run.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open_fabric(N, 1, timeout_s=60) as fabric:
+        try:
+            train(cfg, Fabric(N, 1, fabric.rank, fabric.world, 60), run_dir)
+            message = None
+        except NonFiniteError as err:
+            message = str(err)
+    return message, ckpt.load(run_dir)["iteration"]
+
+
+def test_a_nonfinite_update_stops_every_rank_and_keeps_the_last_good_checkpoint(tmp_path):
+    results = run_ranks(_train_until_nonfinite, N, str(tmp_path), timeout=200)
+    messages = {message for message, _ in results}
+    assert len(messages) == 1 and None not in messages, messages  # every rank stopped, with the same words
+    message = messages.pop()
+    assert message.startswith("rank ") and "iteration 2" in message and "NaN or inf" in message, message
+    assert "agent" in message and ("parameters" in message or "loss" in message), message
+    # iteration 1 was finite and checkpointed; the poisoned iteration 2 was not written over it
+    assert {iteration for _, iteration in results} == {1}
+    state = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)
+    assert torch.isfinite(state["agents"]["actor"]["params"]).all()
