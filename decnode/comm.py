@@ -9,17 +9,20 @@ point-to-point messages and collectives. Every wait carries a timeout, so a dead
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from .net import PRESETS, Emulator, NetProfile, NodeClock
 from .timing import Recorder
 from .topology import block_plan, mixing_matrix
 
 # Distinct tags keep unrelated point-to-point streams between the same pair of ranks apart.
 TAG_GOSSIP, TAG_TO_AGENTS, TAG_TO_COORDINATOR = 1, 2, 3
+STAMP_TAG = 1000  # + a message's tag: its simulated (departure, arrival, host arrival), when a profile is set
 
 
 class CommError(RuntimeError):
@@ -29,13 +32,14 @@ class CommError(RuntimeError):
 class GossipHandle:
     """An in-flight gossip round: `wait()` returns P @ Θ for the local rows (a persistent buffer)."""
 
-    def __init__(self, fabric: "Fabric", state: dict, works: list, timer_name: str):
-        self._fabric, self._state, self._works, self._name = fabric, state, works, timer_name
+    def __init__(self, fabric: "Fabric", state: dict, works: list, timer_name: str, stamps: list):
+        self._fabric, self._state, self._works, self._name, self._stamps = fabric, state, works, timer_name, stamps
 
     def wait(self) -> torch.Tensor:
         st = self._state
         with self._fabric.recorder.section(self._name):
             self._fabric._wait_all(self._works, self._name)
+            self._fabric._arrived(self._stamps)
             torch.matmul(st["weights"], st["buf"], out=st["out"])
         return st["out"]
 
@@ -43,20 +47,22 @@ class GossipHandle:
 class PendingReduce:
     """An in-flight all-reduce: `wait()` returns the reduced persistent buffer (times `scale`)."""
 
-    def __init__(self, fabric: "Fabric", buf: torch.Tensor, work, name: str, scale: float):
-        self._fabric, self._buf, self._work, self._name, self._scale = fabric, buf, work, name, scale
+    def __init__(self, fabric: "Fabric", buf: torch.Tensor, work, name: str, scale: float, sim=None):
+        self._fabric, self._buf, self._work, self._name, self._scale, self._sim = fabric, buf, work, name, scale, sim
 
     def wait(self) -> torch.Tensor:
         if self._work is not None:
             with self._fabric.recorder.section(self._name):
                 self._fabric._wait_all([self._work], self._name)
+                self._fabric._joined(self._sim)
             self._work = None
         return self._buf.mul_(self._scale) if self._scale != 1.0 else self._buf
 
 
 class Fabric:
-    def __init__(self, n_agents: int, k: int, rank: int = 0, world: int = 1,
-                 timeout_s: float = 300.0, recorder: Recorder | None = None, exchange: str = "p2p"):
+    def __init__(self, n_agents: int, k: int, rank: int = 0, world: int = 1, timeout_s: float = 300.0,
+                 recorder: Recorder | None = None, exchange: str = "p2p", net: NetProfile | None = None,
+                 seed: int = 0):
         if n_agents % world:
             raise ValueError(f"{n_agents} agents cannot be split evenly over {world} processes")
         self.n_agents, self.k, self.rank, self.world = n_agents, k, rank, world
@@ -73,6 +79,11 @@ class Fabric:
         self._gossip_state: dict[tuple, dict] = {}
         self._sum_buffers: dict[tuple, torch.Tensor] = {}
         self.context = "setup"  # what the job is doing, for error messages (e.g. "iteration 12")
+        # A network profile: every message and collective also advances this node's simulated clock (net.py).
+        self.net = net or PRESETS["loopback"]
+        active = self.net.active and self.distributed
+        self.clock = NodeClock(self.net, rank, seed) if active else None
+        self.emulator = Emulator(self.net) if active and self.net.mode == "emulate" else None
 
     # ---- helpers ---------------------------------------------------------------------------------------------
     def _wait_all(self, works: list, what: str) -> None:
@@ -90,6 +101,55 @@ class Fabric:
                 raise CommError(f"rank {self.rank}: {what}{with_peer} timed out after "
                                 f"{self.timeout.total_seconds():.0f}s during {self.context}")
 
+    # ---- the simulated network: stamps on point-to-point messages, clocks joined by collectives -------------
+    def _isend(self, x: torch.Tensor, peer: int, tag: int, stamps: list) -> list:
+        """isend x, and (with a profile) its stamp: when it leaves this node's link and when it arrives."""
+        works = [(peer, dist.isend(x, dst=peer, tag=tag))]
+        if self.clock is not None:
+            nbytes = x.numel() * x.element_size()
+            depart, arrive = self.clock.send(nbytes)
+            host = self.emulator.send(nbytes) if self.emulator else 0.0
+            stamp = torch.tensor([depart, arrive, host], dtype=torch.float64)
+            stamps.append((False, stamp))  # kept with its round until the round is waited on
+            works.append((peer, dist.isend(stamp, dst=peer, tag=tag + STAMP_TAG)))
+        return works
+
+    def _irecv(self, x: torch.Tensor, peer: int, tag: int, stamps: list) -> list:
+        works = [(peer, dist.irecv(x, src=peer, tag=tag))]
+        if self.clock is not None:
+            stamp = torch.empty(3, dtype=torch.float64)
+            stamps.append((True, stamp))
+            works.append((peer, dist.irecv(stamp, src=peer, tag=tag + STAMP_TAG)))
+        return works
+
+    def _arrived(self, stamps: list) -> None:
+        """After the real waits: the receive completes on the simulated clock when the last message arrives."""
+        received = [stamp.tolist() for incoming, stamp in stamps if incoming]
+        if self.clock is None or not received:
+            return
+        for depart, arrive, host in sorted(received, key=lambda s: s[1]):
+            self.clock.receive(depart, arrive)
+        if self.emulator:
+            self.emulator.hold_until(max(host for _, _, host in received))
+
+    def _join_start(self, cost: float):
+        """Post the all-reduce (max) of every rank's clock that a collective starts from; None without a profile."""
+        if self.clock is None:
+            return None
+        clocks = torch.tensor([self.clock.advance(), time.monotonic()], dtype=torch.float64)
+        return clocks, dist.all_reduce(clocks, op=dist.ReduceOp.MAX, async_op=True), cost
+
+    def _joined(self, sim) -> None:
+        """A collective finished: it started when its last participant joined and took `cost` from there."""
+        if sim is None:
+            return
+        clocks, work, cost = sim
+        self._wait_all([work], "clock")
+        latest, host = clocks.tolist()
+        self.clock.collective(latest, cost)
+        if self.emulator:
+            self.emulator.hold_until(host + cost)
+
     def rows_of(self, rank: int) -> range:
         return range(rank * self.per_process, (rank + 1) * self.per_process)
 
@@ -100,15 +160,15 @@ class Fabric:
         st = self._gossip_state.get(key) or self._make_gossip_state(*key)
         with self.recorder.section(name):
             st["buf"][: self.per_process].copy_(x)
-            works = []
+            works, stamps = [], []
             for peer, (lo, hi) in st["recv_slices"].items():
-                works.append((peer, dist.irecv(st["buf"][lo:hi], src=peer, tag=TAG_GOSSIP)))
+                works += self._irecv(st["buf"][lo:hi], peer, TAG_GOSSIP, stamps)
             for peer, rows in st["send_rows"].items():
                 staged = st["stage"][peer]
                 torch.index_select(x, 0, rows, out=staged)
-                works.append((peer, dist.isend(staged, dst=peer, tag=TAG_GOSSIP)))
+                works += self._isend(staged, peer, TAG_GOSSIP, stamps)
             self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
-        return GossipHandle(self, st, works, name)
+        return GossipHandle(self, st, works, name, stamps)
 
     def gossip(self, x: torch.Tensor, name: str = "gossip") -> torch.Tensor:
         return self.gossip_start(x, name).wait()
@@ -152,12 +212,14 @@ class Fabric:
         if buf is None:
             buf = self._sum_buffers[key] = torch.empty_like(x)
         buf.copy_(x)
-        work = None
+        work = sim = None
         if self.distributed:
+            nbytes = buf.numel() * buf.element_size()
             with self.recorder.section(name):
                 work = dist.all_reduce(buf, async_op=True)
-            self.recorder.count(name, nbytes=buf.numel() * buf.element_size(), messages=1)
-        return PendingReduce(self, buf, work, name, scale)
+                sim = self._join_start(self.net.allreduce_s(self.world, nbytes))
+            self.recorder.count(name, nbytes=nbytes, messages=1)
+        return PendingReduce(self, buf, work, name, scale, sim)
 
     # ---- coordinator <-> agents, once per environment step ---------------------------------------------------
     def to_agents(self, full: torch.Tensor | None, like: torch.Tensor, name: str = "step_exchange") -> torch.Tensor:
@@ -170,17 +232,22 @@ class Fabric:
         if self.exchange == "collective":
             with self.recorder.section(name):
                 chunks = list(full.split(self.per_process)) if self.rank == 0 else None
+                sim = self._join_start(self.net.gather_s(self.world, like.numel() * like.element_size()))
                 self._wait_all([dist.scatter(like, chunks, src=0, async_op=True)], name)
+                self._joined(sim)
             return like
+        stamps = []
         with self.recorder.section(name):
             if self.rank == 0:
-                works = [(r, dist.isend(full[self.rows_of(r).start: self.rows_of(r).stop], dst=r, tag=TAG_TO_AGENTS))
-                         for r in range(1, self.world)]
+                works = [w for r in range(1, self.world)
+                         for w in self._isend(full[self.rows_of(r).start: self.rows_of(r).stop], r, TAG_TO_AGENTS, stamps)]
                 self.recorder.count(name, nbytes=(full.numel() - like.numel()) * full.element_size(),
                                     messages=self.world - 1)
                 self._wait_all(works, name)
+                self._arrived(stamps)
                 return full[: self.per_process]
-            self._wait_all([(0, dist.irecv(like, src=0, tag=TAG_TO_AGENTS))], name)
+            self._wait_all(self._irecv(like, 0, TAG_TO_AGENTS, stamps), name)
+            self._arrived(stamps)
             return like
 
     def to_coordinator(self, local: torch.Tensor, full: torch.Tensor | None,
@@ -191,17 +258,23 @@ class Fabric:
         if self.exchange == "collective":
             with self.recorder.section(name):
                 chunks = list(full.split(self.per_process)) if self.rank == 0 else None
+                sim = self._join_start(self.net.gather_s(self.world, local.numel() * local.element_size()))
                 self._wait_all([dist.gather(local.contiguous(), chunks, dst=0, async_op=True)], name)
+                self._joined(sim)
             return full if self.rank == 0 else None
+        stamps = []
         with self.recorder.section(name):
             if self.rank == 0:
                 full[: self.per_process].copy_(local)
-                works = [(r, dist.irecv(full[self.rows_of(r).start: self.rows_of(r).stop], src=r,
-                                         tag=TAG_TO_COORDINATOR)) for r in range(1, self.world)]
+                works = [w for r in range(1, self.world)
+                         for w in self._irecv(full[self.rows_of(r).start: self.rows_of(r).stop], r, TAG_TO_COORDINATOR,
+                                              stamps)]
                 self._wait_all(works, name)
+                self._arrived(stamps)
                 return full
             self.recorder.count(name, nbytes=local.numel() * local.element_size(), messages=1)
-            self._wait_all([(0, dist.isend(local.contiguous(), dst=0, tag=TAG_TO_COORDINATOR))], name)
+            self._wait_all(self._isend(local.contiguous(), 0, TAG_TO_COORDINATOR, stamps), name)
+            self._arrived(stamps)
             return None
 
     # ---- occasional collectives ------------------------------------------------------------------------------
@@ -211,13 +284,17 @@ class Fabric:
             return x.clone()
         with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1):
             out = [torch.empty_like(x) for _ in range(self.world)] if self.rank == 0 else None
+            sim = self._join_start(self.net.gather_s(self.world, x.numel() * x.element_size()))
             self._wait_all([dist.gather(x.contiguous(), out, dst=0, async_op=True)], name)
+            self._joined(sim)
         return torch.cat(out) if self.rank == 0 else None
 
     def broadcast(self, x: torch.Tensor, src: int = 0, name: str = "broadcast") -> torch.Tensor:
         if self.distributed:
             with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1):
+                sim = self._join_start(self.net.broadcast_s(self.world, x.numel() * x.element_size()))
                 self._wait_all([dist.broadcast(x, src=src, async_op=True)], name)
+                self._joined(sim)
         return x
 
     def gather_objects(self, obj) -> list | None:
@@ -231,7 +308,9 @@ class Fabric:
     def barrier(self, name: str = "wait") -> None:
         if self.distributed:
             with self.recorder.section(name):
+                sim = self._join_start(self.net.allreduce_s(self.world, 4))
                 self._wait_all([dist.barrier(async_op=True)], name)
+                self._joined(sim)
 
 
 def world_from_env() -> tuple[int, int]:
@@ -240,12 +319,13 @@ def world_from_env() -> tuple[int, int]:
 
 
 @contextmanager
-def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None, exchange: str = "p2p"):
+def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None, exchange: str = "p2p",
+                net: NetProfile | None = None, seed: int = 0):
     """Create the process group (if several processes) with an explicit timeout and always tear it down."""
     rank, world = world_from_env()
     if world > 1:
         dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-    fabric = Fabric(n_agents, k, rank, world, timeout_s, recorder, exchange)
+    fabric = Fabric(n_agents, k, rank, world, timeout_s, recorder, exchange, net, seed)
     ok = False
     try:
         yield fabric

@@ -50,7 +50,10 @@ class RunLogger:
         else:
             rate = (stats["env_steps"] - self._steps0) / max(time.perf_counter() - self._t0, 1e-9)
         last = "-" if last_eval != last_eval else f"{last_eval:.2f}"  # NaN until the first evaluation
-        self.bar.set_postfix({"env_steps/s": f"{rate:.0f}", "eval": last}, refresh=False)
+        postfix = {"env_steps/s": f"{rate:.0f}", "eval": last}
+        if "sim" in stats:  # a network profile is set: what an iteration takes on the simulated cluster
+            postfix["sim s/it"] = f"{stats['sim']['seconds']:.3f}"
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
 
     def finish(self, per_rank_timing: list[dict], summary: dict) -> str:

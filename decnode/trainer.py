@@ -26,6 +26,7 @@ from .critic import make_critic
 from .envs import make_env
 from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from .mappo import linear_lr
+from .net import clock_delta, format_clock_table
 from .metrics import spread_and_sums
 from .rollout import Rollout
 from .timing import delta_seconds
@@ -90,6 +91,8 @@ class Trainer:
     def iterate(self) -> dict:
         tr, rec = self.cfg.train, self.rec
         self.fabric.context = f"iteration {self.iteration}"
+        if self.fabric.clock is not None:
+            self.fabric.clock.begin_iteration()
         lr = linear_lr(self.iteration, tr.iterations, tr.lr, tr.min_lr)
         theta_start = self.actor.params.clone()
 
@@ -265,9 +268,10 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid()})
     if logger is not None:
         (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
-    stopped = False
+    stopped, start = False, trainer.iteration
+    clock = fabric.clock
     while trainer.iteration < tr.iterations:
-        before = rec.seconds()
+        before, sim_before = rec.seconds(), clock.snapshot() if clock else None
         stats = trainer.iterate()
         if trainer.is_eval_iteration():
             result = trainer.evaluate()
@@ -275,6 +279,8 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
             stats["eval_episodes"] = result["episodes"]
             if cfg.env.name != "simple_spread":
                 stats["eval_win_rate"] = result["win_rate"]
+        if clock is not None:  # the simulated cluster's iteration: every rank's clock joined in the stats all-reduce
+            stats["sim"] = clock_delta(clock.snapshot(), sim_before)
         if logger is not None:
             logger.log(trainer.metrics_line(stats, delta_seconds(rec.seconds(), before)), stats, trainer.last_eval)
         planned = cfg.run.stop_after is not None and trainer.iteration >= cfg.run.stop_after
@@ -296,11 +302,16 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
                 {"run_dir": str(run_dir), "iteration": trainer.iteration, "modes": {"average": summary["generalisation"]}},
                 indent=1))
     # Peak resident memory of every process (ru_maxrss is in KiB on Linux): what a job of this size needs.
-    reports = fabric.gather_objects((rec.snapshot(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    reports = fabric.gather_objects((rec.snapshot(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                     clock.snapshot() if clock else None))
     if logger is not None:
         timing, memory = [r[0] for r in reports], [round(r[1], 1) for r in reports]
         summary["peak_rss_mb"] = memory
+        if clock is not None:
+            summary["simulated"] = {"profile": vars(fabric.net), "ranks": [r[2] for r in reports]}
         print(logger.finish(timing, summary), flush=True)
+        if clock is not None:
+            print(format_clock_table(fabric.net, summary["simulated"]["ranks"], trainer.iteration - start), flush=True)
         print(f"peak memory per process: rank 0 {memory[0]:.0f} MB, others up to {max(memory[1:], default=0):.0f} MB;"
               f" sum over processes {sum(memory):.0f} MB (an upper bound on the job's peak)", flush=True)
         if "generalisation" in summary:

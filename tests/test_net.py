@@ -1,0 +1,153 @@
+"""The simulated cluster: network profiles, the per-node clock on real processes over gloo, and its guarantees."""
+
+import math
+import time
+
+import pytest
+import torch
+
+from decnode.config import ConfigError
+from decnode.net import PRESETS, NetProfile, NodeClock, load_profile, make_profile
+from multiproc import run_ranks
+
+SLOW_LINK = NetProfile("test", latency_s=0.005, bandwidth_bit_s=8e6)  # 1 MB/s: 100 KB take 0.1 s on the wire
+
+
+def burn(cpu_seconds: float) -> None:
+    """Synthetic compute of known CPU time."""
+    t0 = time.process_time()
+    while time.process_time() - t0 < cpu_seconds:
+        pass
+
+
+def _two_messages(d1: int, d2: int):
+    from decnode.comm import Fabric
+
+    fabric = Fabric(2, 1, *_rank_world(), timeout_s=60, net=SLOW_LINK)
+    x1, x2 = torch.full((1, d1), float(fabric.rank)), torch.full((1, d2), float(fabric.rank))
+    posted = fabric.clock.advance()
+    first, second = fabric.gossip_start(x1, "a"), fabric.gossip_start(x2, "b")
+    mixed = first.wait().clone()
+    after_first = fabric.clock.now
+    second.wait()
+    return posted, after_first, fabric.clock.now, mixed
+
+
+def _rank_world():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def test_a_message_arrives_after_latency_and_bandwidth_and_the_next_one_queues_behind_it():
+    d1, d2 = 25_000, 50_000  # 100 KB and 200 KB of float32
+    wire1, wire2 = SLOW_LINK.wire_s(4 * d1), SLOW_LINK.wire_s(4 * d2)
+    results = run_ranks(_two_messages, 2, d1, d2, timeout=120)
+    for rank, (_, after_first, done, mixed) in enumerate(results):
+        peer_posted = results[1 - rank][0]
+        assert after_first >= peer_posted + SLOW_LINK.latency_s + wire1
+        assert done >= peer_posted + SLOW_LINK.latency_s + wire1 + wire2  # queued behind the first on the link
+        assert done <= max(peer_posted, results[rank][0]) + SLOW_LINK.latency_s + wire1 + wire2 + 0.05
+        torch.testing.assert_close(mixed, torch.full((1, d1), 0.5))  # the data is the real data
+
+
+def _burn_then_collective(cpu_seconds: float, profile: NetProfile, k: int, algo: str):
+    from decnode.comm import Fabric
+
+    fabric = Fabric(4, k, *_rank_world(), timeout_s=60, net=profile)
+    x = torch.ones(1, 1000)
+    before, wall = fabric.clock.snapshot(), time.perf_counter()
+    burn(cpu_seconds)
+    if algo == "decpg":
+        fabric.gossip(x)
+    else:
+        fabric.allreduce_mean(x)
+    return fabric.clock.snapshot(), before, time.perf_counter() - wall
+
+
+def test_four_ranks_on_two_cores_see_their_own_cpu_time_not_the_oversubscribed_wall_clock():
+    cpu = 0.4
+    results = run_ranks(_burn_then_collective, 4, cpu, PRESETS["datacenter"], 0, "ps", timeout=120)
+    ideal = cpu + PRESETS["datacenter"].allreduce_s(4, 4000)
+    for after, before, wall in results:
+        simulated = after["clock"] - before["clock"]
+        assert abs(simulated - ideal) < 0.1 * ideal, (simulated, ideal)
+    # four ranks share two cores: the host needed about twice as long (the point of the clock)
+    assert max(wall for *_, wall in results) > 1.3 * ideal
+
+
+@pytest.mark.parametrize("algo", ["decpg", "ps"])
+def test_a_slow_node_makes_its_neighbours_wait_in_decpg_and_everyone_wait_in_ps(algo):
+    cpu, slow = 0.15, 3.0
+    profile = NetProfile("slow-rank-2", latency_s=1e-4, bandwidth_bit_s=1e9, speed=(1.0, 1.0, slow, 1.0))
+    results = run_ranks(_burn_then_collective, 4, cpu, profile, 2, algo, timeout=120)
+    waited = [after["waiting"] - before["waiting"] for after, before, _ in results]
+    late = (slow - 1) * cpu  # how far behind the slow node posts
+    assert waited[2] < 0.02
+    waiting_ranks = {1, 3} if algo == "decpg" else {0, 1, 3}  # k=2: rank 2's in-neighbours are 1 and 3
+    for rank in range(4):
+        if rank in waiting_ranks:
+            assert abs(waited[rank] - late) < 0.25 * late, (rank, waited)
+        elif rank != 2:
+            assert waited[rank] < 0.02, (rank, waited)
+
+
+def _train(root: str, profile: NetProfile | None):
+    from pathlib import Path
+
+    from decnode.comm import Fabric
+    from decnode.config import load, resolve
+    from decnode.run import DEFAULT_CONFIG
+    from decnode.trainer import train
+
+    cfg = resolve(load(DEFAULT_CONFIG, ["algo.k=1", "train.iterations=2", "env.n_envs=4", "eval.interval=0",
+                                        "eval.episodes=2", "eval.test_episodes=2", "run.tensorboard=false",
+                                        "run.checkpoint_interval=0", "env.n_agents=2"]), 2)
+    run_dir = Path(root) / (profile.name if profile else "none")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = _rank_world()
+    summary = train(cfg, Fabric(2, 1, rank, world, 60, net=profile, seed=1), run_dir)
+    return torch.load(run_dir / "models.pt", weights_only=False)["actor_rows"] if rank == 0 else None, summary
+
+
+def test_the_network_changes_time_never_results(tmp_path):
+    wan = make_profile({"preset": "wan", "straggler_p": 0.5, "straggler_slowdown": 4, "speed": [1, 2]})
+    plain, _ = run_ranks(_train, 2, str(tmp_path), None, timeout=200)[0]
+    simulated, summary = run_ranks(_train, 2, str(tmp_path), wan, timeout=200)[0]
+    assert torch.equal(plain, simulated)
+    ranks = summary["simulated"]["ranks"]
+    assert all(r["wire"] > 0 and r["clock"] >= r["compute"] + r["wire"] for r in ranks)
+
+
+def test_profiles_presets_files_and_one_line_errors(tmp_path):
+    assert not PRESETS["loopback"].active and PRESETS["ethernet"].active
+    eth = load_profile("ethernet")
+    assert (eth.latency_s, eth.bandwidth_bit_s) == (100e-6, 1e9)
+    assert math.isclose(eth.allreduce_s(10, 4e6), 18 * (100e-6 + 8 * 4e5 / 1e9))
+    path = tmp_path / "lab.yaml"
+    path.write_text("preset: ethernet\nlatency_s: 0.001\nspeed: [1, 1.5]\n")
+    lab = load_profile(str(path))
+    assert lab.latency_s == 0.001 and lab.bandwidth_bit_s == 1e9 and lab.slowdown(3) == 1.5 and lab.active
+    for bad, words in [({"preset": "fibre"}, "unknown network preset"), ({"latency_s": -1}, "must be ≥ 0"),
+                       ({"bandwidth_bit_s": 0}, "must be > 0"), ({"speed": []}, "non-empty"),
+                       ({"straggler_p": 2}, "[0, 1]"), ({"mode": "real"}, "simulate, emulate"),
+                       ({"latency": 1}, "unknown network profile key"), ({"jitter_s": float("nan")}, "finite"),
+                       ({"speed": [1, "fast"]}, "must be a number")]:
+        with pytest.raises(ConfigError, match=None) as err:
+            make_profile(bad)
+        assert words in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_profile(str(tmp_path / "missing.yaml"))
+
+
+def test_clock_queues_messages_on_the_senders_link_and_splits_wire_from_waiting():
+    cpu = iter([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]).__next__
+    clock = NodeClock(SLOW_LINK, rank=0, cpu=cpu)
+    assert clock.send(100_000) == pytest.approx((0.0, 0.105))
+    assert clock.send(100_000) == pytest.approx((0.1, 0.205))  # waits for the link
+    clock.receive(depart=0.5, arrival=0.6)  # the clock reads 1.0 s of compute by now: nothing to wait for
+    assert clock.now == pytest.approx(1.0) and clock.tally.waiting == 0
+    clock.receive(depart=1.2, arrival=1.3)  # the peer sent 0.2 s after we were ready: 0.2 waiting, 0.1 wire
+    assert clock.now == pytest.approx(1.3)
+    assert (clock.tally.waiting, clock.tally.wire) == pytest.approx((0.2, 0.1))
