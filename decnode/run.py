@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the memory and open-file estimate made before starting (see README)")
     p.add_argument("--verbose", action="store_true", help="show torch's launcher logs")
     p.add_argument("--help-config", action="store_true", help="list every config key with its type, default and doc")
+    p.add_argument("--print-config", action="store_true",
+                   help="check everything, print the resolved config that would train, start nothing")
     return p
 
 
@@ -210,6 +212,8 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Pat
     preflight.check_dependencies(cfg)
     if not args.no_preflight:
         preflight.check_resources(cfg, n_procs)
+    if args.print_config:
+        return cfg, run_dir, notes, n_procs
     if env is None or env.rank == 0:  # once per job, whoever launched it; the other workers wait in the rendezvous
         notes += set_up_run_dir(cfg, run_dir, bool(args.resume), args.overwrite)
     return cfg, run_dir, notes, n_procs
@@ -227,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ckpt.CheckpointError) as err:
         # Under torchrun every worker finds the same error: each says it, so no worker ends without a word.
         fail(str(err) if env is None or env.rank == 0 else f"rank {env.rank}: {err}")
+    if args.print_config:
+        print(_yaml(cfg.to_dict()), end="")
+        return
     for note in notes:
         print(f"decnode-run: {note}", flush=True)
     payload = (cfg.to_dict(), str(run_dir), bool(args.resume))

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import check_output
 from .config import ConfigError
 
 MANIFEST = ".decnode-run.json"
@@ -32,7 +33,10 @@ def _manifest(run_dir: Path) -> dict | None:
         data = json.loads((run_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and isinstance(data.get("writes"), list) else None
+    if not isinstance(data, dict) or not isinstance(data.get("writes"), list):
+        return None
+    data["writes"] = [MANIFEST, *(p for p in data["writes"] if isinstance(p, str))]  # the manifest is ours too
+    return data
 
 
 def _entries(run_dir: Path) -> list[tuple[str, bool]]:
@@ -85,15 +89,10 @@ def clear(run_dir: Path, patterns) -> None:
 
 def check_out_path(run_dir: Path) -> None:
     """A run directory can be made here: not a file, not under a file, the nearest existing folder writable."""
-    if run_dir.is_file() or (run_dir.is_symlink() and not run_dir.exists()):
-        raise ConfigError(f"run directory {run_dir} is a file, not a directory; choose another --out")
-    for parent in [run_dir, *run_dir.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"cannot create run directory {run_dir}: {parent} is a file")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise ConfigError(f"cannot create run directory {run_dir}: {parent} is not writable")
-            return
+    try:
+        check_output(run_dir, "directory")
+    except ValueError as err:
+        raise ConfigError(f"run directory: {err}; choose another --out") from None
 
 
 def prepare(run_dir: Path, overwrite: bool) -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 FLOAT_TAG, INT_TAG = "tag:yaml.org,2002:float", "tag:yaml.org,2002:int"
+MAX_BYTES = 2**20
 MAX_INT_DIGITS = 30  # far above any sensible value; Python refuses to parse > 4300 digits with a bare ValueError
 
 _FLOAT = re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -85,6 +86,10 @@ def read(path: Path) -> dict:
     if not path.exists():
         raise YamlError(f"config file not found: {path}")
     try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:  # a config is a few KB; do not spend a minute parsing a stray data file
+            raise YamlError(f"config file {path} is {size / 2**20:.1f} MB; a config file is at most "
+                            f"{MAX_BYTES // 2**20} MB")
         raw = path.read_bytes()
     except OSError as err:
         raise YamlError(f"cannot read config file {path}: {err.strerror or err}") from None
