@@ -70,6 +70,8 @@ def quiet_launcher_logs(verbose: bool) -> None:
     # torch gives each of its modules' loggers its own level when it imports them: set every one imported so far
     # (the caller imports the launcher first) and, through LOGLEVEL, the ones imported later.
     os.environ.setdefault("LOGLEVEL", logging.getLevelName(level))
+    if not verbose:  # multiprocessing's tracker warns about the launcher's semaphore when a stop interrupts it
+        os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
             logging.getLogger(name).setLevel(level)

@@ -31,7 +31,7 @@ def check_dependencies(cfg: Config) -> None:
     if kind == "smax":
         missing = [m for m in ("jax", "jaxmarl") if importlib.util.find_spec(m) is None]
         if missing:
-            raise ConfigError(f"env.name={cfg.env.name} needs {' and '.join(missing)}, which are not installed: "
+            raise ConfigError(f"env.name={cfg.env.name} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
                               "install the smax extra: pip install -e '.[smax]'")
     elif kind == "smac":
         reasons = []

@@ -98,6 +98,9 @@ def _prepare_resume(args, n_procs):
         raise ConfigError(f"--out cannot apply to --resume: the run stays in {run_dir}")
     if not run_dir.is_dir():
         raise ckpt.CheckpointError(f"cannot resume: {run_dir} is not a directory")
+    if not (run_dir / ckpt.CHECKPOINT).exists() and (run_dir / rundir.MANIFEST).exists():
+        raise ckpt.CheckpointError(f"no checkpoint in {run_dir}: the run stopped before its first one; run the same "
+                                   "command without --resume to start it again (the directory is reused)")
     state = ckpt.load(run_dir)
     saved = from_dict(state["config"], f"checkpoint {run_dir}").to_dict()
     lower = [(f"checkpoint {run_dir}", {k: v for k, v in saved.items() if k != "per_algo"})]
@@ -160,7 +163,10 @@ def set_up_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) ->
         if old != text:
             if resume and old is not None:
                 notes.append(f"{path} rewritten with the resolved config that trains")
-            path.write_text(text)
+            # Atomically: under torchrun the other workers may be reading it while rank 0 writes.
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
         rundir.mark(run_dir)
     except OSError as err:
         raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None

@@ -426,3 +426,40 @@ def test_help_config_lists_every_key(box):
         for name in _fields(cls):
             line = next(x for x in res.stdout.splitlines() if x.split()[:1] == [f"{section}.{name}"])
             assert len(line.split()) > 4, line  # type, default and a doc
+
+
+def test_missing_optional_dependencies_are_named_with_the_extra(monkeypatch):
+    # In-process: jax is installed here, so hide it from the finder the check uses (the CLI path is shared).
+    import importlib.util
+
+    from decnode import preflight
+    from decnode.config import ConfigError, load, resolve
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a))
+    cfg = resolve(load(CONFIGS / "smac_5m_vs_6m.yaml"), 5)
+    with pytest.raises(ConfigError, match=r"needs jax, which is not installed: install the smax extra: "
+                                          r"pip install -e '\.\[smax\]'"):
+        preflight.check_dependencies(cfg)
+
+
+def test_ctrl_c_shows_our_line_not_the_launcher_logs(box):
+    import signal
+    import time
+
+    run = box / "home" / "run"
+    cmd = [sys.executable, "-m", "decnode.run", *TINY, "--iterations", "400", "--out", str(run)]
+    proc = subprocess.Popen(cmd, cwd=box / "cwd", env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 120
+        while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").stat().st_size):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [x for x in stderr.replace("\r", "\n").splitlines() if x.strip() and not x.startswith("train:")]
+    assert proc.returncode == 0 and len(lines) == 1 and "SIGINT received" in lines[0], stderr[-2000:]
