@@ -111,6 +111,8 @@ def _prepare_resume(args, n_procs):
     cfg = compose(lower, cli)
     cfg.run.out = str(run_dir)
     given_stop = any("stop_after" in layer.get("run", {}) for _, layer in cli)
+    if not any("agents_per_process" in layer.get("algo", {}) for _, layer in cli):
+        cfg.algo.agents_per_process = None  # derived again from the process count, which may change on resume
     done = state["iteration"]
     if not given_stop and cfg.run.stop_after is not None and cfg.run.stop_after <= done:
         cfg.run.stop_after = None  # the planned stop is over; a new one must be asked for
