@@ -231,7 +231,10 @@ def parse_override(text: str) -> dict:
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
         raise ConfigError(f"--set expects section.key=value, got '{text}'")
-    value = yamlio.parse(raw, f"--set {key}") if raw.strip() else None
+    try:
+        value = yamlio.parse(raw, f"--set {key}") if raw.strip() else None
+    except yamlio.YamlError as err:
+        raise ConfigError(str(err)) from None
     for part in reversed(parts):
         value = {part: value}
     return value

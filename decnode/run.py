@@ -236,13 +236,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         env = torchrun_env()
         cfg, run_dir, notes, n_procs = _check(args, env)
-    except (ConfigError, ckpt.CheckpointError) as err:
+    except (ConfigError, ckpt.CheckpointError, OSError) as err:
+        if isinstance(err, OSError):  # a path we could not read: say which, in one line
+            err = ConfigError(f"{err.filename or 'I/O'}: {err.strerror or err}")
         # Under torchrun every worker finds the same error: each says it, so no worker ends without a word.
         fail(str(err) if env is None or env.rank == 0 else f"rank {env.rank}: {err}")
     if args.print_config:
         print(_yaml(cfg.to_dict()), end="")
         return
-    for note in notes:
+    for note in notes if env is None or env.rank == 0 else ():  # under torchrun every worker has them: one says
         print(f"decnode-run: {note}", flush=True)
     payload = (cfg.to_dict(), str(run_dir), bool(args.resume))
     if env is not None or n_procs == 1:

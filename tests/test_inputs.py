@@ -253,6 +253,9 @@ def test_precedence_defaults_base_file_per_algo_flags_set(box):
     (["--set", "run.tensorboard=1"], "'run.tensorboard' must be bool, got 1"),
     (["--set", "train.lr=1:30"], "'train.lr' must be float, got '1:30'"),
     (["--set", "train"], "--set expects section.key=value"),
+    (["--set", "train.lr=[1"], "--set train.lr: not valid YAML"),
+    (["--set", "per_algo.sac.lr=1"], "per_algo.sac: unknown algorithm (known: decpg, ps, ps_entropy)"),
+    (["--set", "per_algo.ps.k=1"], "unknown key 'per_algo.ps.k'"),
 ])
 def test_non_finite_inconsistent_and_mistyped_values_are_refused(box, args, needle):
     refused(box, [*TINY, "--out", "{box}/home/run", *args], needle)
@@ -324,9 +327,10 @@ def test_resume_applies_an_edited_config_yaml_and_says_so(box, finished):
     cfg["train"]["iterations"] = 2
     cfg["eval"]["interval"] = 1
     (copy / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    res = cli(["--nproc", "2", "--resume", copy], box / "cwd", timeout=240)
+    res = cli(["--nproc", "1", "--resume", copy], box / "cwd", timeout=240)  # same agents, one process now
     assert res.returncode == 0, res.stderr[-2000:]
     assert "train.iterations 1 → 2" in res.stdout and "eval.interval" in res.stdout
+    assert "algo.agents_per_process 1 → 2" in res.stdout
     assert torch_iteration(copy) == 2
     assert yaml.safe_load((copy / "config.yaml").read_text())["train"]["iterations"] == 2
 
