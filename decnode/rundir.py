@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
