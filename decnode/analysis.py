@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import check_output
 from .comm import Fabric
 from .envs import make_env
 from .envs.perturb import PerturbedEnv
@@ -235,9 +236,10 @@ def main(argv: list[str] | None = None) -> None:
                 raise AnalysisError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
         run_dir = Path(args.run_dir)
         models = load_models(run_dir)
-    except AnalysisError as err:
+        out = Path(args.out) if Path(args.out).is_absolute() else run_dir / args.out
+        check_output(out)  # before the work, not after it
+    except (AnalysisError, ValueError) as err:
         fail("decnode-eval", str(err))
-    out = Path(args.out) if Path(args.out).is_absolute() else run_dir / args.out
     if args.nproc == 1:
         cfg = models["config"]
         result = evaluate_run(run_dir, modes, args.episodes, args.test_episodes,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 CHECKPOINT = "checkpoint.pt"
 # What a resumed run must agree on with the checkpoint; anything else may change (e.g. iterations).
 IDENTITY_KEYS = {"env": ("name", "n_agents", "n_envs", "episode_length"),
@@ -24,6 +22,8 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj, path: Path) -> None:
+    import torch  # here, not at the top: the CLI checks its input before paying for torch's import
+
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     with open(tmp, "rb") as f:
@@ -35,11 +35,13 @@ def load(run_dir: Path) -> dict:
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"no checkpoint in {run_dir} (expected {path.name})")
+    import torch
+
     try:
         state = torch.load(path, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {str(err).splitlines()[0][:120]}") from None
-    if not isinstance(state, dict) or "iteration" not in state or "agents" not in state:
+    if not isinstance(state, dict) or not {"iteration", "agents", "config"} <= set(state):
         raise CheckpointError(f"checkpoint {path} is not a decnode checkpoint")
     return state
 

@@ -1,81 +1,98 @@
-"""Typed run configuration: YAML file + `--set section.key=value` overrides, validated with one-line errors."""
+"""Typed run configuration: YAML file (+ its `base:`) < per_algo < command line, validated with one-line errors.
+
+Every key is a dataclass field carrying its type, default, a one-line doc (`decnode-run --help-config`) and the
+check its value must pass. config.py sits at the bottom of the import order: it imports no torch and no jax.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from . import yamlio
+from .smac_maps import N_AGENTS as SMAC_MAPS
 
-SMAC_MAPS = {"5m_vs_6m": 5, "10m_vs_11m": 10, "27m_vs_30m": 27, "6h_vs_8z": 6}
 ALGOS = ("decpg", "ps", "ps_entropy")
+# Seeds reach numpy's SeedSequence (no negatives), torch.Generator.manual_seed (< 2⁶⁴) and JAX's PRNGKey
+# (a C long: < 2⁶³); evaluation and the landscape add offsets below 2²² (evaluate.py, landscape.py).
+SEED_MAX = 2**63 - 2**22 - 1
+INT_MAX = 2**63 - 1
 
 
 class ConfigError(ValueError):
     """A bad configuration value; the message is one line that names the key and the allowed values."""
 
 
+def _key(default, doc: str, check=None):
+    """A config field: default, one-line doc, and its check (see _CHECKS; a tuple of strings = allowed values)."""
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
 @dataclass
 class EnvConfig:
-    name: str = "simple_spread"  # simple_spread | smax:<map> | smac:<map>
-    backend: str = "batched"  # simple_spread only: batched (our exact numpy twin) | mpe2 (the slow reference)
-    n_agents: int | None = None  # None: processes × agents per process (Simple Spread); SMAC: fixed by the map
-    n_envs: int = 32  # B parallel environments
-    episode_length: int = 25  # T steps per rollout; B·T = batch size per agent
-    local_ratio: float = 0.5
-    reward: str = "smac"  # smax only: smac (shaped, max 20 per episode) | native
-    state_agent_id: bool = False  # append a one-hot agent id to the critic's state (MAPPO agent-specific state)
+    name: str = _key("simple_spread", "environment: simple_spread | smax:<map> | smac:<map>")
+    backend: str = _key("batched", "simple_spread only: batched (our exact numpy twin) | mpe2 (the slow reference)",
+                        ("batched", "mpe2"))
+    n_agents: int | None = _key(None, "agents; null: processes × agents per process (SMAC: fixed by the map)", "min1")
+    n_envs: int = _key(32, "B parallel environments", "positive")
+    episode_length: int = _key(25, "T steps per rollout; B·T = batch size per agent", "positive")
+    local_ratio: float = _key(0.5, "simple_spread: weight of the local (collision) reward", "unit")
+    reward: str = _key("smac", "smax only: smac (shaped, max 20 per episode) | native", ("smac", "native"))
+    state_agent_id: bool = _key(False, "append a one-hot agent id to the critic's state (needs algo.critic=local)")
 
 
 @dataclass
 class AlgoConfig:
-    name: str = "decpg"  # decpg | ps | ps_entropy
-    k: int = 4  # kNN topology: neighbours per agent (decpg only)
-    mix_every: str = "step"  # decpg: one gossip round per SGD step, or once per iteration
-    critic: str = "central"  # central: one critic on rank 0 | local: one per agent, combined like the actor
-    agents_per_process: int | None = None  # None: n_agents / processes
+    name: str = _key("decpg", "algorithm: decpg | ps | ps_entropy", ALGOS)
+    k: int = _key(4, "kNN topology: neighbours per agent (decpg only), in [0, n-1]")
+    mix_every: str = _key("step", "decpg: one gossip round per SGD step, or once per iteration", ("step", "iteration"))
+    critic: str = _key("central", "central: one critic on rank 0 | local: one per agent, combined like the actor",
+                       ("central", "local"))
+    agents_per_process: int | None = _key(None, "agents held by each process; null: n_agents / processes", "min1")
 
 
 @dataclass
 class TrainConfig:
-    iterations: int = 1000
-    lr: float = 1e-2
-    min_lr: float = 1e-3
-    ppo_epochs: int = 10
-    num_minibatch: int = 1
-    clip: float = 0.2
-    entropy_coef: float = 0.0
-    value_coef: float = 1.0
-    max_grad_norm: float = 10.0
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    huber_delta: float = 10.0
-    hidden: int = 64
-    chunk_length: int | None = None  # recurrent training chunks; None: the whole rollout is one sequence
-    seed: int = 1
+    iterations: int = _key(1000, "training iterations (one rollout + PPO epochs each)", "positive")
+    lr: float = _key(1e-2, "SGD step size at iteration 1 (linear decay to min_lr)", "positive")
+    min_lr: float = _key(1e-3, "SGD step size at the last iteration; ≤ lr", "nonneg")
+    ppo_epochs: int = _key(10, "PPO epochs per iteration (full batch: one SGD step each)", "positive")
+    num_minibatch: int = _key(1, "minibatches per epoch; must be 1 (full batch, as in the paper)", "positive")
+    clip: float = _key(0.2, "PPO ratio clip ε", "positive")
+    entropy_coef: float = _key(0.0, "entropy bonus coefficient", "nonneg")
+    value_coef: float = _key(1.0, "value loss coefficient", "nonneg")
+    max_grad_norm: float = _key(10.0, "gradient norm clip", "positive")
+    gamma: float = _key(0.99, "discount γ", "unit")
+    gae_lambda: float = _key(0.95, "GAE λ", "unit")
+    huber_delta: float = _key(10.0, "Huber loss δ of the critic", "positive")
+    hidden: int = _key(64, "hidden width of actor and critic (3 Linear → GRU → Linear)", "positive")
+    chunk_length: int | None = _key(None, "recurrent training chunks, dividing T; null: the whole rollout", "min1")
+    seed: int = _key(1, f"random seed, in [0, {SEED_MAX}]", "seed")
 
 
 @dataclass
 class EvalConfig:
-    interval: int = 25  # iterations between evaluations of the averaged model (0: only at the end)
-    episodes: int = 32
-    test_episodes: int = 1000
-    obs_noise: float = 0.2  # test env: Gaussian noise std = c × per-feature sample std
-    action_noise: float = 0.2  # test env: probability ε of a uniform random available action
+    interval: int = _key(25, "iterations between evaluations of the averaged model (0: only at the end)", "nonneg")
+    episodes: int = _key(32, "train-env evaluation episodes", "positive")
+    test_episodes: int = _key(1000, "perturbed test-env evaluation episodes (at the end)", "positive")
+    obs_noise: float = _key(0.2, "test env: Gaussian noise std = c × per-feature sample std", "nonneg")
+    action_noise: float = _key(0.2, "test env: probability ε of a uniform random available action", "unit")
 
 
 @dataclass
 class RunConfig:
-    out: str | None = None  # run directory; None: runs/<env>-<algo>-k<k>-s<seed>-<time>
-    checkpoint_interval: int = 50
-    timeout_s: float = 300.0  # every collective and point-to-point wait
-    tensorboard: bool = True
-    exchange: str = "p2p"  # per-step obs/actions exchange: p2p (posted isend/irecv) | collective (scatter/gather)
-    stop_after: int | None = None  # checkpoint and stop after this iteration (scheduled preemption); --resume goes on
+    out: str | None = _key(None, "run directory; null: runs/<env>-n<n>-<algo>-k<k>-s<seed>-<time>")
+    checkpoint_interval: int = _key(50, "iterations between checkpoints (0: only at the end)", "nonneg")
+    timeout_s: float = _key(300.0, "seconds any collective or point-to-point wait may take", "positive")
+    tensorboard: bool = _key(True, "write TensorBoard events to RUN_DIR/tb")
+    exchange: str = _key("p2p", "per-step obs/actions exchange: p2p (isend/irecv) | collective (scatter/gather)",
+                         ("p2p", "collective"))
+    stop_after: int | None = _key(None, "checkpoint and stop after this iteration (--resume goes on)", "min1")
 
 
 @dataclass
@@ -85,121 +102,205 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    # Per-algorithm train overrides (the paper's Table 2), applied for the chosen algo.
+    # Per-algorithm train overrides (the paper's Table 2). Applied while composing: a resolved config holds {}.
     per_algo: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _field_types(section) -> dict[str, Any]:
-    hints = typing.get_type_hints(type(section))
-    return {f.name: hints[f.name] for f in dataclasses.fields(section)}
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "per_algo"}
+
+
+def _fields(cls) -> dict[str, tuple[Any, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
+
+
+def _type_name(hint) -> str:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return " or ".join("null" if o is type(None) else o.__name__ for o in options)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check value against a field's type hint; ints are accepted for floats."""
+    """Check a value against a field's type: ints are accepted for floats, bools are not numbers, floats are
+    finite, ints fit in 64 bits."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
         if type(None) in options:
             return None
-        raise ConfigError(f"config key '{key}' must not be empty")
+        raise ConfigError(f"config key '{key}' must not be empty (expected {_type_name(hint)})")
     for opt in options:
         if opt is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(f"config key '{key}' must be a finite number, got {value!r:.40}")
+            return number
         if opt is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if opt in (str, bool) and isinstance(value, opt):
             return value
-        if opt is dict and isinstance(value, dict):
-            return value
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"config key '{key}' must be {names}, got {value!r}")
+    raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r:.60}")
 
 
-def apply(cfg: Config, data: dict, source: str) -> None:
+def check_layer(data: Any, source: str) -> dict:
+    """One source's settings, typed and checked for unknown sections and keys (not yet for ranges)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
-    for section_name, values in data.items():
-        if section_name == "per_algo":
-            cfg.per_algo = _coerce("per_algo", values, dict)
+    out: dict = {}
+    for section, values in data.items():
+        if section == "per_algo":
+            out["per_algo"] = _check_per_algo(values, source)
             continue
-        section = getattr(cfg, section_name, None) if section_name in _field_types(cfg) else None
-        if section is None:
-            raise ConfigError(f"{source}: unknown config section '{section_name}' "
-                              f"(known: {', '.join(_field_types(cfg))})")
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown config section '{section}' (known: {', '.join(SECTIONS)}, per_algo)")
+        if values is None:
+            values = {}
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section '{section_name}' must be a mapping")
-        types_ = _field_types(section)
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys, got {values!r:.40}")
+        known = _fields(SECTIONS[section])
         for key, value in values.items():
-            if key not in types_:
-                raise ConfigError(f"{source}: unknown config key '{section_name}.{key}' "
-                                  f"(known in {section_name}: {', '.join(types_)})")
-            setattr(section, key, _coerce(f"{section_name}.{key}", value, types_[key]))
+            if key not in known:
+                raise ConfigError(f"{source}: unknown config key '{section}.{key}' "
+                                  f"(known in {section}: {', '.join(known)})")
+            out.setdefault(section, {})[key] = _coerce_from(source, f"{section}.{key}", value, known[key][0])
+    return out
 
 
-def parse_override(text: str) -> dict:
-    """'train.lr=0.05' -> {'train': {'lr': 0.05}} (the value is read as YAML: numbers, true/false, null)."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"--set expects section.key=value, got '{text}'")
-    key, raw = text.split("=", 1)
-    section, name = key.split(".", 1)
+def _coerce_from(source: str, key: str, value: Any, hint: Any) -> Any:
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return {section: {name: value}}
+        return _coerce(key, value, hint)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def _check_per_algo(values: Any, source: str) -> dict:
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: per_algo must map algorithms to train keys, got {values!r:.40}")
+    out = {}
+    for algo, table in values.items():
+        if algo not in ALGOS:
+            raise ConfigError(f"{source}: per_algo.{algo}: unknown algorithm (known: {', '.join(ALGOS)})")
+        if table is not None and not isinstance(table, dict):
+            raise ConfigError(f"{source}: per_algo.{algo} must be a mapping of train keys, got {table!r:.40}")
+        known = _fields(TrainConfig)
+        for key, value in (table or {}).items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key 'per_algo.{algo}.{key}' (per_algo holds train keys: "
+                                  f"{', '.join(known)})")
+            out.setdefault(algo, {})[key] = _coerce_from(source, f"per_algo.{algo}.{key}", value, known[key][0])
+    return out
+
+
+def compose(lower: list[tuple[str, Any]], upper: list[tuple[str, Any]] = ()) -> Config:
+    """Defaults < lower layers (config file, its base) < per_algo[algo] < upper layers (flags, --set), merged key
+    by key. per_algo tables from every layer merge too; the result holds them applied (per_algo = {})."""
+    low = [check_layer(data, source) for source, data in lower]
+    up = [check_layer(data, source) for source, data in upper]
+    merged_low, merged_up = {}, {}
+    for layer in low:
+        merged_low = yamlio.merge(merged_low, layer)
+    for layer in up:
+        merged_up = yamlio.merge(merged_up, layer)
+    per_algo = yamlio.merge(merged_low.pop("per_algo", {}), merged_up.pop("per_algo", {}))
+    algo = yamlio.merge(merged_low, merged_up).get("algo", {}).get("name", AlgoConfig().name)
+    if algo not in ALGOS:
+        raise ConfigError(f"algo.name must be one of {', '.join(ALGOS)}, got '{algo}'")
+    merged = yamlio.merge(yamlio.merge(merged_low, {"train": per_algo.get(algo, {})}), merged_up)
     cfg = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        apply(cfg, data, str(path))
-    for text in overrides:
-        apply(cfg, parse_override(text), "--set")
+    for section, values in merged.items():
+        for key, value in values.items():
+            setattr(getattr(cfg, section), key, value)
     return cfg
 
 
-def resolve(cfg: Config, n_procs: int) -> Config:
-    """Fill derived values (agent count, agents per process, per-algo overrides) and validate everything."""
-    env, algo, tr, ev = cfg.env, cfg.algo, cfg.train, cfg.eval
-    if algo.name not in ALGOS:
-        raise ConfigError(f"algo.name must be one of {', '.join(ALGOS)}, got '{algo.name}'")
-    overrides = cfg.per_algo.get(algo.name, {})
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"per_algo.{algo.name} must be a mapping of train keys")
-    apply(cfg, {"train": overrides}, f"per_algo.{algo.name}")
-    cfg.per_algo = {}  # applied: the resolved config states the values actually used
+def from_dict(data: dict, source: str) -> Config:
+    """A resolved config (config.yaml, a checkpoint's, the launcher's payload) back into a Config."""
+    return compose([(source, {k: v for k, v in data.items() if k != "per_algo"})])
 
-    positive = {"env.n_envs": env.n_envs, "env.episode_length": env.episode_length,
-                "train.iterations": tr.iterations, "train.lr": tr.lr, "train.ppo_epochs": tr.ppo_epochs,
-                "train.num_minibatch": tr.num_minibatch, "train.clip": tr.clip, "train.hidden": tr.hidden,
-                "train.max_grad_norm": tr.max_grad_norm, "train.huber_delta": tr.huber_delta,
-                "eval.episodes": ev.episodes, "eval.test_episodes": ev.test_episodes,
-                "run.timeout_s": cfg.run.timeout_s}
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-    nonneg = {"train.min_lr": tr.min_lr, "train.entropy_coef": tr.entropy_coef, "train.value_coef": tr.value_coef,
-              "eval.interval": ev.interval, "eval.obs_noise": ev.obs_noise,
-              "run.checkpoint_interval": cfg.run.checkpoint_interval}
-    for key, value in nonneg.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be ≥ 0, got {value}")
-    for key, value in {"train.gamma": tr.gamma, "train.gae_lambda": tr.gae_lambda,
-                       "eval.action_noise": ev.action_noise}.items():
-        if not 0 <= value <= 1:
-            raise ConfigError(f"{key} must be in [0, 1], got {value}")
-    if not 0 <= env.local_ratio <= 1:
-        raise ConfigError(f"env.local_ratio must be in [0, 1], got {env.local_ratio}")
-    if not isinstance(n_procs, int) or n_procs < 1:
+
+def parse_override(text: str) -> dict:
+    """'train.lr=1e-3' -> {'train': {'lr': 0.001}}; 'per_algo.ps.lr=0.5' nests deeper. The value is read as
+    YAML, the same way as in a config file (every float spelling, true/false, null)."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set expects section.key=value, got '{text}'")
+    try:
+        value = yamlio.parse(raw, f"--set {key}") if raw.strip() else None
+    except yamlio.YamlError as err:
+        raise ConfigError(str(err)) from None
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Config file (with its base) < per_algo < `--set` overrides; not yet resolved."""
+    lower = []
+    if path is not None:
+        lower.append((str(path), read_file(Path(path))))
+    return compose(lower, [("--set", parse_override(text)) for text in overrides])
+
+
+def read_file(path: Path) -> dict:
+    try:
+        return yamlio.read_with_bases(path)
+    except yamlio.YamlError as err:
+        raise ConfigError(str(err)) from None
+
+
+# ---- validation ----------------------------------------------------------------------------------------------
+_CHECKS = {
+    "any": (lambda v: True, ""),
+    "positive": (lambda v: v > 0, "must be > 0"),
+    "nonneg": (lambda v: v >= 0, "must be ≥ 0"),
+    "unit": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "min1": (lambda v: v >= 1, "must be ≥ 1"),
+    "seed": (lambda v: 0 <= v <= SEED_MAX, f"must be an integer in [0, {SEED_MAX}] (numpy and JAX seeds)"),
+}
+
+
+def check_values(cfg: Config) -> None:
+    """Each key against its own check (types were checked while composing)."""
+    for section in SECTIONS:
+        values = getattr(cfg, section)
+        for name, (hint, f) in _fields(type(values)).items():
+            value, check = getattr(values, name), f.metadata.get("check")
+            _coerce(f"{section}.{name}", value, hint)  # a Config built in code gets the same type checks
+            if value is None:
+                continue
+            if check is None:
+                check = "any"
+            if isinstance(check, tuple):
+                if value not in check:
+                    raise ConfigError(f"{section}.{name} must be {' or '.join(check)}, got '{value}'")
+                continue
+            ok, what = _CHECKS[check]
+            if not ok(value):
+                raise ConfigError(f"{section}.{name} {what}, got {value}")
+            if isinstance(value, int) and abs(value) > INT_MAX:  # beyond what torch, numpy and gloo take
+                raise ConfigError(f"{section}.{name} must be below 2^63, got {value}")
+
+
+def resolve(cfg: Config, n_procs: int) -> Config:
+    """Fill derived values (agent count, agents per process) and validate everything."""
+    env, algo, tr = cfg.env, cfg.algo, cfg.train
+    if cfg.per_algo:  # a Config built in code, not composed: apply its table as before
+        for key, value in _check_per_algo(cfg.per_algo, "per_algo").get(algo.name, {}).items():
+            setattr(tr, key, value)
+        cfg.per_algo = {}
+    check_values(cfg)
+    if tr.min_lr > tr.lr:
+        raise ConfigError(f"train.min_lr={tr.min_lr} must be ≤ train.lr={tr.lr} (the lr decays linearly to min_lr)")
+    if cfg.run.out is not None and not cfg.run.out.strip():
+        raise ConfigError("run.out (--out) must not be empty; omit it for the default runs/<name>")
+    if not isinstance(n_procs, int) or isinstance(n_procs, bool) or n_procs < 1:
         raise ConfigError(f"the number of processes must be an integer ≥ 1, got {n_procs!r}")
     kind, _, map_name = env.name.partition(":")
     if kind in ("smax", "smac"):
@@ -209,19 +310,12 @@ def resolve(cfg: Config, n_procs: int) -> Config:
         if env.n_agents not in (None, n_map):
             raise ConfigError(f"env.n_agents={env.n_agents} but map {map_name} has {n_map} agents")
         env.n_agents = n_map
-    elif kind == "simple_spread":
-        if env.backend not in ("batched", "mpe2"):
-            raise ConfigError(f"env.backend must be batched or mpe2, got '{env.backend}'")
-    else:
+    elif kind != "simple_spread" or map_name:
         raise ConfigError(f"env.name must be simple_spread, smax:<map> or smac:<map>, got '{env.name}'")
 
     per = algo.agents_per_process
-    if per is not None and per < 1:
-        raise ConfigError(f"algo.agents_per_process must be ≥ 1, got {per}")
     if env.n_agents is None:
         env.n_agents = n_procs * (per or 1)
-    if env.n_agents < 1:
-        raise ConfigError(f"env.n_agents must be ≥ 1, got {env.n_agents}")
     if per is None:
         if env.n_agents % n_procs:
             raise ConfigError(f"{env.n_agents} agents cannot be split evenly over {n_procs} processes "
@@ -239,18 +333,22 @@ def resolve(cfg: Config, n_procs: int) -> Config:
         raise ConfigError("env.state_agent_id needs algo.critic=local (the central critic has a head per agent)")
     if algo.name == "decpg" and not 0 <= algo.k <= n - 1:
         raise ConfigError(f"algo.k must be in [0, {n - 1}] for n={n} agents, got k={algo.k}")
-    if algo.mix_every not in ("step", "iteration"):
-        raise ConfigError(f"algo.mix_every must be step or iteration, got '{algo.mix_every}'")
-    if algo.critic not in ("central", "local"):
-        raise ConfigError(f"algo.critic must be central or local, got '{algo.critic}'")
-    if env.reward not in ("smac", "native"):
-        raise ConfigError(f"env.reward must be smac or native, got '{env.reward}'")
-
-    if cfg.run.exchange not in ("p2p", "collective"):
-        raise ConfigError(f"run.exchange must be p2p or collective, got '{cfg.run.exchange}'")
     if tr.num_minibatch != 1:
         raise ConfigError(f"train.num_minibatch must be 1 (full batch, as in the paper), got {tr.num_minibatch}")
-    if tr.chunk_length is not None and (tr.chunk_length < 1 or env.episode_length % tr.chunk_length):
+    if tr.chunk_length is not None and env.episode_length % tr.chunk_length:
         raise ConfigError(f"train.chunk_length must divide env.episode_length={env.episode_length}, "
                           f"got {tr.chunk_length}")
     return cfg
+
+
+def help_config() -> str:
+    """One line per config key: name, type, default, doc (`decnode-run --help-config`)."""
+    lines = ["Config keys (YAML `section: {key: value}` or `--set section.key=value`; precedence: defaults < "
+             "config file (< its base:) < per_algo.<algo> < flags and --set):"]
+    for section, cls in SECTIONS.items():
+        for name, (hint, f) in _fields(cls).items():
+            default = "null" if f.default is None else f.default
+            lines.append(f"  {section + '.' + name:<26} {_type_name(hint):<12} = {default!s:<14} {f.metadata['doc']}")
+    lines.append(f"  {'per_algo.<algo>.<key>':<26} {'mapping':<12}   {'':<14} train keys for one algorithm "
+                 f"({', '.join(ALGOS)})")
+    return "\n".join(lines)

@@ -42,6 +42,7 @@ import torch
 
 from .actor import sampler_seed
 from .analysis import AnalysisError, OneLineParser, env_factory, eval_seeds, fail, load_models
+from .cli import check_output
 from .comm import Fabric
 from .critic import critic_from_models
 from .evaluate import Evaluator
@@ -261,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.span > 0:
             raise AnalysisError(f"--span must be > 0, got {args.span}")
         models = load_models(args.run_dir)
-    except AnalysisError as err:
+        check_output(Path(args.run_dir) / "landscape.npz")  # before the work, not after it
+    except (AnalysisError, ValueError) as err:
         fail("decnode-landscape", str(err))
     run_dir = Path(args.run_dir)
     if args.nproc == 1:

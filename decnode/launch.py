@@ -7,11 +7,74 @@ other worker when one dies. This module turns its outcome into one line a resear
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import socket
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+
+from .config import ConfigError
+
+# What torchrun's agent sets for every worker. MARKERS alone decide that we are meant to be one (MASTER_ADDR and
+# MASTER_PORT are often set in a cluster's shell profile); once one of them is set, all of TORCHRUN_VARS must be.
+MARKERS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
+TORCHRUN_VARS = (*MARKERS, "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class WorkerEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    run_id: str
+
+
+def torchrun_env(environ=None) -> WorkerEnv | None:
+    """This process's place in a torchrun job, None when not started by torchrun; ConfigError (one line) for a
+    partial or malformed set of torchrun's variables (e.g. RANK=1 left in the shell)."""
+    environ = os.environ if environ is None else environ
+    present = [v for v in MARKERS if v in environ]
+    if not present:
+        return None
+    missing = [v for v in TORCHRUN_VARS if v not in environ]
+    if missing:
+        raise ConfigError(f"{', '.join(present)} set but not {', '.join(missing)}: a torchrun worker needs them all; "
+                          f"start through torchrun, or unset {', '.join(present)}")
+    values = {}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
+        text = environ[name].strip()
+        if not text.isdigit() or len(text) > 9:
+            raise ConfigError(f"{name}={environ[name]!r} is not a non-negative integer (torchrun's variables are "
+                              "malformed; start through torchrun, or unset them)")
+        values[name] = int(text)
+    rank, world, local, local_world = (values[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))
+    problems = [f"WORLD_SIZE={world} < 1" if world < 1 else "", f"RANK={rank} ≥ WORLD_SIZE={world}" if rank >= world else "",
+                f"LOCAL_RANK={local} ≥ LOCAL_WORLD_SIZE={local_world}" if local >= local_world else "",
+                f"LOCAL_WORLD_SIZE={local_world} > WORLD_SIZE={world}" if local_world > world else "",
+                f"MASTER_PORT={values['MASTER_PORT']} is not a port" if not 0 < values["MASTER_PORT"] < 65536 else "",
+                "TORCHELASTIC_RUN_ID is empty" if not environ["TORCHELASTIC_RUN_ID"].strip() else "",
+                "MASTER_ADDR is empty" if not environ["MASTER_ADDR"].strip() else ""]
+    problems = [p for p in problems if p]
+    if problems:
+        raise ConfigError(f"inconsistent torchrun variables: {'; '.join(problems)}")
+    return WorkerEnv(rank, world, local, environ["TORCHELASTIC_RUN_ID"].strip())
+
+
+def quiet_launcher_logs(verbose: bool) -> None:
+    """torch's elastic agent logs a warning per worker on every stop (ten "Closing process … via signal SIGINT"
+    lines above our one); our own messages say what happened, so show its logs only with --verbose."""
+    level = logging.INFO if verbose else logging.ERROR
+    # torch gives each of its modules' loggers its own level when it imports them: set every one imported so far
+    # (the caller imports the launcher first) and, through LOGLEVEL, the ones imported later.
+    os.environ.setdefault("LOGLEVEL", logging.getLevelName(level))
+    if not verbose:  # multiprocessing's tracker warns about the launcher's semaphore when a stop interrupts it
+        os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(level)
 
 
 def _free_port() -> int:
@@ -54,7 +117,8 @@ def root_cause(err):
     return err.get_first_failure()
 
 
-def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "decnode-run") -> int:
+def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "decnode-run",
+           verbose: bool = False) -> int:
     """Run worker(*payload) (a module-level function) on n_procs local processes; returns the CLI's exit code.
 
     prog names the command in the messages. Only decnode-run (training) checkpoints, so only its messages
@@ -65,6 +129,7 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     training = prog == "decnode-run"
+    quiet_launcher_logs(verbose)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n_procs, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
                           monitor_interval=0.5, start_method="spawn")

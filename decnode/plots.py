@@ -29,6 +29,7 @@ import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .analysis import AnalysisError, OneLineParser, fail  # noqa: E402
+from .cli import check_output  # noqa: E402
 from .timing import ORDER, grouped  # noqa: E402
 
 CATEGORY_NAMES = {"setup": "setup", "rollout": "rollout (act + env)", "step_exchange": "obs/action exchange",
@@ -320,9 +321,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.smooth < 1:
             raise AnalysisError(f"--smooth must be ≥ 1, got {args.smooth}")
         runs = [load_run(d) for d in args.run_dirs]
-    except AnalysisError as err:
+        out = Path(args.out) if args.out else (runs[0].path / "plots" if len(runs) == 1 else Path("plots"))
+        check_output(out, "directory")  # before the work, not after it
+    except (AnalysisError, ValueError) as err:
         fail("decnode-plot", str(err))
-    out = Path(args.out) if args.out else (runs[0].path / "plots" if len(runs) == 1 else Path("plots"))
     for path in make_plots(runs, out, args.smooth):
         print(f"wrote {path}")
 

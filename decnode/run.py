@@ -4,91 +4,175 @@
     torchrun --standalone --nproc-per-node 10 -m decnode.run --k 4  torchrun; each worker joins here
     decnode-run --nproc 1 --agents-per-process 10 --k 4            all agents in one process, no process group
 
-Bad input ends in one line on stderr, exit code 2, before any process group forms.
+Bad input ends in one line on stderr, exit code 2, before any process starts and before the run directory is
+touched. Config sources, lowest first: defaults < --config file (< its base:) < per_algo.<algo> < flags, --set.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from .config import Config, ConfigError, apply, load, parse_override, resolve
+from . import preflight, rundir
+from .cli import OneLineParser
+from .cli import fail as _fail
+from .config import ALGOS, Config, ConfigError, compose, from_dict, help_config, parse_override, read_file, resolve
+from .launch import WorkerEnv, torchrun_env
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "simple_spread.yaml"
+# What a resume may change (and says it changed); any other difference from the checkpoint is refused.
+RESUMABLE = {"train": ("iterations",), "eval": None, "run": None, "algo": ("agents_per_process",)}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="decnode-run", description="Train DecPG / PS with one process per agent block.")
+    p = OneLineParser(prog="decnode-run", description="Train DecPG / PS with one process per agent block.",
+                      epilog="Every config key: decnode-run --help-config")
     p.add_argument("--nproc", "--nproc-per-node", type=int, default=None, dest="nproc",
                    help="number of processes to start (ignored under torchrun, which sets it)")
     p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name} in configs/)")
-    p.add_argument("--algo", choices=("decpg", "ps", "ps_entropy"), help="algorithm (config algo.name)")
+    p.add_argument("--algo", choices=ALGOS, help="algorithm (config algo.name)")
     p.add_argument("--k", type=int, help="kNN topology: neighbours per agent (config algo.k)")
     p.add_argument("--critic", choices=("central", "local"), help="critic placement (config algo.critic)")
     p.add_argument("--iterations", type=int, help="training iterations (config train.iterations)")
     p.add_argument("--seed", type=int, help="random seed (config train.seed)")
     p.add_argument("--agents-per-process", type=int, help="agents held by each process (config algo.agents_per_process)")
     p.add_argument("--out", help="run directory (config run.out)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config key")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. train.lr=1e-3 or per_algo.ps.lr=0.5 (see --help-config)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run directory decnode made (deletes only decnode's own files in it)")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the memory and open-file estimate made before starting (see README)")
+    p.add_argument("--verbose", action="store_true", help="show torch's launcher logs")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its type, default and doc")
+    p.add_argument("--print-config", action="store_true",
+                   help="check everything, print the resolved config that would train, start nothing")
     return p
 
 
 def under_torchrun() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
+    """Started by torchrun (a complete, valid set of its variables); False when they are absent or broken."""
+    try:
+        return torchrun_env() is not None
+    except ConfigError:
+        return False
 
 
-def prepare(args: argparse.Namespace, n_procs: int) -> tuple[Config, Path, dict | None]:
-    """Config, run directory and checkpoint from the command line; raises ConfigError/CheckpointError."""
-    state = None
-    if args.resume:
-        state = ckpt.load(Path(args.resume))
-        cfg = Config()
-        apply(cfg, {k: v for k, v in state["config"].items() if k != "per_algo"}, "checkpoint")
-        cfg.run.stop_after = None  # a planned stop is over once we resume (unless asked again below)
-    else:
-        cfg = load(args.config or DEFAULT_CONFIG)
+def _cli_layers(args: argparse.Namespace) -> list[tuple[str, dict]]:
     flags = {"algo": {"name": args.algo, "k": args.k, "critic": args.critic,
                       "agents_per_process": args.agents_per_process},
              "train": {"iterations": args.iterations, "seed": args.seed}, "run": {"out": args.out}}
-    apply(cfg, {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}, "command line")
-    for text in args.set:
-        apply(cfg, parse_override(text), "--set")
-    if state is not None:  # before resolve, so a changed env or algorithm is named as such
-        ckpt.check_compatible(state["config"], cfg.to_dict())
+    flags = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
+    return [("command line", flags), *(("--set", parse_override(text)) for text in args.set)]
+
+
+def prepare(args: argparse.Namespace, n_procs: int,
+            run_id: str | None = None) -> tuple[Config, Path, dict | None, list[str]]:
+    """Config, run directory, checkpoint and notes for stdout; raises ConfigError/CheckpointError."""
+    if args.resume:
+        return _prepare_resume(args, n_procs)
+    path = Path(args.config) if args.config else DEFAULT_CONFIG
+    cfg = compose([(str(path), read_file(path))], _cli_layers(args))
     resolve(cfg, n_procs)
-    if state is not None:
-        ckpt.check_compatible(state["config"], cfg.to_dict())
-        run_dir = Path(args.resume)
-    else:
-        run_dir = Path(cfg.run.out or default_run_dir(cfg))
+    run_dir = Path(cfg.run.out) if cfg.run.out is not None else default_run_dir(cfg, run_id)
     cfg.run.out = str(run_dir)
-    return cfg, run_dir, state
+    return cfg, run_dir, None, []
 
 
-def default_run_dir(cfg: Config) -> Path:
+def _prepare_resume(args, n_procs):
+    """The run's own config (checkpoint < its config.yaml, which the user may have edited) < flags and --set.
+    Only RESUMABLE keys may differ from the checkpoint; the changes are listed, not made silently."""
+    run_dir = Path(args.resume)
+    if args.config:
+        raise ConfigError(f"--config cannot apply to --resume: the run keeps its config; edit {run_dir}/config.yaml "
+                          "(iterations, eval.*, run.*) or pass --set")
+    if args.overwrite:
+        raise ConfigError("--overwrite cannot apply to --resume (it would delete the run being resumed)")
+    if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
+        raise ConfigError(f"--out cannot apply to --resume: the run stays in {run_dir}")
+    if not run_dir.is_dir():
+        raise ckpt.CheckpointError(f"cannot resume: {run_dir} is not a directory")
+    if not (run_dir / ckpt.CHECKPOINT).exists() and (run_dir / rundir.MANIFEST).exists():
+        raise ckpt.CheckpointError(f"no checkpoint in {run_dir}: the run stopped before its first one; run the same "
+                                   "command without --resume to start it again (the directory is reused)")
+    state = ckpt.load(run_dir)
+    saved = from_dict(state["config"], f"checkpoint {run_dir}").to_dict()
+    lower = [(f"checkpoint {run_dir}", {k: v for k, v in saved.items() if k != "per_algo"})]
+    yaml_path = run_dir / "config.yaml"
+    if yaml_path.is_file():
+        lower.append((str(yaml_path), read_file(yaml_path)))
+    cli = _cli_layers(args)
+    cfg = compose(lower, cli)
+    cfg.run.out = str(run_dir)
+    given_stop = any("stop_after" in layer.get("run", {}) for _, layer in cli)
+    if not any("agents_per_process" in layer.get("algo", {}) for _, layer in cli):
+        cfg.algo.agents_per_process = None  # derived again from the process count, which may change on resume
+    done = state["iteration"]
+    if not given_stop and cfg.run.stop_after is not None and cfg.run.stop_after <= done:
+        cfg.run.stop_after = None  # the planned stop is over; a new one must be asked for
+    _refuse_identity_changes(saved, cfg.to_dict())  # before resolve, so a changed env or algorithm is named as such
+    resolve(cfg, n_procs)
+    new = cfg.to_dict()
+    _refuse_identity_changes(saved, new)
+    if cfg.train.iterations <= done:
+        raise ConfigError(f"train.iterations={cfg.train.iterations}: the checkpoint in {run_dir} is already at "
+                          f"iteration {done}; pass --iterations N with N > {done}")
+    if cfg.run.stop_after is not None and cfg.run.stop_after <= done:
+        raise ConfigError(f"run.stop_after={cfg.run.stop_after} is not after the checkpoint's iteration {done}")
+    changes = [f"{s}.{k} {saved[s][k]!r} → {v!r}" for s, values in new.items() if s != "per_algo"
+               for k, v in values.items() if saved[s][k] != v and (s, k) != ("run", "out")]
+    notes = [f"resuming {run_dir} at iteration {done}" + (f", with changes: {', '.join(changes)}" if changes else "")]
+    return cfg, run_dir, state, notes
+
+
+def _refuse_identity_changes(saved: dict, new: dict) -> None:
+    for section, values in new.items():
+        if section == "per_algo":
+            continue
+        allowed = RESUMABLE.get(section, ())
+        for key, value in values.items():
+            if allowed is not None and key not in allowed and saved[section][key] != value:
+                raise ckpt.CheckpointError(
+                    f"cannot resume: {section}.{key} was {saved[section][key]!r} in the checkpoint, now {value!r} "
+                    "(a resume may change only train.iterations, eval.*, run.* and the process count)")
+
+
+def default_run_dir(cfg: Config, run_id: str | None = None) -> Path:
     # Under torchrun every worker computes this alone: the shared run id keeps them in agreement.
-    tag = os.environ.get("TORCHELASTIC_RUN_ID", "")[:8] if under_torchrun() else time.strftime("%Y%m%d-%H%M%S")
+    tag = run_id[:8] if run_id else time.strftime("%Y%m%d-%H%M%S")
     env = cfg.env.name.replace(":", "_")
     k = f"-k{cfg.algo.k}" if cfg.algo.name == "decpg" else ""
     return Path("runs") / f"{env}-n{cfg.env.n_agents}-{cfg.algo.name}{k}-s{cfg.train.seed}-{tag}"
 
 
-def create_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
+def set_up_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> list[str]:
+    """Rank 0 only, once per job: check, then (and only then) create the run directory and its config.yaml."""
+    notes = []
     if not resume:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not overwrite:
-                raise ConfigError(f"run directory {run_dir} exists; pass --resume {run_dir} or --overwrite")
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(_yaml(cfg.to_dict()))
+        note = rundir.prepare(run_dir, overwrite)
+        notes += [note] if note else []
+        rundir.create(run_dir)
+    text = _yaml(cfg.to_dict())
+    path = run_dir / "config.yaml"
+    try:
+        old = path.read_text() if path.is_file() else None
+        if old != text:
+            if resume and old is not None:
+                notes.append(f"{path} rewritten with the resolved config that trains")
+            # Atomically: under torchrun the other workers may be reading it while rank 0 writes.
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        rundir.mark(run_dir)
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
+    return notes
 
 
 def _yaml(data: dict) -> str:
@@ -104,8 +188,7 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     from .trainer import train
 
     torch.set_num_threads(1)  # many processes share few cores: intra-op threads only fight each other
-    cfg = Config()
-    apply(cfg, {k: v for k, v in cfg_dict.items() if k != "per_algo"}, "launcher")
+    cfg = from_dict(cfg_dict, "launcher")
     state = ckpt.load(Path(run_dir)) if resume else None
     k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
     with open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange) as fabric:
@@ -119,37 +202,56 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
 
 
 def fail(message: str, code: int = 2) -> None:
-    print(f"decnode-run: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(code)
+    _fail("decnode-run", message, code)
+
+
+def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Path, list[str], int]:
+    """Everything that can be refused, in the order a user would fix it; the run directory is touched last."""
+    if env is not None:
+        n_procs = env.world_size
+        if args.nproc not in (None, n_procs):
+            raise ConfigError(f"--nproc {args.nproc} disagrees with torchrun's {n_procs} processes")
+    else:
+        n_procs = 1 if args.nproc is None else args.nproc
+        if n_procs < 1:
+            raise ConfigError(f"--nproc must be ≥ 1, got {n_procs}")
+    cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None)
+    del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
+    preflight.check_dependencies(cfg)
+    if not args.no_preflight:
+        preflight.check_resources(cfg, n_procs)
+    if args.print_config:
+        return cfg, run_dir, notes, n_procs
+    if env is None or env.rank == 0:  # once per job, whoever launched it; the other workers wait in the rendezvous
+        notes += set_up_run_dir(cfg, run_dir, bool(args.resume), args.overwrite)
+    return cfg, run_dir, notes, n_procs
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    torchrun = under_torchrun()
-    if torchrun:
-        n_procs = int(os.environ["WORLD_SIZE"])
-        if args.nproc not in (None, n_procs):
-            fail(f"--nproc {args.nproc} disagrees with torchrun's {n_procs} processes")
-    else:
-        n_procs = 1 if args.nproc is None else args.nproc
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if args.help_config:
+        print(help_config())
+        return
+    env = None
     try:
-        if not isinstance(n_procs, int) or n_procs < 1:
-            raise ConfigError(f"--nproc must be ≥ 1, got {n_procs}")
-        cfg, run_dir, state = prepare(args, n_procs)
-        if rank0:  # one writer; under torchrun the other workers wait for it in the rendezvous
-            create_run_dir(cfg, run_dir, state is not None, args.overwrite)
-    except (ConfigError, ckpt.CheckpointError, ValueError) as err:
-        if not rank0:  # under torchrun every worker finds the same error; one of them says it
-            sys.exit(2)
-        fail(str(err))
-    del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
+        env = torchrun_env()
+        cfg, run_dir, notes, n_procs = _check(args, env)
+    except (ConfigError, ckpt.CheckpointError, OSError) as err:
+        if isinstance(err, OSError):  # a path we could not read: say which, in one line
+            err = ConfigError(f"{err.filename or 'I/O'}: {err.strerror or err}")
+        # Under torchrun every worker finds the same error: each says it, so no worker ends without a word.
+        fail(str(err) if env is None or env.rank == 0 else f"rank {env.rank}: {err}")
+    if args.print_config:
+        print(_yaml(cfg.to_dict()), end="")
+        return
+    for note in notes if env is None or env.rank == 0 else ():  # under torchrun every worker has them: one says
+        print(f"decnode-run: {note}", flush=True)
     payload = (cfg.to_dict(), str(run_dir), bool(args.resume))
-    if torchrun or n_procs == 1:
+    if env is not None or n_procs == 1:
         worker(*payload)
         return
     from .launch import launch
-    sys.exit(launch(n_procs, worker, payload, run_dir))
+    sys.exit(launch(n_procs, worker, payload, run_dir, verbose=args.verbose))
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def finished_run(tmp_path_factory):
     (["--resume", "{run}", "--k", "0"], "algo.k was 1 in the checkpoint, now 0"),
     (["--resume", "{run}", "--algo", "ps"], "algo.name was 'decpg' in the checkpoint, now 'ps'"),
     (["--resume", "{run}", "--set", "env.n_envs=8"], "env.n_envs was 4 in the checkpoint, now 8"),
-    (["--resume", "{run}", "--nproc", "3"], "= 3, but the environment has 2 agents"),
+    (["--resume", "{run}", "--nproc", "3"], "2 agents cannot be split evenly over 3 processes"),
     (["--resume", "{run}", "--set", "env.name=smax:5m_vs_6m"], "env.name was 'simple_spread' in the checkpoint"),
 ])
 def test_strict_inputs_against_an_existing_run(finished_run, args, needle):

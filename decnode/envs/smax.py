@@ -62,13 +62,9 @@ from typing import Any
 import numpy as np
 
 from decnode.envs.base import Step
+from decnode.smac_maps import EPISODE_LIMITS
 
-SMAC_EPISODE_LIMITS: dict[str, int] = {
-    "5m_vs_6m": 70,
-    "10m_vs_11m": 150,
-    "27m_vs_30m": 180,
-    "6h_vs_8z": 150,
-}
+SMAC_EPISODE_LIMITS: dict[str, int] = dict(EPISODE_LIMITS)  # the map list lives in decnode/smac_maps.py
 SUPPORTED_MAPS = tuple(SMAC_EPISODE_LIMITS)
 REWARD_TYPES = ("smac", "native")
 

@@ -1,0 +1,137 @@
+"""Run directories: created by decnode, marked with a manifest, and only ever cleared of decnode's own files.
+
+`.decnode-run.json` marks a directory decnode created and lists the file patterns decnode writes into it
+(`WRITES`). `--overwrite` deletes a run directory's contents only when the manifest is there and every entry
+matches those patterns; anything else is refused in one line naming what would be lost. A run that never got
+past setup (no checkpoint, no model, no logged iteration) is replaced by the same command without --overwrite.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .cli import check_output
+from .config import ConfigError
+
+MANIFEST = ".decnode-run.json"
+# Everything decnode writes into a run directory: training (trainer, logger, checkpoint), decnode-eval's default
+# output, decnode-landscape, decnode-plot's default RUN_DIR/plots.
+WRITES = (MANIFEST, "config.yaml", "metrics.jsonl", "timing.json", "models.pt", "models.pt.tmp", "checkpoint.pt",
+          "checkpoint.pt.tmp", "processes.json", "eval.json", "landscape.npz", "landscape_*.png",
+          "tb/events.out.tfevents.*", "plots/*.png", "config.yaml.tmp")
+TRAINED = ("checkpoint.pt", "models.pt")
+
+
+def _manifest(run_dir: Path) -> dict | None:
+    try:
+        data = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("writes"), list):
+        return None
+    data["writes"] = [MANIFEST, *(p for p in data["writes"] if isinstance(p, str))]  # the manifest is ours too
+    return data
+
+
+def _entries(run_dir: Path) -> list[tuple[str, bool]]:
+    """(relative posix path, is a real directory) for everything below run_dir; symlinks are not followed."""
+    out = []
+    for root, dirs, files in os.walk(run_dir):
+        rel_root = Path(root).relative_to(run_dir)
+        for name in dirs:
+            path = Path(root) / name
+            out.append(((rel_root / name).as_posix(), not path.is_symlink()))
+        out.extend(((rel_root / name).as_posix(), False) for name in files)
+    return out
+
+
+def foreign(run_dir: Path, patterns) -> list[str]:
+    """What is in run_dir that decnode did not write (directories shown with a trailing /)."""
+    containers = {p.split("/")[0] for p in patterns if "/" in p}
+    lost = []
+    for rel, is_dir in _entries(run_dir):
+        if is_dir:
+            if rel not in containers:
+                lost.append(rel + "/")
+        elif not any(fnmatch.fnmatchcase(rel, p) for p in patterns):
+            lost.append(rel)
+    # a directory already listed covers what is below it
+    return sorted(r for r in lost if not any(r != d and r.startswith(d) for d in lost if d.endswith("/")))
+
+
+def _names(paths: list[str], limit: int = 4) -> str:
+    more = f", … ({len(paths) - limit} more)" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
+
+
+def _has_trained(run_dir: Path) -> bool:
+    if any((run_dir / name).exists() for name in TRAINED):
+        return True
+    metrics = run_dir / "metrics.jsonl"
+    return metrics.is_file() and metrics.stat().st_size > 0
+
+
+def clear(run_dir: Path, patterns) -> None:
+    """Delete decnode's own files in run_dir (callers have checked there is nothing else), then its subfolders."""
+    for rel, is_dir in sorted(_entries(run_dir), key=lambda e: -e[0].count("/")):
+        path = run_dir / rel
+        if is_dir:
+            path.rmdir()  # empty by now: only our containers are left, and their files went first
+        elif any(fnmatch.fnmatchcase(rel, p) for p in patterns):
+            path.unlink()
+
+
+def check_out_path(run_dir: Path) -> None:
+    """A run directory can be made here: not a file, not under a file, the nearest existing folder writable."""
+    try:
+        check_output(run_dir, "directory")
+    except ValueError as err:
+        raise ConfigError(f"run directory: {err}; choose another --out") from None
+
+
+def prepare(run_dir: Path, overwrite: bool) -> str | None:
+    """Check that a new run may use run_dir (raises ConfigError, changes nothing); returns a note for stdout
+    when the directory will be replaced. Call create() afterwards."""
+    check_out_path(run_dir)
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None
+    manifest = _manifest(run_dir)
+    if manifest is None:
+        listing = _names(sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()))
+        raise ConfigError(f"{run_dir} is not empty and was not created by decnode (no {MANIFEST}); it holds "
+                          f"{listing}: nothing is deleted, choose another --out")
+    lost = foreign(run_dir, manifest["writes"])
+    if lost:
+        raise ConfigError(f"run directory {run_dir} holds files decnode did not write ({_names(lost)}); "
+                          "nothing is deleted: move them or choose another --out")
+    if not _has_trained(run_dir):
+        return f"replacing {run_dir}: a run that stopped during setup (no iteration logged, no checkpoint)"
+    if not overwrite:
+        raise ConfigError(f"run directory {run_dir} exists; pass --resume {run_dir} or --overwrite")
+    return f"--overwrite: deleting decnode's files in {run_dir}"
+
+
+def create(run_dir: Path) -> None:
+    """Clear decnode's files (prepare() allowed it), make the directory and mark it as decnode's."""
+    try:
+        manifest = _manifest(run_dir) if run_dir.is_dir() else None
+        if manifest is not None:
+            clear(run_dir, manifest["writes"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        mark(run_dir)
+    except OSError as err:
+        raise ConfigError(f"cannot create run directory {run_dir}: {err.strerror or err}") from None
+
+
+def mark(run_dir: Path) -> None:
+    """Write the manifest (kept as it is if it is there: it records the run's first command)."""
+    if _manifest(run_dir) is not None:
+        return
+    data = {"created_by": "decnode", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
+            "writes": list(WRITES)}
+    (run_dir / MANIFEST).write_text(json.dumps(data, indent=1) + "\n")
