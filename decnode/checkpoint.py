@@ -59,6 +59,8 @@ def cat_rows(per_rank: list):
     """Merge the per-agent (`rows`) states of every rank, in rank order, into one keyed by agent: tensors with an
     agent axis are concatenated and lists extended; a 0-d tensor or other value (shared by all rows, e.g. a value
     normaliser's debiasing term) is taken from rank 0."""
+    import torch
+
     first = per_rank[0]
     if isinstance(first, dict):
         return {key: cat_rows([part[key] for part in per_rank]) for key in first}
@@ -71,6 +73,8 @@ def cat_rows(per_rank: list):
 
 def take_rows(state, rows: range):
     """The inverse of cat_rows for one rank: the slice of every per-agent entry that belongs to `rows`."""
+    import torch
+
     if isinstance(state, dict):
         return {key: take_rows(value, rows) for key, value in state.items()}
     if isinstance(state, torch.Tensor) and state.dim() > 0 or isinstance(state, list):

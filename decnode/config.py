@@ -96,12 +96,21 @@ class RunConfig:
 
 
 @dataclass
+class NetConfig:
+    profile: str = _key("loopback", "network to simulate: loopback (none) | datacenter | ethernet | wan | edge | a YAML "
+                        "file (--net; README 'Simulating real nodes')")
+    mode: str | None = _key(None, "simulate: a per-node clock only | emulate: also real waits on the real messages; "
+                            "null: the profile's own", ("simulate", "emulate"))
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    net: NetConfig = field(default_factory=NetConfig)
     # Per-algorithm train overrides (the paper's Table 2). Applied while composing: a resolved config holds {}.
     per_algo: dict = field(default_factory=dict)
 

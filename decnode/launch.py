@@ -117,6 +117,13 @@ def root_cause(err):
     return err.get_first_failure()
 
 
+def _recorded(worker, *payload):
+    """worker(*payload) under torch's @record, so an exception's words reach the one-line report below."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(worker)(*payload)
+
+
 def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "decnode-run",
            verbose: bool = False) -> int:
     """Run worker(*payload) (a module-level function) on n_procs local processes; returns the CLI's exit code.
@@ -134,7 +141,7 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
                           monitor_interval=0.5, start_method="spawn")
     try:
-        elastic_launch(config, worker)(*payload)
+        elastic_launch(config, _recorded)(worker, *payload)
         return 0
     except SignalException as err:
         name = signal.Signals(err.sigval).name
@@ -151,8 +158,12 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
             how = f"died ({failure.signal_name()})"
         else:
             how = f"failed (exit code {failure.exitcode})"
-        message = failure.message if isinstance(failure.message, str) else ""
-        message = message.strip().splitlines()[-1] if message.strip() else ""
+        message = failure.message
+        if isinstance(message, dict):  # recorded by the worker (torch's @record): "ErrorType: words"
+            message = str(message.get("message", "")).partition(": ")[2]
+        message = message.strip().splitlines()[-1] if isinstance(message, str) and message.strip() else ""
+        if message.startswith("To enable traceback"):  # torch's placeholder when nothing was recorded
+            message = ""
         where = resume = ""
         if training:
             it, saved = last_iteration(run_dir), checkpoint_iteration(run_dir)

@@ -248,7 +248,7 @@ def clock_delta(now: dict[str, float], before: dict[str, float]) -> dict[str, fl
 
 def format_clock_table(profile: NetProfile, per_rank: list[dict[str, float]], iterations: int) -> str:
     """The simulated cluster beside the host's table: per rank, seconds per iteration split into compute, wire
-    and waiting for slower peers, and the share of communication (wire + waiting)."""
+    and waiting for slower peers, and the share of communication (wire + waiting). per_rank: clock_delta sums."""
     p = profile
     head = (f"simulated cluster, profile '{p.name}' (α {p.latency_s * 1e6:.0f} µs, β {p.bandwidth_bit_s / 1e9:g} Gbit/s"
             f"{', jitter ' + format(p.jitter_s * 1e3, 'g') + ' ms' if p.jitter_s else ''}; mode {p.mode}): "
@@ -257,7 +257,7 @@ def format_clock_table(profile: NetProfile, per_rank: list[dict[str, float]], it
     lines = [head, f"{'':<10}" + "".join(f"{c:>12}" for c in cols) + f"{'comm share':>12}{'iteration':>12}",]
     per_it = max(iterations, 1)
     for rank, snap in enumerate(per_rank):
-        total = snap["clock"]
+        total = snap["seconds"]
         share = (snap["wire"] + snap["waiting"]) / total if total else 0.0
         lines.append(f"{'rank ' + str(rank):<10}" + "".join(f"{snap[c] / per_it:>11.4f}s" for c in cols)
                      + f"{100 * share:>11.0f}%{total / per_it:>11.4f}s")

@@ -26,7 +26,7 @@ from .launch import WorkerEnv, torchrun_env
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "simple_spread.yaml"
 # What a resume may change (and says it changed); any other difference from the checkpoint is refused.
-RESUMABLE = {"train": ("iterations",), "eval": None, "run": None, "algo": ("agents_per_process",)}
+RESUMABLE = {"train": ("iterations",), "eval": None, "run": None, "net": None, "algo": ("agents_per_process",)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (config train.seed)")
     p.add_argument("--agents-per-process", type=int, help="agents held by each process (config algo.agents_per_process)")
     p.add_argument("--out", help="run directory (config run.out)")
+    p.add_argument("--net", metavar="NAME|FILE",
+                   help="simulate a network: loopback, datacenter, ethernet, wan, edge or a YAML file (config net.profile)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config key, e.g. train.lr=1e-3 or per_algo.ps.lr=0.5 (see --help-config)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
@@ -67,7 +69,8 @@ def under_torchrun() -> bool:
 def _cli_layers(args: argparse.Namespace) -> list[tuple[str, dict]]:
     flags = {"algo": {"name": args.algo, "k": args.k, "critic": args.critic,
                       "agents_per_process": args.agents_per_process},
-             "train": {"iterations": args.iterations, "seed": args.seed}, "run": {"out": args.out}}
+             "train": {"iterations": args.iterations, "seed": args.seed}, "run": {"out": args.out},
+             "net": {"profile": args.net}}
     flags = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
     return [("command line", flags), *(("--set", parse_override(text)) for text in args.set)]
 
@@ -180,6 +183,16 @@ def _yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+def network_profile(cfg: Config):
+    """The run's network profile (net.py); a bad name or file is a one-line ConfigError."""
+    import dataclasses
+
+    from .net import load_profile
+
+    profile = load_profile(cfg.net.profile)
+    return dataclasses.replace(profile, mode=cfg.net.mode) if cfg.net.mode else profile
+
+
 def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     """What every process runs (under our launcher, torchrun, or alone)."""
     import torch
@@ -191,7 +204,8 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     cfg = from_dict(cfg_dict, "launcher")
     state = ckpt.load(Path(run_dir)) if resume else None
     k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
-    with open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange) as fabric:
+    with open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange, net=network_profile(cfg),
+                     seed=cfg.train.seed) as fabric:
         summary = train(cfg, fabric, Path(run_dir), state)
     if summary.get("signal") and under_torchrun():
         # Checkpoint written and the group torn down: now let the launcher's signal end this process, as it
@@ -217,6 +231,7 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Pat
             raise ConfigError(f"--nproc must be ≥ 1, got {n_procs}")
     cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None)
     del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
+    network_profile(cfg)
     preflight.check_dependencies(cfg)
     if not args.no_preflight:
         preflight.check_resources(cfg, n_procs)
@@ -248,7 +263,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"decnode-run: {note}", flush=True)
     payload = (cfg.to_dict(), str(run_dir), bool(args.resume))
     if env is not None or n_procs == 1:
-        worker(*payload)
+        from .trainer import NonFiniteError
+        try:
+            worker(*payload)
+        except NonFiniteError as err:
+            if env is not None:
+                raise  # the launcher reports it
+            fail(str(err), code=1)
         return
     from .launch import launch
     sys.exit(launch(n_procs, worker, payload, run_dir, verbose=args.verbose))

@@ -269,7 +269,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     if logger is not None:
         (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
     stopped, start = False, trainer.iteration
-    clock = fabric.clock
+    clock, sim_total = fabric.clock, {}  # simulated seconds of this run's iterations, by kind
     while trainer.iteration < tr.iterations:
         before, sim_before = rec.seconds(), clock.snapshot() if clock else None
         stats = trainer.iterate()
@@ -281,6 +281,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
                 stats["eval_win_rate"] = result["win_rate"]
         if clock is not None:  # the simulated cluster's iteration: every rank's clock joined in the stats all-reduce
             stats["sim"] = clock_delta(clock.snapshot(), sim_before)
+            sim_total = {k: sim_total.get(k, 0.0) + v for k, v in stats["sim"].items()}
         if logger is not None:
             logger.log(trainer.metrics_line(stats, delta_seconds(rec.seconds(), before)), stats, trainer.last_eval)
         planned = cfg.run.stop_after is not None and trainer.iteration >= cfg.run.stop_after
@@ -303,7 +304,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
                 indent=1))
     # Peak resident memory of every process (ru_maxrss is in KiB on Linux): what a job of this size needs.
     reports = fabric.gather_objects((rec.snapshot(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                     clock.snapshot() if clock else None))
+                                     sim_total))
     if logger is not None:
         timing, memory = [r[0] for r in reports], [round(r[1], 1) for r in reports]
         summary["peak_rss_mb"] = memory
