@@ -28,7 +28,7 @@ from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from .mappo import linear_lr
 from .metrics import spread_and_sums
 from .rollout import Rollout
-from .timing import delta_seconds
+from .timing import Section, delta_seconds
 
 
 class StopRequested:
@@ -119,14 +119,14 @@ class Trainer:
                     adv_by_agent = adv[0].permute(2, 0, 1).contiguous()  # [n, T, B]
                 critic_reset = coord.reset
             local_adv = torch.empty(self.fabric.per_process, self.T, self.B)
-            advantages = fabric.to_agents(adv_by_agent if self.coordinator else None, local_adv, name="advantages")
+            advantages = fabric.to_agents(adv_by_agent if self.coordinator else None, local_adv, name=Section.REWARD_SCATTER)
         else:
             rewards = fabric.to_agents(coord.rewards.permute(2, 0, 1).contiguous() if coord is not None else None,
-                                       torch.empty(self.fabric.per_process, self.T, self.B), name="advantages")
+                                       torch.empty(self.fabric.per_process, self.T, self.B), name=Section.REWARD_SCATTER)
             flags = torch.zeros(2, self.T + 1, self.B)  # dones (T of them) and episode starts (T+1)
             if coord is not None:
                 flags[0, : self.T], flags[1] = coord.dones, coord.reset
-            flags = fabric.broadcast(flags, name="advantages")
+            flags = fabric.broadcast(flags, name=Section.REWARD_SCATTER)
             dones, reset = flags[0, : self.T] > 0.5, flags[1] > 0.5
             with rec.section("critic"):
                 values, h_before = self.critic.values(states, reset)
