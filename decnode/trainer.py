@@ -26,7 +26,7 @@ from .critic import Critic
 from .envs import make_env
 from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from .mappo import linear_lr
-from .metrics import spread_and_sums
+from .metrics import agent_variance_and_sums
 from .rollout import Rollout
 from .timing import Section, delta_seconds
 
@@ -160,7 +160,7 @@ class Trainer:
         """One all-reduce per iteration carries the losses, the noise metrics (paper A.5) and the stop flag.
         Dₘ uses the first epoch's gradient (taken at θₘ); Vₘ the whole iteration's update θₘ₊₁ − θₘ."""
         local_critic = critic_losses[0].sum().item() if (critic_losses and self.cfg.algo.critic == "local") else 0.0
-        spread, sums = spread_and_sums(
+        spread, sums = agent_variance_and_sums(
             self.fabric, {"grad_disagreement": stats["grad"], "update_variance": self.actor.params - theta_start,
                           "consensus_distance": theta_start},
             [stats["policy_loss"].sum().item(), stats["entropy"].sum().item(), stats["grad_norm"].sum().item(),
