@@ -23,7 +23,8 @@ from .algos import LocalSGD, make_combiner
 from .comm import Fabric
 from .config import Config
 from .critic import Critic
-from .envs import make_env
+from .envs import env_factory, make_env
+from .envs.perturb import test_env_wrapper
 from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from .mappo import linear_lr
 from .metrics import agent_variance_and_sums
@@ -71,11 +72,9 @@ class Trainer:
                                                  else "allreduce_critic")
         self.rollout = Rollout(fabric, self.actor, env, T=self.T, B=self.B, obs_dim=self.obs_dim,
                                state_dim=state_dim, n_actions=self.n_actions, hidden=tr.hidden)
-        # Cheap batched envs: every rank plays a share; heavy backends (JAX, SC2, mpe2) play on rank 0.
-        self.evaluator_spread = env_cfg.name == "simple_spread" and env_cfg.backend == "batched"
-        self.evaluator = Evaluator(fabric, lambda b: make_env(env_cfg.name, n, b, **self.env_kwargs),
+        self.evaluator = Evaluator(fabric, env_factory(env_cfg.name, n, **self.env_kwargs), n_agents=n,
                                    episodes=cfg.eval.episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
-                                   hidden=tr.hidden, spread=self.evaluator_spread)
+                                   hidden=tr.hidden)
         self.iteration, self.env_steps, self.last_eval = 0, 0, float("nan")
         self.rollout.start(tr.seed)
         if self.critic is not None:
@@ -194,17 +193,15 @@ class Trainer:
 
     def evaluate_train_and_test(self) -> dict:
         """Mode 1 of the paper's A.6 on the train env and on the perturbed test env (obs noise c·std, ε actions)."""
-        from .analysis import test_env_wrapper
-
         cfg = self.cfg
         obs_std = torch.zeros(self.obs_dim, dtype=torch.float64)
         if self.coordinator:
             obs_std.copy_(torch.from_numpy(self.rollout.obs_stats.std))
         obs_std = self.fabric.broadcast(obs_std, name="eval")
         seed = cfg.train.seed
-        test = Evaluator(self.fabric, lambda b: make_env(cfg.env.name, self.n, b, **self.env_kwargs),
+        test = Evaluator(self.fabric, env_factory(cfg.env.name, self.n, **self.env_kwargs), n_agents=self.n,
                          episodes=cfg.eval.test_episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
-                         hidden=cfg.train.hidden, spread=self.evaluator_spread,
+                         hidden=cfg.train.hidden,
                          wrap=test_env_wrapper(cfg.to_dict(), obs_std.numpy(), seed + TEST_SEED_OFFSET))
         rows = self.average_actor()
         train_result = self.evaluator.run(rows, seed=seed + EVAL_SEED_OFFSET)

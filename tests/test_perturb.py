@@ -187,6 +187,8 @@ def test_reset_reseeds_and_passes_kwargs():
     assert not np.array_equal(s.obs, o1)  # other env share -> independent noise
     np.testing.assert_array_equal(s.avail, FakeEnv().reset(3, first_env=8).avail)  # kwarg reached the env
     assert (env.n_envs, env.n_agents, env.obs_dim, env.n_actions, env.state_dim) == (8, 3, 5, 6, 3)
+    wrapped = PerturbedEnv(BatchedSpread(2, 3), np.ones(18), c=0.1, epsilon=0.1, seed=0)
+    assert (wrapped.splittable, wrapped.has_win) == (BatchedSpread.splittable, BatchedSpread.has_win)
 
 
 def test_wraps_batched_spread_end_to_end():
@@ -219,7 +221,7 @@ def test_wraps_batched_spread_end_to_end():
 
 def test_noise_depends_only_on_global_env_index():
     """Episode e's noise and action replacements are the same played as env e of a batch of 8 or as env
-    e − 4 of a batch of 4 reset with first_env=4 (how evaluation spreads episodes over ranks)."""
+    e − 4 of a batch of 4 reset with first_env=4 (how evaluation splits episodes over ranks)."""
     B, N = 8, 3
     std = np.ones(6 * N)
     whole = PerturbedEnv(BatchedSpread(B, N), std, c=0.5, epsilon=0.5, seed=11)

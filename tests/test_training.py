@@ -33,9 +33,11 @@ def _train_cases(root: str, n_procs: int):
             cfg = small_config(algo, critic, n_procs, f"{root}/{algo}-{critic}-{n_procs}")
             run_dir = Path(cfg.run.out)
             run_dir.mkdir(parents=True, exist_ok=True)
-            train(cfg, Fabric(N, 1, fabric.rank, fabric.world, 120), run_dir)  # fresh buffers and timings
-            if fabric.rank == 0:
+            case_fabric = Fabric(N, 1, fabric.rank, fabric.world, 120)  # fresh buffers and timings
+            train(cfg, case_fabric, run_dir)
+            if fabric.rank == 0:  # rank 0 times every kind of section (it also steps the environments)
                 results[(algo, critic)] = torch.load(run_dir / "models.pt", weights_only=False)
+                results[(algo, critic)]["sections"] = set(case_fabric.recorder.tallies)
     return results
 
 
@@ -67,3 +69,11 @@ def test_ps_replicas_bit_identical_decpg_replicas_differ(trained, critic):
     dec = distributed[("decpg", critic)]["actor_rows"]
     assert (dec[0] - dec[1]).abs().max() > 1e-6, "DecPG replicas should differ (k=1 mixes partially)"
     torch.testing.assert_close(dec.mean(0), single[("decpg", critic)]["actor_rows"].mean(0), atol=1e-5, rtol=0)
+
+
+def test_every_timed_section_is_grouped(trained):
+    """Sections are named by timing.Section constants, each folded into a column of the timing table."""
+    from decnode.timing import GROUPS
+    distributed, single = trained
+    for run in (*distributed.values(), *single.values()):
+        assert run["sections"] <= set(GROUPS), run["sections"] - set(GROUPS)

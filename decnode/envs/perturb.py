@@ -93,15 +93,25 @@ class RunningStd:
         self.count, self.mean, self.m2 = float(d["count"]), np.array(d["mean"], np.float64), np.array(d["m2"], np.float64)
 
 
+def test_env_wrapper(cfg_dict: dict, obs_std, seed: int):
+    """wrap(env) for the Evaluator: the paper's test env with c = eval.obs_noise, ε = eval.action_noise of a run's
+    config (as a dict: Config.to_dict() or models.pt's). PerturbedEnv draws env b's noise from (seed, reset
+    seed, first_env + b): per episode, not per rank."""
+    ev = cfg_dict["eval"]
+    std = np.asarray(obs_std, dtype=np.float64)
+    return lambda env: PerturbedEnv(env, std, ev["obs_noise"], ev["action_noise"], seed)
+
+
 class PerturbedEnv:
-    """Wraps any BatchedEnv; every attribute it does not define (n_envs, n_agents, obs_dim, ...) is the env's.
+    """Wraps any BatchedEnv; every attribute it does not define (n_envs, n_agents, obs_dim, the capabilities
+    splittable and has_win, ...) is the env's.
 
     Step.info gains "executed_actions" [B, N] (what the env actually ran) and "action_replaced" [B, N] bool
     (an epsilon draw hit; the replacement can coincide with the policy's action).
 
     Randomness is per environment: reset(seed, first_env=f, ...) gives env b its own generator seeded from
     (seed of __init__, reset seed, f + b), so env b's noise depends only on its global index f + b, not on
-    the size of the batch it is played in. Evaluation spread over ranks (rank r plays envs f…f+B_r−1 of a
+    the size of the batch it is played in. Evaluation split over ranks (rank r plays envs f…f+B_r−1 of a
     larger batch) therefore sees exactly the noise of a one-process run, and a reset with the same seed
     replays the same noise (common random numbers across checkpoints). Every step, env b draws 2N uniforms
     for the actions (N "replace?" draws, N choices among the available actions) and then N·obs_dim normals
@@ -122,10 +132,9 @@ class PerturbedEnv:
             raise AttributeError(name)
         return getattr(self.env, name)
 
-    def reset(self, seed: int, **kw) -> Step:
-        first = kw.get("first_env", 0)
-        self.rngs = [np.random.default_rng([self.seed, seed, first + b]) for b in range(self.env.n_envs)]
-        return self._perturb(self.env.reset(seed, **kw))
+    def reset(self, seed: int, first_env: int = 0) -> Step:
+        self.rngs = [np.random.default_rng([self.seed, seed, first_env + b]) for b in range(self.env.n_envs)]
+        return self._perturb(self.env.reset(seed, first_env=first_env))
 
     def step(self, actions: np.ndarray) -> Step:
         assert self._avail is not None and self.rngs, "call reset(seed) first"
