@@ -126,7 +126,7 @@ def test_unavailable_actions_never_chosen_eps1():
     assert np.all(seen > 0)  # every action gets drawn somewhere
 
 
-def test_running_std_matches_numpy_chunks_and_moments():
+def test_running_std_matches_numpy_whole_and_in_chunks():
     g = np.random.default_rng(0)
     x = g.normal(3.0, [0.1, 1.0, 5.0, 0.0], (1000, 4))
     x[:, 3] = 0.7  # constant feature
@@ -136,14 +136,7 @@ def test_running_std_matches_numpy_chunks_and_moments():
     for c in np.array_split(x, [1, 7, 300, 301, 650]):
         chunks.update(c)
     chunks.update(x[:0])  # empty chunk is a no-op
-    a, b = RunningStd(4), RunningStd(4)
-    a.update(x[:400]), b.update(x[400:] + 0.0)
-    merged = RunningStd(4)
-    merged.merge(a), merged.merge(b)
-    ma, mb = a.to_moments(), b.to_moments()  # the ranks' all-reduce sum
-    summed = RunningStd.from_moments(ma[0] + mb[0], ma[1] + mb[1], ma[2] + mb[2])
-    vec = RunningStd.from_vector(a.to_vector() + b.to_vector())
-    for rs in (one, chunks, merged, summed, vec):
+    for rs in (one, chunks):
         assert rs.count == 1000
         np.testing.assert_allclose(rs.mean, x.mean(0), rtol=1e-12)
         np.testing.assert_allclose(rs.std[:3], x.std(0)[:3], rtol=1e-9)
