@@ -45,6 +45,7 @@ class Evaluator:
         splittable. group: the processes sharing the episodes (a Fabric or plain Collectives). wrap(env) may
         add a test-time perturbation."""
         self.group = group
+        self.has_win = make_env.cls.has_win  # whether run()'s win_rate means anything
         split = make_env.cls.splittable
         world, rank = (group.world, group.rank) if split else (1, 0)
         self.mine = share(episodes, world, rank) if (split or group.rank == 0) else range(0)

@@ -317,7 +317,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
             result = trainer.evaluate()
             stats["eval_reward"] = result["return"]
             stats["eval_episodes"] = result["episodes"]
-            if cfg.env.name != "simple_spread":
+            if trainer.evaluator.has_win:
                 stats["eval_win_rate"] = result["win_rate"]
         if logger is not None:
             logger.log(trainer.metrics_line(stats, delta_seconds(rec.seconds(), before)), stats, trainer.last_eval)
