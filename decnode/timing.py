@@ -125,7 +125,8 @@ def format_table(per_rank: list[dict[str, dict[str, float]]]) -> str:
     """One row per rank plus the sum over ranks; one column per category: seconds and % of that row's wall.
 
     Communication categories include the time spent waiting for the slowest peer to arrive. Short headers:
-    exchange = messages with rank 0 (per step, and the per-iteration reward scatter), actor upd = PPO actor update, gossip/AR = gossip or all-reduce.
+    exchange = messages with rank 0 (per step, and the per-iteration reward scatter), actor upd = PPO actor
+    update, gossip/AR = gossip or all-reduce.
     """
     groups = [grouped(snap) for snap in per_rank]
     present = {g for snap in groups for g in snap if g != "wall"}

@@ -55,7 +55,8 @@ class RunningStd:
         return {"count": np.array(self.count), "mean": self.mean.copy(), "m2": self.m2.copy()}
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        self.count, self.mean, self.m2 = float(d["count"]), np.array(d["mean"], np.float64), np.array(d["m2"], np.float64)
+        self.count = float(d["count"])
+        self.mean, self.m2 = np.array(d["mean"], np.float64), np.array(d["m2"], np.float64)
 
 
 def test_env_wrapper(cfg_dict: dict, obs_std, seed: int):
