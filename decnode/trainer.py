@@ -118,10 +118,12 @@ class Trainer:
                     adv_by_agent = adv[0].permute(2, 0, 1).contiguous()  # [n, T, B]
                 critic_reset = coord.reset
             local_adv = torch.empty(self.fabric.per_process, self.T, self.B)
-            advantages = fabric.to_agents(adv_by_agent if self.coordinator else None, local_adv, name=Section.REWARD_SCATTER)
+            advantages = fabric.to_agents(adv_by_agent if self.coordinator else None, local_adv,
+                                          name=Section.REWARD_SCATTER)
         else:
             rewards = fabric.to_agents(coord.rewards.permute(2, 0, 1).contiguous() if coord is not None else None,
-                                       torch.empty(self.fabric.per_process, self.T, self.B), name=Section.REWARD_SCATTER)
+                                       torch.empty(self.fabric.per_process, self.T, self.B),
+                                       name=Section.REWARD_SCATTER)
             flags = torch.zeros(2, self.T + 1, self.B)  # dones (T of them) and episode starts (T+1)
             if coord is not None:
                 flags[0, : self.T], flags[1] = coord.dones, coord.reset
