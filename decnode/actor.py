@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .mappo import normalize_advantages, ppo_policy_loss
-from .models import (RecurrentNet, categorical_sample, chunk_resets, chunk_sequences, chunk_start_states,
+from .models import (RecurrentNet, chunk_resets, chunk_sequences, chunk_start_states,
                      entropy, flatten_parameters, log_prob, masked_logits)
 
 
@@ -52,22 +52,6 @@ class ActorBlock:
                                 generator=torch.Generator().manual_seed(seed))
         self.params, self.grads = flatten_parameters(self.net, self.a)
         self.samplers = [torch.Generator().manual_seed(sampler_seed(seed, i)) for i in agents]
-        self._uniforms = torch.empty(self.a, 0, n_actions)
-
-    def uniforms(self, batch: int) -> torch.Tensor:
-        if self._uniforms.shape[1] != batch:
-            self._uniforms = torch.empty(self.a, batch, self.n_actions)
-        for row, gen in enumerate(self.samplers):
-            self._uniforms[row].uniform_(generator=gen)
-        return self._uniforms
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, avail: torch.Tensor, reset: torch.Tensor, h: torch.Tensor):
-        """obs [a, B, od], avail [a, B, K] bool, reset [B] -> actions [a, B], log-probs [a, B], next h."""
-        logits, h = self.net.step(obs, h, reset)
-        logits = masked_logits(logits, avail)
-        actions = categorical_sample(logits, self.uniforms(obs.shape[1]))
-        return actions, log_prob(logits, actions), h
 
     def ppo_batch(self, batch: ActorBatch, advantages: torch.Tensor, chunk: int) -> PPOBatch:
         """The rollout as the PPO epochs consume it: chunked sequences and normalised advantages."""

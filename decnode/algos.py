@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .comm import Fabric, GossipHandle
+from .timing import Section
 
 
 def clip_rows_(grads: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -46,7 +47,7 @@ class DecPG(LocalSGD):
     """DSGD: θᵢ ← Σⱼ Pᵢⱼ θⱼ − η ∇Lᵢ(θᵢ). The gradient is taken at the pre-mix θᵢ and the mix uses the
     neighbours' pre-step θⱼ, so the gossip of θ runs while backward computes ∇Lᵢ."""
 
-    def __init__(self, fabric: Fabric, name: str = "gossip"):
+    def __init__(self, fabric: Fabric, name: str = Section.GOSSIP):
         super().__init__(fabric, name)
         self._handle: GossipHandle | None = None
 
@@ -67,7 +68,7 @@ class ParameterSharing(Combiner):
     to every replica, so replicas stay bit-identical. The all-reduce is posted right after backward, so work
     placed between the hooks (rank 0's critic epoch) hides its latency."""
 
-    def __init__(self, fabric: Fabric, name: str = "allreduce"):
+    def __init__(self, fabric: Fabric, name: str = Section.ALLREDUCE):
         super().__init__(fabric, name)
         self._pending = None
 
@@ -82,5 +83,8 @@ class ParameterSharing(Combiner):
         params.sub_(mean.unsqueeze(0), alpha=lr)
 
 
-def make_combiner(algo: str, fabric: Fabric, name: str) -> Combiner:
-    return DecPG(fabric, name) if algo == "decpg" else ParameterSharing(fabric, name)
+def make_combiner(algo: str, fabric: Fabric, critic: bool = False) -> Combiner:
+    """The algorithm's combiner for the actor's rows or (critic=True) the local critics', each on its own stream."""
+    if algo == "decpg":
+        return DecPG(fabric, Section.GOSSIP_CRITIC if critic else Section.GOSSIP)
+    return ParameterSharing(fabric, Section.ALLREDUCE_CRITIC if critic else Section.ALLREDUCE)

@@ -14,8 +14,8 @@ and ε-random actions); gap = test − train.
 
 Results do not depend on the number of processes: episode e always starts from env seed (seed, e), its test
 noise (PerturbedEnv) and its sampled actions (Evaluator) come from streams seeded by e, and each rank plays a
-contiguous share of episodes (batched Simple Spread; backends without `reset(seed, first_env=)` play every
-episode on rank 0). Only the order in which the per-rank sums are added changes, i.e. the last bits of the means.
+contiguous share of episodes (where the env class is `splittable`, e.g. batched Simple Spread; otherwise rank 0
+plays them all). Only the order in which the per-rank sums are added changes, i.e. the last bits of the means.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import envs
 from .cli import check_output
-from .comm import Fabric
-from .envs import make_env
-from .envs.perturb import PerturbedEnv
+from .comm import Collectives
+from .envs.perturb import test_env_wrapper
 from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 
 MODES = ("average", "average_stochastic", "local", "individual")
@@ -89,31 +89,11 @@ def eval_seeds(cfg: dict) -> tuple[int, int]:
     return seed + EVAL_SEED_OFFSET, seed + TEST_SEED_OFFSET
 
 
-def env_factory(cfg: dict, n: int):
-    """make_env(n_envs) with the run's environment settings (as the trainer builds it)."""
+def env_factory(cfg: dict, n: int) -> envs.EnvFactory:
+    """The run's environments (as the trainer builds them) from its config dict."""
     env = cfg["env"]
-    kwargs = dict(backend=env["backend"], local_ratio=env["local_ratio"], max_cycles=env["episode_length"],
-                  reward=env["reward"])
-    return lambda b: make_env(env["name"], n, b, **kwargs)
-
-
-def test_env_wrapper(cfg_dict: dict, obs_std, seed: int):
-    """wrap(env) for Evaluator: the paper's test env with c = eval.obs_noise, ε = eval.action_noise.
-    PerturbedEnv draws env b's noise from (seed, reset seed, first_env + b): per episode, not per rank."""
-    ev = cfg_dict["eval"]
-    std = np.asarray(obs_std, dtype=np.float64)
-    return lambda env: PerturbedEnv(env, std, ev["obs_noise"], ev["action_noise"], seed)
-
-
-class _Collectives:
-    """What Evaluator uses of a fabric, with n agents whatever the process count: evaluation plays whole
-    episodes per rank, so n need not divide by the number of processes (3 agents on 2 ranks is fine)."""
-
-    def __init__(self, fabric: Fabric, n_agents: int):
-        self.fabric, self.rank, self.world, self.n_agents = fabric, fabric.rank, fabric.world, n_agents
-
-    def allreduce_sum(self, x: torch.Tensor, name: str = "allreduce") -> torch.Tensor:
-        return self.fabric.allreduce_sum(x, name)
+    return envs.env_factory(env["name"], n, backend=env["backend"], local_ratio=env["local_ratio"],
+                            max_cycles=env["episode_length"], reward=env["reward"])
 
 
 # ---- the four modes ------------------------------------------------------------------------------------------
@@ -135,38 +115,33 @@ def _individual(results: list[dict], wins: bool) -> dict:
 
 
 def evaluate_run(run_dir: str | Path, modes: str | list[str], episodes: int | None = None,
-                 test_episodes: int | None = None, fabric: Fabric | None = None, *, models: dict | None = None,
-                 spread: bool | None = None) -> dict:
-    """Every rank of `fabric` calls this; all return the same dict. None episodes: the config's values.
-    modes: names from MODES, or "all" (AnalysisError for others). models: models.pt's dict (default: read it).
-
-    fabric may be the trainer's (any n) or a fabric with one row per rank; only its collectives are used.
-    spread=None: every rank plays a share where the env can start at an episode offset (batched Simple
-    Spread, `reset(seed, first_env=)`); other backends play everything on rank 0.
+                 test_episodes: int | None = None, group: Collectives | None = None, *,
+                 models: dict | None = None) -> dict:
+    """Every rank of `group` (default: this process alone) calls this; all return the same dict. None
+    episodes: the config's values. modes: names from MODES, or "all" (AnalysisError for others). models:
+    models.pt's dict (default: read it). The ranks share the episodes where the env class is splittable;
+    the number of ranks need not divide the number of agents.
     """
     modes = parse_modes(modes if isinstance(modes, str) else ",".join(modes))
     models = models if models is not None else load_models(run_dir)
     cfg, rows_all, mean = models["config"], models["actor_rows"].float(), models["actor_mean"].float()
     n = rows_all.shape[0]
-    fabric = fabric if fabric is not None else Fabric(n, 0)
-    view = _Collectives(fabric, n)
+    group = group if group is not None else Collectives()
     episodes = episodes or cfg["eval"]["episodes"]
     test_episodes = test_episodes or cfg["eval"]["test_episodes"]
     seed_train, seed_test = eval_seeds(cfg)
-    wins = cfg["env"]["name"] != "simple_spread"
-    if spread is None:
-        spread = cfg["env"]["name"] == "simple_spread" and cfg["env"]["backend"] == "batched"
-    common = dict(obs_dim=models["obs_dim"], n_actions=models["n_actions"], hidden=cfg["train"]["hidden"],
-                  spread=spread)
     make = env_factory(cfg, n)
-    splits = {"train": (Evaluator(view, make, episodes=episodes, **common), seed_train),
-              "test": (Evaluator(view, make, episodes=test_episodes,
+    wins = make.cls.has_win
+    common = dict(n_agents=n, obs_dim=models["obs_dim"], n_actions=models["n_actions"],
+                  hidden=cfg["train"]["hidden"])
+    splits = {"train": (Evaluator(group, make, episodes=episodes, **common), seed_train),
+              "test": (Evaluator(group, make, episodes=test_episodes,
                                  wrap=test_env_wrapper(cfg, models["obs_std"], seed_test), **common),
                        seed_test)}
     settings = {"average": [(mean.expand(n, -1), True)], "average_stochastic": [(mean.expand(n, -1), False)],
                 "local": [(rows_all, True)], "individual": [(rows_all[j].expand(n, -1), True) for j in range(n)]}
     out = {"run_dir": str(run_dir), "env": cfg["env"]["name"], "algo": cfg["algo"]["name"], "k": cfg["algo"]["k"],
-           "n_agents": n, "iteration": models.get("iteration"), "processes": fabric.world,
+           "n_agents": n, "iteration": models.get("iteration"), "processes": group.world,
            "episodes": {"train": episodes, "test": test_episodes},
            "seeds": {"train": seed_train, "test": seed_test},
            "test_env": {"obs_noise": cfg["eval"]["obs_noise"], "action_noise": cfg["eval"]["action_noise"]},
@@ -203,14 +178,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 def eval_worker(run_dir: str, modes: list[str], episodes: int | None, test_episodes: int | None, out: str,
                 timeout_s: float) -> None:
-    """What each process runs under launch(): a fabric with one row per rank; rank 0 writes the result."""
-    from .comm import open_fabric, world_from_env
+    """What each process runs under launch(); rank 0 writes the result."""
+    from .comm import open_collectives
 
     torch.set_num_threads(1)  # several processes share few cores
-    _, world = world_from_env()
-    with open_fabric(world, 0, timeout_s) as fabric:
-        result = evaluate_run(run_dir, modes, episodes, test_episodes, fabric)
-        if fabric.rank == 0:
+    with open_collectives(timeout_s) as group:
+        result = evaluate_run(run_dir, modes, episodes, test_episodes, group)
+        if group.rank == 0:
             _write_json(Path(out), result)
 
 
@@ -221,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=None, help="train-env episodes (default: config eval.episodes)")
     p.add_argument("--test-episodes", type=int, default=None,
                    help="test-env episodes (default: config eval.test_episodes)")
-    p.add_argument("--nproc", type=int, default=1, help="processes to spread the episodes over (default 1)")
+    p.add_argument("--nproc", type=int, default=1, help="processes to split the episodes over (default 1)")
     p.add_argument("--out", default="eval.json", help="output JSON; a relative path is inside RUN_DIR")
     return p
 
@@ -241,9 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     except (AnalysisError, ValueError) as err:
         fail("decnode-eval", str(err))
     if args.nproc == 1:
-        cfg = models["config"]
-        result = evaluate_run(run_dir, modes, args.episodes, args.test_episodes,
-                              Fabric(models["actor_rows"].shape[0], cfg["algo"]["k"]), models=models)
+        result = evaluate_run(run_dir, modes, args.episodes, args.test_episodes, models=models)
         _write_json(out, result)
     else:
         from .launch import launch

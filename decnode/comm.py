@@ -4,6 +4,9 @@ A process holds a block of consecutive agents (rows of an [a, D] tensor). With o
 no torch.distributed at all: gossip is the local product P @ Θ and an all-reduce is a mean over rows — the
 paper's single-worker setting and our reference. With several processes the same calls become gloo
 point-to-point messages and collectives. Every wait carries a timeout, so a dead peer becomes an error.
+`Collectives` is the part that needs no agents (sums, broadcasts, gathers): what evaluation and the analysis
+tools use. With a network profile (net.py) every message also carries its sender's simulated clock and every
+collective joins the ranks' clocks, so each rank knows the time a real node would see.
 """
 
 from __future__ import annotations
@@ -17,12 +20,21 @@ import torch
 import torch.distributed as dist
 
 from .net import PRESETS, Emulator, NetProfile, NodeClock
-from .timing import Recorder
+from .timing import Recorder, Section
 from .topology import block_plan, mixing_matrix
 
-# Distinct tags keep unrelated point-to-point streams between the same pair of ranks apart.
-TAG_GOSSIP, TAG_TO_AGENTS, TAG_TO_COORDINATOR = 1, 2, 3
+# The point-to-point streams. gloo matches a receive by (peer, tag) alone, so two streams in flight between the
+# same ranks (the actor's and the critic's gossip under DecPG with local critics) must never share a tag: a
+# stream's tag is its place here. Its name is also the timing section it is booked under.
+P2P_STREAMS = (Section.GOSSIP, Section.GOSSIP_CRITIC, Section.STEP_EXCHANGE, Section.REWARD_SCATTER)
 STAMP_TAG = 1000  # + a message's tag: its simulated (departure, arrival, host arrival), when a profile is set
+
+
+def stream_tag(name: str) -> int:
+    if name not in P2P_STREAMS:
+        raise ValueError(f"'{name}' is not a point-to-point stream: add it to comm.P2P_STREAMS "
+                         f"({', '.join(P2P_STREAMS)})")
+    return 1 + P2P_STREAMS.index(name)
 
 
 class CommError(RuntimeError):
@@ -41,42 +53,34 @@ class GossipHandle:
             self._fabric._wait_all(self._works, self._name)
             self._fabric._arrived(self._stamps)
             torch.matmul(st["weights"], st["buf"], out=st["out"])
+        st["in_flight"] = False
         return st["out"]
 
 
 class PendingReduce:
     """An in-flight all-reduce: `wait()` returns the reduced persistent buffer (times `scale`)."""
 
-    def __init__(self, fabric: "Fabric", buf: torch.Tensor, work, name: str, scale: float, sim=None):
-        self._fabric, self._buf, self._work, self._name, self._scale, self._sim = fabric, buf, work, name, scale, sim
+    def __init__(self, group: "Collectives", buf: torch.Tensor, work, name: str, scale: float, sim=None):
+        self._group, self._buf, self._work, self._name, self._scale, self._sim = group, buf, work, name, scale, sim
 
     def wait(self) -> torch.Tensor:
         if self._work is not None:
-            with self._fabric.recorder.section(self._name):
-                self._fabric._wait_all([self._work], self._name)
-                self._fabric._joined(self._sim)
+            with self._group.recorder.section(self._name):
+                self._group._wait_all([self._work], self._name)
+                self._group._joined(self._sim)
             self._work = None
         return self._buf.mul_(self._scale) if self._scale != 1.0 else self._buf
 
 
-class Fabric:
-    def __init__(self, n_agents: int, k: int, rank: int = 0, world: int = 1, timeout_s: float = 300.0,
-                 recorder: Recorder | None = None, exchange: str = "p2p", net: NetProfile | None = None,
-                 seed: int = 0):
-        if n_agents % world:
-            raise ValueError(f"{n_agents} agents cannot be split evenly over {world} processes")
-        self.n_agents, self.k, self.rank, self.world = n_agents, k, rank, world
-        self.per_process = n_agents // world
-        self.agents = range(rank * self.per_process, (rank + 1) * self.per_process)
+class Collectives:
+    """Sums, broadcasts and gathers among the job's processes; with one process each is local."""
+
+    def __init__(self, rank: int = 0, world: int = 1, timeout_s: float = 300.0, recorder: Recorder | None = None,
+                 net: NetProfile | None = None, seed: int = 0):
+        self.rank, self.world = rank, world
         self.timeout = timedelta(seconds=timeout_s)
         self.recorder = recorder or Recorder()
         self.distributed = world > 1
-        # How rank 0 and the agents swap observations and actions each step: posted point-to-point messages, or
-        # scatter/gather collectives (benchmarks/comm.py measures both; they are close here).
-        self.exchange = exchange
-        self.P = mixing_matrix(n_agents, k)
-        self.plan = block_plan(self.P, world, rank)
-        self._gossip_state: dict[tuple, dict] = {}
         self._sum_buffers: dict[tuple, torch.Tensor] = {}
         self.context = "setup"  # what the job is doing, for error messages (e.g. "iteration 12")
         # A network profile: every message and collective also advances this node's simulated clock (net.py).
@@ -85,7 +89,6 @@ class Fabric:
         self.clock = NodeClock(self.net, rank, seed) if active else None
         self.emulator = Emulator(self.net) if active and self.net.mode == "emulate" else None
 
-    # ---- helpers ---------------------------------------------------------------------------------------------
     def _wait_all(self, works: list, what: str) -> None:
         """Wait on works, each a Work or (peer rank, Work); failures name the peer when it is known."""
         for item in works:
@@ -101,7 +104,25 @@ class Fabric:
                 raise CommError(f"rank {self.rank}: {what}{with_peer} timed out after "
                                 f"{self.timeout.total_seconds():.0f}s during {self.context}")
 
-    # ---- the simulated network: stamps on point-to-point messages, clocks joined by collectives -------------
+    # ---- the simulated network: clocks joined by collectives, stamps on point-to-point messages --------------
+    def _join_start(self, cost: float):
+        """Post the all-reduce (max) of every rank's clock that a collective starts from; None without a profile."""
+        if self.clock is None:
+            return None
+        clocks = torch.tensor([self.clock.advance(), time.monotonic()], dtype=torch.float64)
+        return clocks, dist.all_reduce(clocks, op=dist.ReduceOp.MAX, async_op=True), cost
+
+    def _joined(self, sim) -> None:
+        """A collective finished: it started when its last participant joined and took `cost` from there."""
+        if sim is None:
+            return
+        clocks, work, cost = sim
+        self._wait_all([work], "clock")
+        latest, host = clocks.tolist()
+        self.clock.collective(latest, cost)
+        if self.emulator:
+            self.emulator.hold_until(host + cost)
+
     def _isend(self, x: torch.Tensor, peer: int, tag: int, stamps: list) -> list:
         """isend x, and (with a profile) its stamp: when it leaves this node's link and when it arrives."""
         works = [(peer, dist.isend(x, dst=peer, tag=tag))]
@@ -127,86 +148,18 @@ class Fabric:
         received = [stamp.tolist() for incoming, stamp in stamps if incoming]
         if self.clock is None or not received:
             return
-        for depart, arrive, host in sorted(received, key=lambda s: s[1]):
+        for depart, arrive, _ in sorted(received, key=lambda s: s[1]):
             self.clock.receive(depart, arrive)
         if self.emulator:
             self.emulator.hold_until(max(host for _, _, host in received))
 
-    def _join_start(self, cost: float):
-        """Post the all-reduce (max) of every rank's clock that a collective starts from; None without a profile."""
-        if self.clock is None:
-            return None
-        clocks = torch.tensor([self.clock.advance(), time.monotonic()], dtype=torch.float64)
-        return clocks, dist.all_reduce(clocks, op=dist.ReduceOp.MAX, async_op=True), cost
-
-    def _joined(self, sim) -> None:
-        """A collective finished: it started when its last participant joined and took `cost` from there."""
-        if sim is None:
-            return
-        clocks, work, cost = sim
-        self._wait_all([work], "clock")
-        latest, host = clocks.tolist()
-        self.clock.collective(latest, cost)
-        if self.emulator:
-            self.emulator.hold_until(host + cost)
-
-    def rows_of(self, rank: int) -> range:
-        return range(rank * self.per_process, (rank + 1) * self.per_process)
-
-    # ---- DSGD mixing -----------------------------------------------------------------------------------------
-    def gossip_start(self, x: torch.Tensor, name: str = "gossip") -> GossipHandle:
-        """Post one mixing round of the local rows x [a, D]; x may be changed as soon as this returns."""
-        key = (x.shape[1], x.dtype)
-        st = self._gossip_state.get(key) or self._make_gossip_state(*key)
-        with self.recorder.section(name):
-            st["buf"][: self.per_process].copy_(x)
-            works, stamps = [], []
-            for peer, (lo, hi) in st["recv_slices"].items():
-                works += self._irecv(st["buf"][lo:hi], peer, TAG_GOSSIP, stamps)
-            for peer, rows in st["send_rows"].items():
-                staged = st["stage"][peer]
-                torch.index_select(x, 0, rows, out=staged)
-                works += self._isend(staged, peer, TAG_GOSSIP, stamps)
-            self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
-        return GossipHandle(self, st, works, name, stamps)
-
-    def gossip(self, x: torch.Tensor, name: str = "gossip") -> torch.Tensor:
-        return self.gossip_start(x, name).wait()
-
-    def _make_gossip_state(self, dim: int, dtype: torch.dtype) -> dict:
-        # Allocated once per vector size: no model-sized allocation per round.
-        plan = self.plan
-        n_recv = sum(len(v) for v in plan.recv.values())
-        st = {
-            "buf": torch.empty(self.per_process + n_recv, dim, dtype=dtype),
-            "out": torch.empty(self.per_process, dim, dtype=dtype),
-            "weights": torch.as_tensor(plan.weights, dtype=dtype),
-            "recv_slices": {},
-            "send_rows": {q: torch.as_tensor(rows, dtype=torch.long) for q, rows in plan.send.items()},
-            "stage": {q: torch.empty(len(rows), dim, dtype=dtype) for q, rows in plan.send.items()},
-        }
-        offset = self.per_process
-        for q in sorted(plan.recv):
-            st["recv_slices"][q] = (offset, offset + len(plan.recv[q]))
-            offset += len(plan.recv[q])
-        st["send_bytes"] = sum(len(r) for r in plan.send.values()) * dim * st["buf"].element_size()
-        self._gossip_state[(dim, dtype)] = st
-        return st
-
-    # ---- parameter sharing -----------------------------------------------------------------------------------
-    def allreduce_mean(self, x: torch.Tensor, name: str = "allreduce") -> torch.Tensor:
-        """Mean over all n agents of the rows x [a, D] -> [D] (a persistent buffer)."""
-        return self.allreduce_mean_start(x, name).wait()
-
-    def allreduce_mean_start(self, x: torch.Tensor, name: str = "allreduce") -> "PendingReduce":
-        """Post the mean over all agents' rows; x may change as soon as this returns. `.wait()` -> [D]."""
-        return self.allreduce_sum_start(x.sum(dim=0) if x.shape[0] > 1 else x[0], name, scale=1 / self.n_agents)
-
-    def allreduce_sum(self, x: torch.Tensor, name: str = "allreduce") -> torch.Tensor:
+    # ---- collectives -----------------------------------------------------------------------------------------
+    def allreduce_sum(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:
         """Elementwise sum of x over ranks (every rank gets it) in a persistent buffer."""
         return self.allreduce_sum_start(x, name).wait()
 
-    def allreduce_sum_start(self, x: torch.Tensor, name: str = "allreduce", scale: float = 1.0) -> "PendingReduce":
+    def allreduce_sum_start(self, x: torch.Tensor, name: str = Section.ALLREDUCE,
+                            scale: float = 1.0) -> PendingReduce:
         key = (tuple(x.shape), x.dtype, name)
         buf = self._sum_buffers.get(key)
         if buf is None:
@@ -221,64 +174,7 @@ class Fabric:
             self.recorder.count(name, nbytes=nbytes, messages=1)
         return PendingReduce(self, buf, work, name, scale, sim)
 
-    # ---- coordinator <-> agents, once per environment step ---------------------------------------------------
-    def to_agents(self, full: torch.Tensor | None, like: torch.Tensor, name: str = "step_exchange") -> torch.Tensor:
-        """Rank 0 sends each rank its agents' slice of full [n, ...]; returns the local slice [a, ...].
-
-        `like` is a local-sized template (shape and dtype) that receiving ranks fill.
-        """
-        if not self.distributed:
-            return full
-        if self.exchange == "collective":
-            with self.recorder.section(name):
-                chunks = list(full.split(self.per_process)) if self.rank == 0 else None
-                sim = self._join_start(self.net.gather_s(self.world, like.numel() * like.element_size()))
-                self._wait_all([dist.scatter(like, chunks, src=0, async_op=True)], name)
-                self._joined(sim)
-            return like
-        stamps = []
-        with self.recorder.section(name):
-            if self.rank == 0:
-                works = [w for r in range(1, self.world)
-                         for w in self._isend(full[self.rows_of(r).start: self.rows_of(r).stop], r, TAG_TO_AGENTS, stamps)]
-                self.recorder.count(name, nbytes=(full.numel() - like.numel()) * full.element_size(),
-                                    messages=self.world - 1)
-                self._wait_all(works, name)
-                self._arrived(stamps)
-                return full[: self.per_process]
-            self._wait_all(self._irecv(like, 0, TAG_TO_AGENTS, stamps), name)
-            self._arrived(stamps)
-            return like
-
-    def to_coordinator(self, local: torch.Tensor, full: torch.Tensor | None,
-                       name: str = "step_exchange") -> torch.Tensor | None:
-        """Every rank sends its rows local [a, ...] to rank 0, which returns them stacked in full [n, ...]."""
-        if not self.distributed:
-            return local
-        if self.exchange == "collective":
-            with self.recorder.section(name):
-                chunks = list(full.split(self.per_process)) if self.rank == 0 else None
-                sim = self._join_start(self.net.gather_s(self.world, local.numel() * local.element_size()))
-                self._wait_all([dist.gather(local.contiguous(), chunks, dst=0, async_op=True)], name)
-                self._joined(sim)
-            return full if self.rank == 0 else None
-        stamps = []
-        with self.recorder.section(name):
-            if self.rank == 0:
-                full[: self.per_process].copy_(local)
-                works = [w for r in range(1, self.world)
-                         for w in self._irecv(full[self.rows_of(r).start: self.rows_of(r).stop], r, TAG_TO_COORDINATOR,
-                                              stamps)]
-                self._wait_all(works, name)
-                self._arrived(stamps)
-                return full
-            self.recorder.count(name, nbytes=local.numel() * local.element_size(), messages=1)
-            self._wait_all(self._isend(local.contiguous(), 0, TAG_TO_COORDINATOR, stamps), name)
-            self._arrived(stamps)
-            return None
-
-    # ---- occasional collectives ------------------------------------------------------------------------------
-    def gather_rows(self, x: torch.Tensor, name: str = "gather") -> torch.Tensor | None:
+    def gather_rows(self, x: torch.Tensor, name: str = Section.GATHER) -> torch.Tensor | None:
         """Rows of every rank stacked [n, ...] on rank 0 (None elsewhere)."""
         if not self.distributed:
             return x.clone()
@@ -289,7 +185,7 @@ class Fabric:
             self._joined(sim)
         return torch.cat(out) if self.rank == 0 else None
 
-    def broadcast(self, x: torch.Tensor, src: int = 0, name: str = "broadcast") -> torch.Tensor:
+    def broadcast(self, x: torch.Tensor, src: int = 0, name: str = Section.BROADCAST) -> torch.Tensor:
         if self.distributed:
             with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1):
                 sim = self._join_start(self.net.broadcast_s(self.world, x.numel() * x.element_size()))
@@ -305,12 +201,153 @@ class Fabric:
         dist.gather_object(obj, out, dst=0)
         return out
 
-    def barrier(self, name: str = "wait") -> None:
+    def barrier(self, name: str = Section.WAIT) -> None:
         if self.distributed:
             with self.recorder.section(name):
                 sim = self._join_start(self.net.allreduce_s(self.world, 4))
                 self._wait_all([dist.barrier(async_op=True)], name)
                 self._joined(sim)
+
+
+class Fabric(Collectives):
+    """The collectives plus what needs the agents: gossip over the kNN ring, the mean over all agents, and the
+    per-step exchange between rank 0 (the environments) and each rank's block of agents."""
+
+    def __init__(self, n_agents: int, k: int, rank: int = 0, world: int = 1, timeout_s: float = 300.0,
+                 recorder: Recorder | None = None, exchange: str = "p2p", net: NetProfile | None = None,
+                 seed: int = 0):
+        if n_agents % world:
+            raise ValueError(f"{n_agents} agents cannot be split evenly over {world} processes")
+        super().__init__(rank, world, timeout_s, recorder, net, seed)
+        self.n_agents = n_agents
+        self.per_process = n_agents // world
+        self.agents = range(rank * self.per_process, (rank + 1) * self.per_process)
+        # How rank 0 and the agents swap observations and actions each step: posted point-to-point messages, or
+        # scatter/gather collectives (benchmarks/comm.py measures both; they are close here).
+        self.exchange = exchange
+        self.P = mixing_matrix(n_agents, k)
+        self.plan = block_plan(self.P, world, rank)
+        self._gossip_state: dict[str, dict] = {}
+
+    def rows_of(self, rank: int) -> range:
+        return range(rank * self.per_process, (rank + 1) * self.per_process)
+
+    # ---- DSGD mixing -----------------------------------------------------------------------------------------
+    def gossip_start(self, x: torch.Tensor, name: str = Section.GOSSIP) -> GossipHandle:
+        """Post one mixing round of the local rows x [a, D] on stream `name` (one of P2P_STREAMS); x may be
+        changed as soon as this returns. Each stream has its own tag and buffers, so several may be in flight."""
+        st = self._gossip_state.get(name) or self._make_gossip_state(name, x.shape[1], x.dtype)
+        if st["in_flight"]:
+            raise RuntimeError(f"gossip stream '{name}' posted again before its previous round was waited on")
+        if (x.shape[1], x.dtype) != st["key"]:
+            raise ValueError(f"gossip stream '{name}' carries rows of {st['key']}, got {(x.shape[1], x.dtype)}: "
+                             "give a differently sized vector its own stream")
+        tag = st["tag"]
+        with self.recorder.section(name):
+            st["buf"][: self.per_process].copy_(x)
+            works, stamps = [], []
+            for peer, (lo, hi) in st["recv_slices"].items():
+                works += self._irecv(st["buf"][lo:hi], peer, tag, stamps)
+            for peer, rows in st["send_rows"].items():
+                staged = st["stage"][peer]
+                torch.index_select(x, 0, rows, out=staged)
+                works += self._isend(staged, peer, tag, stamps)
+            self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
+        st["in_flight"] = True
+        return GossipHandle(self, st, works, name, stamps)
+
+    def gossip(self, x: torch.Tensor, name: str = Section.GOSSIP) -> torch.Tensor:
+        return self.gossip_start(x, name).wait()
+
+    def _make_gossip_state(self, name: str, dim: int, dtype: torch.dtype) -> dict:
+        # Allocated once per stream: no model-sized allocation per round.
+        plan = self.plan
+        n_recv = sum(len(v) for v in plan.recv.values())
+        st = {
+            "tag": stream_tag(name),
+            "key": (dim, dtype),
+            "in_flight": False,
+            "buf": torch.empty(self.per_process + n_recv, dim, dtype=dtype),
+            "out": torch.empty(self.per_process, dim, dtype=dtype),
+            "weights": torch.as_tensor(plan.weights, dtype=dtype),
+            "recv_slices": {},
+            "send_rows": {q: torch.as_tensor(rows, dtype=torch.long) for q, rows in plan.send.items()},
+            "stage": {q: torch.empty(len(rows), dim, dtype=dtype) for q, rows in plan.send.items()},
+        }
+        offset = self.per_process
+        for q in sorted(plan.recv):
+            st["recv_slices"][q] = (offset, offset + len(plan.recv[q]))
+            offset += len(plan.recv[q])
+        st["send_bytes"] = sum(len(r) for r in plan.send.values()) * dim * st["buf"].element_size()
+        self._gossip_state[name] = st
+        return st
+
+    # ---- parameter sharing -----------------------------------------------------------------------------------
+    def allreduce_mean(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:
+        """Mean over all n agents of the rows x [a, D] -> [D] (a persistent buffer)."""
+        return self.allreduce_mean_start(x, name).wait()
+
+    def allreduce_mean_start(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> PendingReduce:
+        """Post the mean over all agents' rows; x may change as soon as this returns. `.wait()` -> [D]."""
+        return self.allreduce_sum_start(x.sum(dim=0) if x.shape[0] > 1 else x[0], name, scale=1 / self.n_agents)
+
+    # ---- coordinator <-> agents ------------------------------------------------------------------------------
+    def to_agents(self, full: torch.Tensor | None, like: torch.Tensor,
+                  name: str = Section.STEP_EXCHANGE) -> torch.Tensor:
+        """Rank 0 sends each rank its agents' slice of full [n, ...]; returns the local slice [a, ...].
+
+        `like` is a local-sized template (shape and dtype) that receiving ranks fill. `name` is the stream
+        (P2P_STREAMS): the per-step exchange, or the per-iteration reward scatter.
+        """
+        tag = stream_tag(name)  # checked with one process too, so tests catch an unknown stream
+        if not self.distributed:
+            return full
+        if self.exchange == "collective":
+            with self.recorder.section(name):
+                chunks = list(full.split(self.per_process)) if self.rank == 0 else None
+                sim = self._join_start(self.net.gather_s(self.world, like.numel() * like.element_size()))
+                self._wait_all([dist.scatter(like, chunks, src=0, async_op=True)], name)
+                self._joined(sim)
+            return like
+        stamps = []
+        with self.recorder.section(name):
+            if self.rank == 0:
+                works = [w for r in range(1, self.world)
+                         for w in self._isend(full[self.rows_of(r).start: self.rows_of(r).stop], r, tag, stamps)]
+                self.recorder.count(name, nbytes=(full.numel() - like.numel()) * full.element_size(),
+                                    messages=self.world - 1)
+                self._wait_all(works, name)
+                return full[: self.per_process]
+            self._wait_all(self._irecv(like, 0, tag, stamps), name)
+            self._arrived(stamps)
+            return like
+
+    def to_coordinator(self, local: torch.Tensor, full: torch.Tensor | None,
+                       name: str = Section.STEP_EXCHANGE) -> torch.Tensor | None:
+        """Every rank sends its rows local [a, ...] to rank 0, which returns them stacked in full [n, ...].
+        Same stream name as to_agents: the messages travel the other way, so they cannot be confused."""
+        tag = stream_tag(name)  # checked with one process too, so tests catch an unknown stream
+        if not self.distributed:
+            return local
+        if self.exchange == "collective":
+            with self.recorder.section(name):
+                chunks = list(full.split(self.per_process)) if self.rank == 0 else None
+                sim = self._join_start(self.net.gather_s(self.world, local.numel() * local.element_size()))
+                self._wait_all([dist.gather(local.contiguous(), chunks, dst=0, async_op=True)], name)
+                self._joined(sim)
+            return full if self.rank == 0 else None
+        stamps = []
+        with self.recorder.section(name):
+            if self.rank == 0:
+                full[: self.per_process].copy_(local)
+                works = [w for r in range(1, self.world)
+                         for w in self._irecv(full[self.rows_of(r).start: self.rows_of(r).stop], r, tag, stamps)]
+                self._wait_all(works, name)
+                self._arrived(stamps)
+                return full
+            self.recorder.count(name, nbytes=local.numel() * local.element_size(), messages=1)
+            self._wait_all(self._isend(local.contiguous(), 0, tag, stamps), name)
+            return None
 
 
 def world_from_env() -> tuple[int, int]:
@@ -319,22 +356,33 @@ def world_from_env() -> tuple[int, int]:
 
 
 @contextmanager
-def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None, exchange: str = "p2p",
-                net: NetProfile | None = None, seed: int = 0):
-    """Create the process group (if several processes) with an explicit timeout and always tear it down."""
+def _process_group(timeout_s: float, build):
+    """Create the process group (if several processes) with an explicit timeout, yield build(rank, world), and
+    always tear the group down."""
     rank, world = world_from_env()
     if world > 1:
         dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-    fabric = Fabric(n_agents, k, rank, world, timeout_s, recorder, exchange, net, seed)
+    group = build(rank, world)
     ok = False
     try:
-        yield fabric
+        yield group
         ok = True
     finally:
         if world > 1:
             try:
                 if ok:
-                    fabric.barrier()  # nobody leaves while a peer still needs its messages
+                    group.barrier()  # nobody leaves while a peer still needs its messages
             finally:
                 dist.destroy_process_group()
 
+
+def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None, exchange: str = "p2p",
+                net: NetProfile | None = None, seed: int = 0):
+    """The training job's Fabric over this process group (context manager); `net`: the network to simulate."""
+    return _process_group(timeout_s, lambda rank, world: Fabric(n_agents, k, rank, world, timeout_s, recorder,
+                                                                 exchange, net, seed))
+
+
+def open_collectives(timeout_s: float, recorder: Recorder | None = None):
+    """Collectives over this process group, for jobs without agents to place (context manager)."""
+    return _process_group(timeout_s, lambda rank, world: Collectives(rank, world, timeout_s, recorder))

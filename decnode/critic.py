@@ -20,6 +20,7 @@ import torch
 
 from .algos import Combiner, LocalSGD, make_combiner
 from .mappo import ValueNorm, gae, value_loss
+from .timing import Section
 from .models import RecurrentNet, chunk_resets, chunk_sequences, chunk_start_states, flatten_parameters
 
 
@@ -138,7 +139,7 @@ class CentralCritic(_Placement):
         self.input_dim = state_dim
         n = fabric.n_agents
         self.net = ValueNet(1, state_dim, n, self.hidden, seed, per_row_norm=False) if fabric.rank == 0 else None
-        self.combiner = LocalSGD(fabric, "critic_sgd")
+        self.combiner = LocalSGD(fabric, Section.CRITIC_SGD)
         if self.net is not None:
             self.net.start(self.B)
 
@@ -146,11 +147,12 @@ class CentralCritic(_Placement):
         """Rank 0 computes every agent's advantages and sends each rank its agents' rows."""
         batch = None
         if self.net is not None:
-            with self.fabric.recorder.section("critic"):
+            with self.fabric.recorder.section(Section.CRITIC):
                 batch = self._batch(lambda adv: adv[0].permute(2, 0, 1).contiguous(),  # [n, T, B]
                                     coord.states.unsqueeze(0), coord.reset, coord.dones, coord.rewards.unsqueeze(0))
         local = torch.empty(self.fabric.per_process, self.T, self.B)
-        advantages = self.fabric.to_agents(batch.advantages if batch else None, local, name="advantages")
+        advantages = self.fabric.to_agents(batch.advantages if batch else None, local,
+                                           name=Section.REWARD_SCATTER)
         if batch is None:
             return CriticBatch(advantages)
         batch.advantages = advantages
@@ -186,7 +188,7 @@ class LocalCritics(_Placement):
         self.input_dim = state_dim + self.id_dim
         self.net = ValueNet(fabric.per_process, self.input_dim, 1, self.hidden, seed, per_row_norm=True)
         self.net.start(self.B)
-        self.combiner = make_combiner(algo, fabric, "gossip_critic" if algo == "decpg" else "allreduce_critic")
+        self.combiner = make_combiner(algo, fabric, critic=True)
         self.state_dim = state_dim
 
     def _inputs(self, states: torch.Tensor, rows: range) -> torch.Tensor:
@@ -200,18 +202,18 @@ class LocalCritics(_Placement):
     def prepare(self, coord) -> CriticBatch:
         """Every agent's critic needs the state (one broadcast per iteration), its own rewards and the flags."""
         fabric, T, B = self.fabric, self.T, self.B
-        with fabric.recorder.section("critic"):
+        with fabric.recorder.section(Section.CRITIC):
             buf = coord.states if coord is not None else torch.empty(T + 1, B, self.state_dim)
-            states = fabric.broadcast(buf, name="state_broadcast")
+            states = fabric.broadcast(buf, name=Section.STATE_BROADCAST)
             x = self._inputs(states, self.rows)
         rewards = fabric.to_agents(coord.rewards.permute(2, 0, 1).contiguous() if coord is not None else None,
-                                   torch.empty(fabric.per_process, T, B), name="advantages")
+                                   torch.empty(fabric.per_process, T, B), name=Section.REWARD_SCATTER)
         flags = torch.zeros(2, T + 1, B)  # dones (T of them) and episode starts (T+1)
         if coord is not None:
             flags[0, :T], flags[1] = coord.dones, coord.reset
-        flags = fabric.broadcast(flags, name="advantages")
+        flags = fabric.broadcast(flags, name=Section.REWARD_SCATTER)
         dones, reset = flags[0, :T] > 0.5, flags[1] > 0.5
-        with fabric.recorder.section("critic"):
+        with fabric.recorder.section(Section.CRITIC):
             return self._batch(lambda adv: adv[..., 0], x, reset, dones, rewards.unsqueeze(-1))
 
     def offline_advantages(self, states, reset, rewards, dones) -> torch.Tensor:

@@ -40,14 +40,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .acting import SamplePerAgent, acting_loop
 from .actor import sampler_seed
 from .analysis import AnalysisError, OneLineParser, env_factory, eval_seeds, fail, load_models
 from .cli import check_output
-from .comm import Fabric
+from .comm import Collectives
 from .critic import critic_from_models
 from .evaluate import Evaluator
 from .mappo import normalize_advantages, ppo_policy_loss
-from .models import RecurrentNet, categorical_sample, flatten_parameters, log_prob, masked_logits
+from .models import RecurrentNet, flatten_parameters, log_prob, masked_logits
 
 BATCH_SEED_OFFSET = 3_000_017  # the fixed loss batch: disjoint from training and evaluation seeds
 BIASES = ("bias", "b_ih", "b_hh")
@@ -127,24 +128,19 @@ def collect_batch(models: dict) -> LossBatch:
     env = env_factory(cfg, n)(B)
     net, params = _net(models, n)
     params.copy_(mean.expand(n, -1))
-    gens = [torch.Generator().manual_seed(sampler_seed(seed, i)) for i in range(n)]
+    sample = SamplePerAgent([torch.Generator().manual_seed(sampler_seed(seed, i)) for i in range(n)])
     od, K = models["obs_dim"], models["n_actions"]
     obs, avail = torch.empty(n, T, B, od), torch.empty(n, T, B, K, dtype=torch.bool)
     actions, resets = torch.empty(n, T, B, dtype=torch.long), torch.empty(T + 1, B, dtype=torch.bool)
     states, rewards = torch.empty(T + 1, B, env.state_dim), torch.empty(T, B, n)
     dones = torch.empty(T, B, dtype=torch.bool)
-    step, h, reset = env.reset(seed), net.initial_state(B), torch.ones(B, dtype=torch.bool)
-    for t in range(T):
-        obs[:, t] = torch.from_numpy(np.ascontiguousarray(step.obs.transpose(1, 0, 2)))
-        avail[:, t] = torch.from_numpy(np.ascontiguousarray(step.avail.transpose(1, 0, 2)))
-        states[t], resets[t] = torch.from_numpy(step.state), reset
-        logits, h = net.step(obs[:, t], h, reset)
-        logits = masked_logits(logits, avail[:, t])
-        actions[:, t] = categorical_sample(logits, torch.stack([torch.rand(B, K, generator=g) for g in gens]))
-        step = env.step(actions[:, t].T.numpy())
-        rewards[t], dones[t] = torch.from_numpy(step.reward), torch.from_numpy(step.done)
-        reset = dones[t].clone()
-    states[T], resets[T] = torch.from_numpy(step.state), reset
+    for a in acting_loop(net, sample, net.initial_state(B), T, env=env, step=env.reset(seed),
+                         reset=torch.ones(B, dtype=torch.bool)):
+        t = a.t
+        obs[:, t], avail[:, t], actions[:, t] = a.obs, a.avail, a.actions
+        states[t], resets[t] = torch.from_numpy(a.before.state), a.reset
+        rewards[t], dones[t] = torch.from_numpy(a.after.reward), torch.from_numpy(a.after.done)
+    states[T], resets[T] = torch.from_numpy(a.after.state), dones[T - 1]
     adv, source = _advantages(models, states, resets, rewards, dones)
     batch = LossBatch(obs, avail, actions, resets[:T], normalize_advantages(adv), torch.empty(0), source)
     batch.old_logp = _logp(net, params, mean, batch)
@@ -193,8 +189,9 @@ def landscape_points(models: dict, points: list[int], grid: int, span: float, ep
     mean = models["actor_mean"].float()
     d1, d2 = directions
     axis = grid_axis(grid, span)
-    evaluator = Evaluator(Fabric(n, 0), env_factory(cfg, n), episodes=episodes, obs_dim=models["obs_dim"],
-                          n_actions=models["n_actions"], hidden=cfg["train"]["hidden"], spread=False)
+    # Each rank plays its own grid points' episodes whole: the evaluator's group is this process alone.
+    evaluator = Evaluator(Collectives(), env_factory(cfg, n), n_agents=n, episodes=episodes,
+                          obs_dim=models["obs_dim"], n_actions=models["n_actions"], hidden=cfg["train"]["hidden"])
     batch = collect_batch(models)
     net, params = _net(models, n)
     eval_seed = eval_seeds(cfg)[0]
@@ -206,13 +203,16 @@ def landscape_points(models: dict, points: list[int], grid: int, span: float, ep
     return {"points": out, "advantage_source": batch.advantage_source}
 
 
-def compute(run_dir: str, grid: int, span: float, episodes: int, seed: int, fabric) -> dict | None:
-    """Every rank calls this; rank 0 returns the assembled landscape (and writes it), others None."""
+def compute(run_dir: str, grid: int, span: float, episodes: int, seed: int,
+            group: Collectives | None = None) -> dict | None:
+    """Every rank of `group` (default: this process alone) calls this; rank 0 returns the assembled landscape
+    (and writes it), others None."""
+    group = group if group is not None else Collectives()
     models = load_models(run_dir)
     d1, d2, info = directions_for(models, seed)
-    mine = list(range(fabric.rank, grid * grid, fabric.world))
-    parts = fabric.gather_objects(landscape_points(models, mine, grid, span, episodes, (d1, d2)))
-    if fabric.rank != 0:
+    mine = list(range(group.rank, grid * grid, group.world))
+    parts = group.gather_objects(landscape_points(models, mine, grid, span, episodes, (d1, d2)))
+    if group.rank != 0:
         return None
     reward, loss = np.full(grid * grid, np.nan), np.full(grid * grid, np.nan)
     for part in parts:
@@ -238,12 +238,11 @@ def save(run_dir: Path, result: dict, models: dict) -> None:
 
 
 def landscape_worker(run_dir: str, grid: int, span: float, episodes: int, seed: int, timeout_s: float) -> None:
-    from .comm import open_fabric, world_from_env
+    from .comm import open_collectives
 
     torch.set_num_threads(1)
-    _, world = world_from_env()
-    with open_fabric(world, 0, timeout_s) as fabric:  # one row per rank: only gather_objects is used
-        compute(run_dir, grid, span, episodes, seed, fabric)
+    with open_collectives(timeout_s) as group:
+        compute(run_dir, grid, span, episodes, seed, group)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", type=int, default=21, help="points per axis (odd puts θ̄ at the centre; default 21)")
     p.add_argument("--span", type=float, default=1.0, help="α, β range [-span, span] (default 1.0)")
     p.add_argument("--episodes", type=int, default=8, help="train-env episodes per grid point (default 8)")
-    p.add_argument("--nproc", type=int, default=1, help="processes to spread the grid points over (default 1)")
+    p.add_argument("--nproc", type=int, default=1, help="processes to share the grid points (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
     args = p.parse_args(argv)
     try:
@@ -267,8 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         fail("decnode-landscape", str(err))
     run_dir = Path(args.run_dir)
     if args.nproc == 1:
-        result = compute(str(run_dir), args.grid, args.span, args.episodes, args.seed,
-                         Fabric(models["actor_rows"].shape[0], models["config"]["algo"]["k"]))
+        result = compute(str(run_dir), args.grid, args.span, args.episodes, args.seed)
     else:
         from .launch import launch
         (run_dir / "landscape.npz").unlink(missing_ok=True)

@@ -1,8 +1,10 @@
 """One iteration of acting: rank 0 steps the B environments; every agent acts on its own observations.
 
-Per environment step there is exactly one exchange round, point to point: rank 0 sends each rank one message
-holding its agents' observations, available actions and episode-start flags, and receives their actions.
-All buffers are allocated once; nothing per step allocates model-sized memory or runs a collective.
+The loop is acting.py's; the rollout adds the exchange with rank 0: per environment step, rank 0 sends each
+rank one message holding its agents' observations, available actions and episode-start flags, and receives
+their actions (posted point-to-point messages or scatter/gather collectives, as `run.exchange` says).
+All buffers are allocated once; nothing per step allocates model-sized memory or runs a collective among all
+ranks.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .acting import SamplePerAgent, acting_loop
 from .actor import ActorBatch, ActorBlock
 from .comm import Fabric
 from .envs.base import BatchedEnv, Step
 from .envs.perturb import RunningStd
+from .models import log_prob
+from .timing import Section
 
 
 @dataclass
@@ -31,22 +36,42 @@ class CoordinatorBatch:
     episode_wins: list = field(default_factory=list)
 
 
+class StepExchange:
+    """acting.Exchange over the fabric: one message per rank and step (obs | avail as 0/1 | episode-start
+    flag), agent-major so each rank's slice is one contiguous block; actions back."""
+
+    def __init__(self, fabric: Fabric, B: int, obs_dim: int, n_actions: int):
+        self.fabric, self.od, self.K = fabric, obs_dim, n_actions
+        a, n, width = fabric.per_process, fabric.n_agents, obs_dim + n_actions + 1
+        self.local_msg = torch.empty(a, B, width)
+        self.full_msg = torch.empty(n, B, width) if fabric.rank == 0 else None
+        self.full_actions = torch.empty(n, B, dtype=torch.long) if fabric.rank == 0 else None
+
+    def to_agents(self, obs, avail, reset):
+        full = self.full_msg
+        if full is not None:
+            with self.fabric.recorder.section(Section.ENV):
+                full[..., : self.od], full[..., self.od: self.od + self.K] = obs, avail
+                full[..., -1] = reset.float()
+        msg = self.fabric.to_agents(full, self.local_msg)
+        return msg[..., : self.od], msg[..., self.od: self.od + self.K] > 0.5, msg[0, :, -1] > 0.5
+
+    def to_coordinator(self, actions: torch.Tensor) -> torch.Tensor | None:
+        return self.fabric.to_coordinator(actions, self.full_actions)
+
+
 class Rollout:
     def __init__(self, fabric: Fabric, actor: ActorBlock, env: BatchedEnv | None, *, T: int, B: int,
                  obs_dim: int, state_dim: int, n_actions: int, hidden: int):
         self.fabric, self.actor, self.env, self.T, self.B = fabric, actor, env, T, B
-        self.od, self.K = obs_dim, n_actions
         a, n = fabric.per_process, fabric.n_agents
-        width = obs_dim + n_actions + 1  # obs | avail as 0/1 | episode-start flag
-        self.local_msg = torch.empty(a, B, width)
-        self.local_actions = torch.empty(a, B, dtype=torch.long)
+        self.exchange = StepExchange(fabric, B, obs_dim, n_actions)
+        self.sample = SamplePerAgent(actor.samplers)  # the actor's generators: checkpointed with it
         self.h = torch.zeros(a, B, hidden)
         self.batch = ActorBatch(obs=torch.empty(a, T, B, obs_dim), avail=torch.empty(a, T, B, n_actions, dtype=torch.bool),
                                 actions=torch.empty(a, T, B, dtype=torch.long), logp=torch.empty(a, T, B),
                                 h_before=torch.empty(a, T, B, hidden), reset=torch.empty(T, B, dtype=torch.bool))
         if fabric.rank == 0:
-            self.full_msg = torch.empty(n, B, width)
-            self.full_actions = torch.empty(n, B, dtype=torch.long)
             self.coord = CoordinatorBatch(states=torch.empty(T + 1, B, state_dim), rewards=torch.empty(T, B, n),
                                           dones=torch.empty(T, B, dtype=torch.bool),
                                           reset=torch.empty(T + 1, B, dtype=torch.bool))
@@ -62,50 +87,36 @@ class Rollout:
             self.step_data = self.env.reset(seed)
             self.next_reset[:] = True
 
-    def _pack(self, step: Step) -> torch.Tensor:
-        # Agent-major layout so each rank's slice of the message is one contiguous block.
-        msg = self.full_msg
-        msg[..., : self.od] = torch.from_numpy(np.ascontiguousarray(step.obs.transpose(1, 0, 2)))
-        msg[..., self.od: self.od + self.K] = torch.from_numpy(step.avail.transpose(1, 0, 2))
-        msg[..., -1] = torch.from_numpy(self.next_reset).float()
-        return msg
-
     def collect(self) -> tuple[ActorBatch, CoordinatorBatch | None]:
-        fabric, rec, batch = self.fabric, self.fabric.recorder, self.batch
-        coordinator = fabric.rank == 0
-        if coordinator:
-            self.coord.episode_returns, self.coord.episode_wins = [], []
-        for t in range(self.T):
-            if coordinator:
-                with rec.section("env"):
-                    full = self._pack(self.step_data)
-                    self.coord.states[t] = torch.from_numpy(self.step_data.state)
-                    self.obs_stats.update(self.step_data.obs)
-                    self.coord.reset[t] = torch.from_numpy(self.next_reset)
-            msg = fabric.to_agents(full if coordinator else None, self.local_msg)
-            with rec.section("act"):
-                obs, avail = msg[..., : self.od], msg[..., self.od: self.od + self.K] > 0.5
-                reset = msg[0, :, -1] > 0.5
-                batch.obs[:, t], batch.avail[:, t], batch.reset[t] = obs, avail, reset
-                batch.h_before[:, t] = self.h
-                actions, logp, self.h = self.actor.act(obs, avail, reset, self.h)
-                batch.actions[:, t], batch.logp[:, t] = actions, logp
-            all_actions = fabric.to_coordinator(actions, self.full_actions if coordinator else None)
-            if coordinator:
-                with rec.section("env"):
-                    step = self.env.step(all_actions.T.numpy())
-                    self.coord.rewards[t] = torch.from_numpy(step.reward)
-                    self.coord.dones[t] = torch.from_numpy(step.done)
-                    self.next_reset = step.done.copy()
-                    finished = np.flatnonzero(step.done)
-                    self.coord.episode_returns += step.info["episode_return"][finished].tolist()
-                    if "won" in step.info:
-                        self.coord.episode_wins += step.info["won"][finished].tolist()
-                    self.step_data = step
-        if coordinator:
-            self.coord.states[self.T] = torch.from_numpy(self.step_data.state)
-            self.coord.reset[self.T] = torch.from_numpy(self.next_reset)
-        return batch, (self.coord if coordinator else None)
+        rec, batch = self.fabric.recorder, self.batch
+        coord = self.coord if self.fabric.rank == 0 else None
+        envs = {}
+        if coord is not None:
+            coord.episode_returns, coord.episode_wins = [], []
+            envs = dict(env=self.env, step=self.step_data, reset=torch.from_numpy(self.next_reset))
+        for acted in acting_loop(self.actor.net, self.sample, self.h, self.T, exchange=self.exchange,
+                                 section=rec.section, **envs):
+            t = acted.t
+            with rec.section(Section.ACT):
+                batch.obs[:, t], batch.avail[:, t], batch.reset[t] = acted.obs, acted.avail, acted.reset
+                batch.h_before[:, t], batch.actions[:, t] = acted.h_before, acted.actions
+                batch.logp[:, t] = log_prob(acted.logits, acted.actions)
+            self.h = acted.h
+            if coord is not None:
+                with rec.section(Section.ENV):
+                    before, after = acted.before, acted.after
+                    coord.states[t], coord.reset[t] = torch.from_numpy(before.state), acted.reset
+                    self.obs_stats.update(before.obs)
+                    coord.rewards[t], coord.dones[t] = torch.from_numpy(after.reward), torch.from_numpy(after.done)
+                    finished = np.flatnonzero(after.done)
+                    coord.episode_returns += after.info["episode_return"][finished].tolist()
+                    if "won" in after.info:
+                        coord.episode_wins += after.info["won"][finished].tolist()
+                    self.step_data, self.next_reset = after, after.done.copy()
+        if coord is not None:
+            coord.states[self.T] = torch.from_numpy(self.step_data.state)
+            coord.reset[self.T] = torch.from_numpy(self.next_reset)
+        return batch, coord
 
     def state_dict(self) -> dict:
         """`rows`: each agent's hidden state; `coordinator` (rank 0): the environments, the step in hand, the

@@ -73,13 +73,39 @@ def delta_seconds(now: dict[str, float], before: dict[str, float]) -> dict[str, 
     return {k: round(v - before.get(k, 0.0), 6) for k, v in now.items() if v - before.get(k, 0.0) > 0}
 
 
-# How raw sections fold into the categories a reader asks about (raw names stay in timing.json).
-GROUPS = {"act": "rollout", "env": "rollout", "step_exchange": "step_exchange", "actor_update": "actor_update",
-          "gossip": "gossip/allreduce", "allreduce": "gossip/allreduce", "gossip_critic": "gossip/allreduce",
-          "allreduce_critic": "gossip/allreduce", "critic": "critic", "critic_sgd": "critic",
-          "state_broadcast": "critic", "eval": "eval", "advantages": "waiting", "stats": "waiting",
-          "broadcast": "waiting", "gather": "waiting", "wait": "waiting", "checkpoint": "checkpoint",
-          "setup": "setup"}
+class Section:
+    """Every name the recorder books time under, one constant each, so the grouping below knows them all."""
+
+    SETUP = "setup"
+    ENV = "env"  # rank 0 stepping the environments
+    ACT = "act"  # the agents choosing actions
+    STEP_EXCHANGE = "step_exchange"  # observations out and actions back, once per env step
+    REWARD_SCATTER = "reward_scatter"  # rewards or advantages (and episode flags) out, once per iteration
+    CRITIC = "critic"
+    CRITIC_SGD = "critic_sgd"
+    STATE_BROADCAST = "state_broadcast"
+    ACTOR_UPDATE = "actor_update"
+    GOSSIP = "gossip"
+    GOSSIP_CRITIC = "gossip_critic"
+    ALLREDUCE = "allreduce"
+    ALLREDUCE_CRITIC = "allreduce_critic"
+    EVAL = "eval"
+    STATS = "stats"
+    BROADCAST = "broadcast"
+    GATHER = "gather"
+    WAIT = "wait"
+    CHECKPOINT = "checkpoint"
+
+
+# How sections fold into the categories a reader asks about (raw names stay in timing.json).
+GROUPS = {Section.SETUP: "setup", Section.ENV: "rollout", Section.ACT: "rollout",
+          Section.STEP_EXCHANGE: "step_exchange", Section.REWARD_SCATTER: "step_exchange",
+          Section.CRITIC: "critic", Section.CRITIC_SGD: "critic", Section.STATE_BROADCAST: "critic",
+          Section.ACTOR_UPDATE: "actor_update", Section.GOSSIP: "gossip/allreduce",
+          Section.GOSSIP_CRITIC: "gossip/allreduce", Section.ALLREDUCE: "gossip/allreduce",
+          Section.ALLREDUCE_CRITIC: "gossip/allreduce", Section.EVAL: "eval", Section.STATS: "waiting",
+          Section.BROADCAST: "waiting", Section.GATHER: "waiting", Section.WAIT: "waiting",
+          Section.CHECKPOINT: "checkpoint"}
 ORDER = ["setup", "rollout", "step_exchange", "actor_update", "gossip/allreduce", "critic", "eval", "waiting",
          "checkpoint"]
 
@@ -99,7 +125,8 @@ def format_table(per_rank: list[dict[str, dict[str, float]]]) -> str:
     """One row per rank plus the sum over ranks; one column per category: seconds and % of that row's wall.
 
     Communication categories include the time spent waiting for the slowest peer to arrive. Short headers:
-    exchange = per-step coordinator exchange, actor upd = PPO actor update, gossip/AR = gossip or all-reduce.
+    exchange = messages with rank 0 (per step, and the per-iteration reward scatter), actor upd = PPO actor
+    update, gossip/AR = gossip or all-reduce.
     """
     groups = [grouped(snap) for snap in per_rank]
     present = {g for snap in groups for g in snap if g != "wall"}
@@ -119,6 +146,7 @@ def format_table(per_rank: list[dict[str, dict[str, float]]]) -> str:
     for label, secs, wall in rows:
         cells = "".join(f"{secs[c]:>{width - 6}.1f}s {100 * secs[c] / wall if wall else 0:>3.0f}%" for c in columns)
         lines.append(f"{label:<10}{cells}{wall:>9.1f}s")
-    lines.append("exchange: per-step observations/actions with rank 0; gossip/AR: DecPG gossip or PS all-reduce; "
-                 "waiting: other collectives. Communication time includes waiting for the slowest peer.")
+    lines.append("exchange: observations/actions (each step) and rewards/advantages (each iteration) with rank 0; "
+                 "gossip/AR: DecPG gossip or PS all-reduce; waiting: other collectives. Communication time includes "
+                 "waiting for the slowest peer.")
     return "\n".join(lines)

@@ -23,13 +23,14 @@ from .algos import make_combiner
 from .comm import Fabric
 from .config import Config
 from .critic import make_critic
-from .envs import make_env
+from .envs import env_factory, make_env
+from .envs.perturb import test_env_wrapper
 from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from .mappo import linear_lr
+from .metrics import agent_variance_and_sums
 from .net import clock_delta, format_clock_table
-from .metrics import spread_and_sums
 from .rollout import Rollout
-from .timing import delta_seconds
+from .timing import Section, delta_seconds
 
 
 class StopRequested:
@@ -69,18 +70,16 @@ class Trainer:
                            else range(tr.ppo_epochs - 1, tr.ppo_epochs))
 
         self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed)
-        self.actor_combiner = make_combiner(cfg.algo.name, fabric, "gossip" if cfg.algo.name == "decpg" else "allreduce")
+        self.actor_combiner = make_combiner(cfg.algo.name, fabric)
         self.critic = make_critic(cfg.algo.critic, fabric, algo=cfg.algo.name, state_dim=state_dim,
                                   agent_id=env_cfg.state_agent_id, seed=tr.seed, T=self.T, B=self.B, hidden=tr.hidden,
                                   chunk=self.chunk, gamma=tr.gamma, lam=tr.gae_lambda, clip=tr.clip,
                                   huber_delta=tr.huber_delta, value_coef=tr.value_coef, max_grad_norm=tr.max_grad_norm)
         self.rollout = Rollout(fabric, self.actor, env, T=self.T, B=self.B, obs_dim=self.obs_dim,
                                state_dim=state_dim, n_actions=self.n_actions, hidden=tr.hidden)
-        # Cheap batched envs: every rank plays a share; heavy backends (JAX, SC2, mpe2) play on rank 0.
-        self.evaluator_spread = env_cfg.name == "simple_spread" and env_cfg.backend == "batched"
-        self.evaluator = Evaluator(fabric, lambda b: make_env(env_cfg.name, n, b, **self.env_kwargs),
+        self.evaluator = Evaluator(fabric, env_factory(env_cfg.name, n, **self.env_kwargs), n_agents=n,
                                    episodes=cfg.eval.episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
-                                   hidden=tr.hidden, spread=self.evaluator_spread)
+                                   hidden=tr.hidden)
         self.iteration, self.env_steps, self.last_eval = 0, 0, float("nan")
         self.rollout.start(tr.seed)
         if resume is not None:
@@ -103,16 +102,16 @@ class Trainer:
         actor, combiner = self.actor, self.actor_combiner
         for epoch in range(tr.ppo_epochs):  # one full-batch SGD step each
             mix = epoch in self.mix_epochs
-            with rec.section("actor_update"):
+            with rec.section(Section.ACTOR_UPDATE):
                 combiner.before_backward(actor.params, mix)  # DecPG posts the gossip of θ here...
                 stats = actor.backward(ppo, clip=tr.clip, entropy_coef=tr.entropy_coef,
                                        health=epoch == tr.ppo_epochs - 1)
                 if epoch == 0:  # the noise metrics use the gradient at θₘ
                     first = {**stats, "grad": actor.grads.clone()}
                 combiner.after_backward(actor.grads)  # ...and PS the all-reduce of ∇ here
-            with rec.section("critic"):
+            with rec.section(Section.CRITIC):
                 self.critic.epoch(critic_batch, lr, mix)  # while the actor's message is in flight
-            with rec.section("actor_update"):
+            with rec.section(Section.ACTOR_UPDATE):
                 combiner.step(actor.params, actor.grads, lr, tr.max_grad_norm)
 
         self.iteration += 1
@@ -145,7 +144,7 @@ class Trainer:
         code, row = self._nonfinite(first, critic_batch)
         flags = [0.0] * self.fabric.world
         flags[self.fabric.rank] = float(code + len(WATCHED) * row) if code else 0.0
-        spread, totals = spread_and_sums(
+        variances, totals = agent_variance_and_sums(
             self.fabric, {"grad_disagreement": first["grad"], "update_variance": self.actor.params - theta_start,
                           "consensus_distance": theta_start}, [*scalars.values(), *flags])
         sums = dict(zip(scalars, totals))
@@ -154,7 +153,7 @@ class Trainer:
         out = {"iteration": self.iteration, "env_steps": self.env_steps, "lr": lr,
                **{key: sums[key] / n for key in ("policy_loss", "entropy", "grad_norm", "approx_kl", "clip_fraction")},
                "value_loss": sums["value_loss"] / critic_rows,
-               "explained_variance": sums["explained_variance"] / critic_rows, **spread}
+               "explained_variance": sums["explained_variance"] / critic_rows, **variances}
         if self.coordinator:
             rets = coord.episode_returns
             out["train_reward"] = float(np.mean(rets)) if rets else None
@@ -180,28 +179,26 @@ class Trainer:
     # ---- evaluation and models ----------------------------------------------------------------------------------
     def average_actor(self) -> torch.Tensor:
         """θ̄ = mean θᵢ over all agents (PS: the shared θ), as rows for every agent [n, D]."""
-        mean = self.fabric.allreduce_mean(self.actor.params, name="eval")
+        mean = self.fabric.allreduce_mean(self.actor.params, name=Section.EVAL)
         return mean.unsqueeze(0).expand(self.n, -1)
 
     def evaluate(self) -> dict:
-        with self.rec.section("eval"):
+        with self.rec.section(Section.EVAL):
             result = self.evaluator.run(self.average_actor(), seed=self.cfg.train.seed + EVAL_SEED_OFFSET)
         self.last_eval = result["return"]
         return result
 
     def evaluate_train_and_test(self) -> dict:
         """Mode 1 of the paper's A.6 on the train env and on the perturbed test env (obs noise c·std, ε actions)."""
-        from .analysis import test_env_wrapper
-
         cfg = self.cfg
         obs_std = torch.zeros(self.obs_dim, dtype=torch.float64)
         if self.coordinator:
             obs_std.copy_(torch.from_numpy(self.rollout.obs_stats.std))
-        obs_std = self.fabric.broadcast(obs_std, name="eval")
+        obs_std = self.fabric.broadcast(obs_std, name=Section.EVAL)
         seed = cfg.train.seed
-        test = Evaluator(self.fabric, lambda b: make_env(cfg.env.name, self.n, b, **self.env_kwargs),
+        test = Evaluator(self.fabric, env_factory(cfg.env.name, self.n, **self.env_kwargs), n_agents=self.n,
                          episodes=cfg.eval.test_episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
-                         hidden=cfg.train.hidden, spread=self.evaluator_spread,
+                         hidden=cfg.train.hidden,
                          wrap=test_env_wrapper(cfg.to_dict(), obs_std.numpy(), seed + TEST_SEED_OFFSET))
         rows = self.average_actor()
         train_result = self.evaluator.run(rows, seed=seed + EVAL_SEED_OFFSET)
@@ -230,7 +227,7 @@ class Trainer:
         self.last_eval = state.get("last_eval", float("nan"))
 
     def save_checkpoint(self) -> None:
-        with self.rec.section("checkpoint"):
+        with self.rec.section(Section.CHECKPOINT):
             state = self.state_dict()
             if self.coordinator:
                 ckpt.atomic_save(state, self.run_dir / ckpt.CHECKPOINT)
@@ -261,7 +258,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     from .logger import RunLogger
 
     rec, tr = fabric.recorder, cfg.train
-    with rec.section("setup"):
+    with rec.section(Section.SETUP):
         trainer = Trainer(cfg, fabric, run_dir, resume)
     logger = RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard) if trainer.coordinator else None
     # Which process is which rank: for whoever has to inspect or stop one of them.
@@ -277,7 +274,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
             result = trainer.evaluate()
             stats["eval_reward"] = result["return"]
             stats["eval_episodes"] = result["episodes"]
-            if cfg.env.name != "simple_spread":
+            if trainer.evaluator.has_win:
                 stats["eval_win_rate"] = result["win_rate"]
         if clock is not None:  # the simulated cluster's iteration: every rank's clock joined in the stats all-reduce
             stats["sim"] = clock_delta(clock.snapshot(), sim_before)
@@ -296,7 +293,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
                "signal": trainer.stop.signum,
                "final_eval_reward": trainer.last_eval, "n_agents": trainer.n, "processes": fabric.world}
     if not stopped:  # the paper's headline: the averaged model on the train and the perturbed test env
-        with rec.section("eval"):
+        with rec.section(Section.EVAL):
             summary["generalisation"] = trainer.evaluate_train_and_test()
         if trainer.coordinator:
             (Path(run_dir) / "eval.json").write_text(json.dumps(

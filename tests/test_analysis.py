@@ -11,7 +11,7 @@ import torch
 
 from decnode import analysis, landscape, plots
 from decnode.analysis import MODES, evaluate_run, load_models
-from decnode.comm import Fabric
+from decnode.comm import Collectives
 from decnode.evaluate import Evaluator
 
 N = 3
@@ -56,15 +56,8 @@ def _close(a: dict, b: dict) -> None:
             assert a[key] == b[key], key
 
 
-def test_eval_seed_matches_trainer():
-    from decnode import evaluate
-    from decnode.trainer import EVAL_SEED_OFFSET, TEST_SEED_OFFSET
-    assert analysis.EVAL_SEED_OFFSET == evaluate.EVAL_SEED_OFFSET == EVAL_SEED_OFFSET
-    assert analysis.TEST_SEED_OFFSET == evaluate.TEST_SEED_OFFSET == TEST_SEED_OFFSET
-
-
 def test_four_modes(run_dir):
-    res = evaluate_run(run_dir, MODES, fabric=Fabric(N, 1))
+    res = evaluate_run(run_dir, MODES)
     assert list(res["modes"]) == list(MODES)
     assert res["episodes"] == {"train": 4, "test": 8}
     for mode, entry in res["modes"].items():
@@ -145,8 +138,8 @@ def test_landscape(run_dir):
         assert (run_dir / f"landscape_{name}.png").stat().st_size > 1000
     models = load_models(run_dir)
     cfg = models["config"]
-    direct = Evaluator(Fabric(N, 1), analysis.env_factory(cfg, N), episodes=2, obs_dim=models["obs_dim"],
-                       n_actions=models["n_actions"], hidden=cfg["train"]["hidden"], spread=True)
+    direct = Evaluator(Collectives(), analysis.env_factory(cfg, N), n_agents=N, episodes=2,
+                       obs_dim=models["obs_dim"], n_actions=models["n_actions"], hidden=cfg["train"]["hidden"])
     theta_bar = models["actor_mean"].expand(N, -1)
     assert data["reward"][1, 1] == direct.run(theta_bar, analysis.eval_seeds(cfg)[0])["return"]
     assert abs(data["loss"][1, 1]) < 1e-5  # ratio 1 and normalised advantages: ≈ −mean(adv) = 0

@@ -56,6 +56,47 @@ def test_gossip_matches_P_theta_and_reaches_consensus(world, per_process):
         torch.testing.assert_close(mean, full.mean(0), atol=1e-9, rtol=0)
 
 
+def _two_streams_worker(per_process: int):
+    from decnode.comm import world_from_env
+    from decnode.timing import Section
+    rank, world = world_from_env()
+    n = per_process * world
+    with open_fabric(n, 1, timeout_s=60) as fabric:
+        rows = fabric.agents.start, fabric.agents.stop
+        actor, critic = theta(n)[slice(*rows)], (theta(n) * -3.0 + 1.0)[slice(*rows)]  # the same size
+        out = []
+        for _ in range(3):  # the persistent buffers are reused round after round
+            # Ranks post (and wait on) the two streams in opposite orders: only the tags keep them apart.
+            order = [(Section.GOSSIP, actor), (Section.GOSSIP_CRITIC, critic)][:: 1 if rank % 2 else -1]
+            handles = {name: fabric.gossip_start(x, name) for name, x in order}
+            out.append({name: handles[name].wait().clone() for name, _ in reversed(order)})
+    return out
+
+
+@pytest.mark.parametrize("world,per_process", [(3, 1), (2, 2)])
+def test_two_gossip_streams_of_the_same_size_in_flight_mix_independently(world, per_process):
+    from decnode.timing import Section
+    n = world * per_process
+    results = run_ranks(_two_streams_worker, world, per_process, timeout=120)
+    P = torch.as_tensor(mixing_matrix(n, 1))
+    for round_ in range(3):
+        for name, full in ((Section.GOSSIP, theta(n)), (Section.GOSSIP_CRITIC, theta(n) * -3.0 + 1.0)):
+            mixed = torch.cat([r[round_][name] for r in results])
+            torch.testing.assert_close(mixed, P @ full, atol=1e-9, rtol=0)
+
+
+def test_streams_are_named_and_sized_once():
+    fabric = Fabric(4, 1)
+    with pytest.raises(ValueError, match="not a point-to-point stream"):
+        fabric.gossip(theta(4), "critic gossip")
+    handle = fabric.gossip_start(theta(4))
+    with pytest.raises(RuntimeError, match="posted again"):
+        fabric.gossip_start(theta(4))
+    handle.wait()
+    with pytest.raises(ValueError, match="its own stream"):
+        fabric.gossip(theta(4)[:, :5])
+
+
 def test_single_process_fabric_needs_no_process_group():
     n = 6
     for k in range(n):

@@ -24,14 +24,13 @@ ARGS = ["--nproc", "3", "--k", "1", "--iterations", str(ITERATIONS), "--seed", "
 
 def untrained_return(seed: int = 1) -> float:
     from decnode.actor import ActorBlock
-    from decnode.comm import Fabric
-    from decnode.envs import make_env
-    from decnode.evaluate import Evaluator
-    from decnode.evaluate import EVAL_SEED_OFFSET
+    from decnode.comm import Collectives
+    from decnode.envs import env_factory
+    from decnode.evaluate import EVAL_SEED_OFFSET, Evaluator
 
     actor = ActorBlock(range(3), 18, 5, 64, seed)
-    evaluator = Evaluator(Fabric(3, 1), lambda b: make_env("simple_spread", 3, b), episodes=32, obs_dim=18,
-                          n_actions=5, hidden=64, spread=True)
+    evaluator = Evaluator(Collectives(), env_factory("simple_spread", 3), n_agents=3, episodes=32, obs_dim=18,
+                          n_actions=5, hidden=64)
     return evaluator.run(actor.params, seed + EVAL_SEED_OFFSET)["return"]
 
 

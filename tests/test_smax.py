@@ -243,6 +243,14 @@ def test_reproducible_with_same_seed(env):
     assert not np.array_equal(first.state[0], first.state[1])
 
 
+def test_first_env_offsets_the_episodes(env):
+    """B envs reset at first_env f play envs f, f+1, … of a larger batch (evaluation split over ranks)."""
+    whole, tail = env.reset(7), env.reset(7, first_env=2)
+    np.testing.assert_array_equal(tail.state[:2], whole.state[2:])
+    assert not np.array_equal(tail.state[2:], whole.state[2:])
+    assert SmaxEnv.has_win and not SmaxEnv.splittable
+
+
 def test_get_state_set_state_round_trip(env):
     start = rollout(env, seed=3, n_steps=10, action_seed=2)[-1]
     snapshot = pickle.loads(pickle.dumps(env.get_state()))

@@ -18,15 +18,15 @@ ITERATIONS = 50
 
 def untrained_eval(seed: int = 1) -> float:
     from decnode.actor import ActorBlock
-    from decnode.comm import Fabric
-    from decnode.envs import make_env
+    from decnode.comm import Collectives
+    from decnode.envs import env_factory
     from decnode.evaluate import EVAL_SEED_OFFSET, Evaluator
 
-    make = lambda b: make_env("smax:5m_vs_6m", 5, b)  # noqa: E731
+    make = env_factory("smax:5m_vs_6m", 5)
     env = make(1)
     actor = ActorBlock(range(5), env.obs_dim, env.n_actions, 64, seed)
-    evaluator = Evaluator(Fabric(5, 2), make, episodes=32, obs_dim=env.obs_dim, n_actions=env.n_actions, hidden=64,
-                          spread=False)
+    evaluator = Evaluator(Collectives(), make, n_agents=5, episodes=32, obs_dim=env.obs_dim,
+                          n_actions=env.n_actions, hidden=64)
     return evaluator.run(actor.params, seed + EVAL_SEED_OFFSET)["return"]
 
 

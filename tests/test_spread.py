@@ -210,3 +210,10 @@ def test_initial_state_distribution_matches_mpe2():
             assert abs(x.mean()) < 0.05 and abs(x.var() - 1 / 3) < 0.03
             assert x.min() < -0.95 and x.max() > 0.95
     assert (big.vel == 0).all()
+
+
+def test_first_env_offsets_the_episodes_in_both_backends():
+    """B envs reset at first_env f play envs f, f+1, … of a larger batch (evaluation split over ranks)."""
+    whole = BatchedSpread(5, 3).reset(seed=9).obs
+    for cls in (BatchedSpread, Mpe2Spread):
+        np.testing.assert_array_equal(cls(2, 3).reset(seed=9, first_env=3).obs, whole[3:])

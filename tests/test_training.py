@@ -33,9 +33,11 @@ def _train_cases(root: str, n_procs: int):
             cfg = small_config(algo, critic, n_procs, f"{root}/{algo}-{critic}-{n_procs}")
             run_dir = Path(cfg.run.out)
             run_dir.mkdir(parents=True, exist_ok=True)
-            train(cfg, Fabric(N, 1, fabric.rank, fabric.world, 120), run_dir)  # fresh buffers and timings
-            if fabric.rank == 0:
+            case_fabric = Fabric(N, 1, fabric.rank, fabric.world, 120)  # fresh buffers and timings
+            train(cfg, case_fabric, run_dir)
+            if fabric.rank == 0:  # rank 0 times every kind of section (it also steps the environments)
                 results[(algo, critic)] = torch.load(run_dir / "models.pt", weights_only=False)
+                results[(algo, critic)]["sections"] = set(case_fabric.recorder.tallies)
     return results
 
 
@@ -103,3 +105,11 @@ def test_a_nonfinite_update_stops_every_rank_and_keeps_the_last_good_checkpoint(
     assert {iteration for _, iteration in results} == {1}
     state = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)
     assert torch.isfinite(state["agents"]["actor"]["params"]).all()
+
+
+def test_every_timed_section_is_grouped(trained):
+    """Sections are named by timing.Section constants, each folded into a column of the timing table."""
+    from decnode.timing import GROUPS
+    distributed, single = trained
+    for run in (*distributed.values(), *single.values()):
+        assert run["sections"] <= set(GROUPS), run["sections"] - set(GROUPS)

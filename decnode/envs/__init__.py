@@ -1,27 +1,47 @@
-"""Environment backends behind one batched interface (see base.py); `make_env` picks one from the config."""
+"""Environment backends behind one batched interface (see base.py); `env_factory` picks one from the config."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from .base import BatchedEnv, Step
 
 
-def make_env(name: str, n_agents: int, n_envs: int, *, backend: str = "batched", local_ratio: float = 0.5,
-             max_cycles: int = 25, reward: str = "smac") -> BatchedEnv:
-    """name: simple_spread | smax:<map> | smac:<map>. Heavy backends are imported only when chosen."""
+@dataclass(frozen=True)
+class EnvFactory:
+    """Builds B environments of one configured kind. `cls` answers capability questions (splittable, has_win)
+    before any environment exists, so a heavy backend is started only where it is played."""
+
+    cls: type
+    kwargs: dict = field(default_factory=dict)
+
+    def __call__(self, n_envs: int) -> BatchedEnv:
+        return self.cls(n_envs=n_envs, **self.kwargs)
+
+
+def env_factory(name: str, n_agents: int, *, backend: str = "batched", local_ratio: float = 0.5,
+                max_cycles: int = 25, reward: str = "smac") -> EnvFactory:
+    """name: simple_spread | smax:<map> | smac:<map>. Heavy backends import their libraries only when built."""
     kind, _, map_name = name.partition(":")
     if kind == "simple_spread":
+        kwargs = dict(n_agents=n_agents, local_ratio=local_ratio, max_cycles=max_cycles)
         if backend == "mpe2":
             from .mpe2_ref import Mpe2Spread
-            return Mpe2Spread(n_envs, n_agents, local_ratio=local_ratio, max_cycles=max_cycles)
+            return EnvFactory(Mpe2Spread, kwargs)
         from .spread import BatchedSpread
-        return BatchedSpread(n_envs, n_agents, local_ratio=local_ratio, max_cycles=max_cycles)
+        return EnvFactory(BatchedSpread, kwargs)
     if kind == "smax":
         from .smax import SmaxEnv
-        return SmaxEnv(map_name, n_envs, reward=reward)
+        return EnvFactory(SmaxEnv, dict(map_name=map_name, reward=reward))
     if kind == "smac":
         from .smac import Sc2Env
-        return Sc2Env(map_name, n_envs)
+        return EnvFactory(Sc2Env, dict(map_name=map_name))
     raise ValueError(f"unknown environment '{name}' (simple_spread, smax:<map>, smac:<map>)")
 
 
-__all__ = ["BatchedEnv", "Step", "make_env"]
+def make_env(name: str, n_agents: int, n_envs: int, **kwargs) -> BatchedEnv:
+    """n_envs environments of `name` (keywords as env_factory's)."""
+    return env_factory(name, n_agents, **kwargs)(n_envs)
+
+
+__all__ = ["BatchedEnv", "EnvFactory", "Step", "env_factory", "make_env"]

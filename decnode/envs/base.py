@@ -39,8 +39,15 @@ class BatchedEnv(Protocol):
     n_actions: int
     episode_limit: int
 
-    def reset(self, seed: int) -> Step:
-        """Start all B environments; env b draws from a generator seeded by (seed, b)."""
+    # Capabilities, set on the class so they can be read before an environment is built.
+    splittable: bool  # cheap to build on every rank (no JIT compile, no game launch): evaluation may split
+    #                   its episodes over the ranks; otherwise rank 0 plays them all
+    has_win: bool  # episodes end in a win or not: info["won"] is set where done, and win rates mean something
+
+    def reset(self, seed: int, first_env: int = 0) -> Step:
+        """Start all B environments; env b draws from a generator seeded by (seed, first_env + b), so B envs
+        started at first_env play episodes first_env…first_env+B−1 of a larger batch (evaluation split over
+        ranks)."""
 
     def step(self, actions: np.ndarray) -> Step:
         """actions int64 [B, N]; returns the next Step (auto-reset where done)."""

@@ -4,7 +4,7 @@ Slow (pure-Python physics, one env at a time) but it *is* mpe2; use it to check 
 when the original implementation is wanted.
 
 Seeding: gymnasium's `reset(seed=int)` only takes one non-negative int, so instead of hashing
-(seed, b) we give env b the generator `np.random.default_rng([seed, b])` directly (mpe2 keeps it in
+(seed, b) we give env b the generator `np.random.default_rng([seed, first_env + b])` directly (mpe2 keeps it in
 `raw_env.np_random`; gymnasium builds the same PCG64(SeedSequence(seed)) for an int seed) and
 reset with seed=None. Every later auto-reset draws from that same generator, exactly as mpe2 does,
 so Mpe2Spread and BatchedSpread produce identical trajectories for the same seed and actions.
@@ -21,6 +21,8 @@ from decnode.envs.base import Step
 
 class Mpe2Spread:
     n_actions = 5
+    splittable = False  # the slow reference (pygame, pure-Python physics): evaluated on rank 0 only
+    has_win = False
 
     def __init__(self, n_envs: int, n_agents: int, local_ratio: float = 0.5, max_cycles: int = 25):
         from mpe2 import simple_spread_v3  # imported lazily: pulls in pygame
@@ -38,10 +40,10 @@ class Mpe2Spread:
         self.state_dim = n_agents * self.obs_dim
         self.ep_ret = np.zeros(n_envs)
 
-    def reset(self, seed: int) -> Step:
+    def reset(self, seed: int, first_env: int = 0) -> Step:
         obs = []
         for b, env in enumerate(self.envs):
-            env.unwrapped.np_random = np.random.default_rng([seed, b])
+            env.unwrapped.np_random = np.random.default_rng([seed, first_env + b])
             obs.append(self._stack(env.reset()[0]))
         self.ep_ret[:] = 0.0
         return self._out(obs)

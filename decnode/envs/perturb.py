@@ -18,11 +18,9 @@ from decnode.envs.base import BatchedEnv, Step
 
 
 class RunningStd:
-    """Per-feature running mean / population std (Chan-Welford merge in float64).
-
-    Across processes, Welford's M2 is not additive (it is taken about each process's own mean), so the trainer
-    all-reduce-SUMS to_moments() / to_vector() = (count, sum, sum of squares) and rebuilds with from_moments().
-    """
+    """Per-feature running mean / population std in float64; each update merges a batch of samples into the
+    summary (Chan et al.). Only rank 0 keeps one: it steps every training environment, so nothing is summed
+    over ranks."""
 
     def __init__(self, n_features: int):
         self.count = 0.0
@@ -32,22 +30,14 @@ class RunningStd:
     def update(self, x: np.ndarray) -> None:
         """x [..., F]: every leading index is one sample."""
         x = np.asarray(x, dtype=np.float64).reshape(-1, self.mean.size)
-        if len(x):
-            mean = x.mean(axis=0)
-            self.merge_stats(len(x), mean, np.square(x - mean).sum(axis=0))
-
-    def merge_stats(self, count: float, mean: np.ndarray, m2: np.ndarray) -> None:
-        """Chan et al.'s parallel combination with a (count, mean, M2) summary of other samples."""
-        if count == 0:
+        if not len(x):
             return
+        count, mean = len(x), x.mean(axis=0)
         n = self.count + count
         delta = mean - self.mean
-        self.m2 = self.m2 + m2 + np.square(delta) * (self.count * count / n)
+        self.m2 = self.m2 + np.square(x - mean).sum(axis=0) + np.square(delta) * (self.count * count / n)
         self.mean = self.mean + delta * (count / n)
         self.count = float(n)
-
-    def merge(self, other: RunningStd) -> None:
-        self.merge_stats(other.count, other.mean, other.m2)
 
     @property
     def var(self) -> np.ndarray:
@@ -56,52 +46,38 @@ class RunningStd:
     @property
     def std(self) -> np.ndarray:
         std = np.sqrt(np.maximum(self.var, 0.0))
-        # A std below 1e-6 |mean| is rounding (ss/n - mean^2 after from_moments), not variation, and
-        # could not even be represented in float32 obs: report such features, and constant ones, as 0.
+        # A std below 1e-6 |mean| is float64 rounding in the merges, not variation, and could not even be
+        # represented in float32 obs: report such features, and constant ones, as 0.
         std[std <= 1e-6 * np.abs(self.mean)] = 0.0
         return std
-
-    # --------------------------------------------------------- additive form, for summing over ranks
-    def to_moments(self) -> tuple[float, np.ndarray, np.ndarray]:
-        """(count, sum, sum of squares) in float64; each term is additive across disjoint sample sets."""
-        return self.count, self.mean * self.count, self.m2 + np.square(self.mean) * self.count
-
-    @classmethod
-    def from_moments(cls, count: float, s: np.ndarray, ss: np.ndarray) -> RunningStd:
-        s, ss = np.asarray(s, dtype=np.float64), np.asarray(ss, dtype=np.float64)
-        rs = cls(s.size)
-        if count:
-            rs.count, rs.mean = float(count), s / count
-            rs.m2 = np.maximum(ss - s * rs.mean, 0.0)  # cancellation can dip just below 0
-        return rs
-
-    def to_vector(self) -> np.ndarray:
-        """[count, sum(F), sumsq(F)] float64: one buffer to all-reduce-sum."""
-        c, s, ss = self.to_moments()
-        return np.concatenate([[c], s, ss])
-
-    @classmethod
-    def from_vector(cls, v: np.ndarray) -> RunningStd:
-        v = np.asarray(v, dtype=np.float64)
-        f = (v.size - 1) // 2
-        return cls.from_moments(v[0], v[1:1 + f], v[1 + f:])
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"count": np.array(self.count), "mean": self.mean.copy(), "m2": self.m2.copy()}
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        self.count, self.mean, self.m2 = float(d["count"]), np.array(d["mean"], np.float64), np.array(d["m2"], np.float64)
+        self.count = float(d["count"])
+        self.mean, self.m2 = np.array(d["mean"], np.float64), np.array(d["m2"], np.float64)
+
+
+def test_env_wrapper(cfg_dict: dict, obs_std, seed: int):
+    """wrap(env) for the Evaluator: the paper's test env with c = eval.obs_noise, ε = eval.action_noise of a run's
+    config (as a dict: Config.to_dict() or models.pt's). PerturbedEnv draws env b's noise from (seed, reset
+    seed, first_env + b): per episode, not per rank."""
+    ev = cfg_dict["eval"]
+    std = np.asarray(obs_std, dtype=np.float64)
+    return lambda env: PerturbedEnv(env, std, ev["obs_noise"], ev["action_noise"], seed)
 
 
 class PerturbedEnv:
-    """Wraps any BatchedEnv; every attribute it does not define (n_envs, n_agents, obs_dim, ...) is the env's.
+    """Wraps any BatchedEnv; every attribute it does not define (n_envs, n_agents, obs_dim, the capabilities
+    splittable and has_win, ...) is the env's.
 
     Step.info gains "executed_actions" [B, N] (what the env actually ran) and "action_replaced" [B, N] bool
     (an epsilon draw hit; the replacement can coincide with the policy's action).
 
     Randomness is per environment: reset(seed, first_env=f, ...) gives env b its own generator seeded from
     (seed of __init__, reset seed, f + b), so env b's noise depends only on its global index f + b, not on
-    the size of the batch it is played in. Evaluation spread over ranks (rank r plays envs f…f+B_r−1 of a
+    the size of the batch it is played in. Evaluation split over ranks (rank r plays envs f…f+B_r−1 of a
     larger batch) therefore sees exactly the noise of a one-process run, and a reset with the same seed
     replays the same noise (common random numbers across checkpoints). Every step, env b draws 2N uniforms
     for the actions (N "replace?" draws, N choices among the available actions) and then N·obs_dim normals
@@ -122,10 +98,9 @@ class PerturbedEnv:
             raise AttributeError(name)
         return getattr(self.env, name)
 
-    def reset(self, seed: int, **kw) -> Step:
-        first = kw.get("first_env", 0)
-        self.rngs = [np.random.default_rng([self.seed, seed, first + b]) for b in range(self.env.n_envs)]
-        return self._perturb(self.env.reset(seed, **kw))
+    def reset(self, seed: int, first_env: int = 0) -> Step:
+        self.rngs = [np.random.default_rng([self.seed, seed, first_env + b]) for b in range(self.env.n_envs)]
+        return self._perturb(self.env.reset(seed, first_env=first_env))
 
     def step(self, actions: np.ndarray) -> Step:
         assert self._avail is not None and self.rngs, "call reset(seed) first"

@@ -8,7 +8,7 @@ pointing at it. Without them, constructing `Sc2Env` raises a one-line RuntimeErr
 SMAC conventions kept as they are: action 0 is the no-op (the only action of a dead agent), 1 stop, 2..5 move,
 6.. attack; the reward is SMAC's own (reward_only_positive=True, scaled so an episode returns at most 20),
 given to every agent; done at a win, a loss or SMAC's episode limit; info["won"] is SMAC's "battle_won".
-Env b is launched with game seed derived from (seed, b). StarCraft II's game state cannot be snapshotted, so
+Env b is launched with game seed derived from (seed, first_env + b). StarCraft II's game state cannot be snapshotted, so
 get_state()/set_state() raise NotImplementedError.
 """
 
@@ -64,6 +64,9 @@ def _env_seed(seed: int, b: int) -> int:
 class Sc2Env:
     """B real-SMAC environments behind the BatchedEnv interface (see module doc)."""
 
+    splittable = False  # one StarCraft II game per environment: evaluated on rank 0 only
+    has_win = True
+
     def __init__(self, map_name: str, n_envs: int, episode_limit: int | None = None, **sc2_kwargs: Any):
         cls, reasons = _load_starcraft2env()
         if cls is None or reasons:
@@ -99,9 +102,9 @@ class Sc2Env:
         env.episode_limit = self.episode_limit
         return env
 
-    def reset(self, seed: int) -> Step:
+    def reset(self, seed: int, first_env: int = 0) -> Step:
         self.close()
-        self._envs = [self._new_env(seed, b) for b in range(self.n_envs)]
+        self._envs = [self._new_env(seed, first_env + b) for b in range(self.n_envs)]
         for env in self._envs:
             env.reset()
         self._ep_return[:] = 0.0

@@ -46,10 +46,10 @@ its next episode, info["episode_return"][b] is the finished episode's return (su
 agents of the reward), info["episode_length"][b] its length, info["won"][b] whether it was won.
 info["alive"] [B, N] bool marks the allies alive in the returned observation (MAPPO's active masks).
 
-Seeding: reset(seed) gives env b the key fold_in(PRNGKey(seed), b). Every step splits that env's own key into
-(next key, step key, reset key); the reset key starts its next episode if this step ends one. Nothing else is
-random, so a run is reproducible from the seed, and get_state()/set_state() (numpy snapshot of keys, SMAX
-states, heuristic-enemy states and running returns) resume it exactly.
+Seeding: reset(seed, first_env) gives env b the key fold_in(PRNGKey(seed), first_env + b). Every step splits
+that env's own key into (next key, step key, reset key); the reset key starts its next episode if this step ends
+one. Nothing else is random, so a run is reproducible from the seed, and get_state()/set_state() (numpy snapshot
+of keys, SMAX states, heuristic-enemy states and running returns) resume it exactly.
 """
 
 from __future__ import annotations
@@ -214,6 +214,9 @@ def _build(map_name: str, reward: str):
 class SmaxEnv:
     """B SMAX environments (heuristic enemy) stepped together with jax.jit(jax.vmap(...)); see module doc."""
 
+    splittable = False  # each process would compile its own jitted step: evaluated on rank 0 only
+    has_win = True
+
     def __init__(
         self,
         map_name: str,
@@ -287,11 +290,12 @@ class SmaxEnv:
         return step
 
     # ------------------------------------------------------------------ BatchedEnv
-    def reset(self, seed: int) -> Step:
+    def reset(self, seed: int, first_env: int = 0) -> Step:
         import jax
 
         base = jax.random.PRNGKey(int(seed))
-        keys = jax.vmap(lambda b: jax.random.fold_in(base, b))(np.arange(self.n_envs, dtype=np.uint32))
+        envs = np.arange(first_env, first_env + self.n_envs, dtype=np.uint32)
+        keys = jax.vmap(lambda b: jax.random.fold_in(base, b))(envs)
         self._carry, observed = self._fns["reset"](keys)
         if "carry_layout" not in self._fns:
             self._fns["carry_layout"] = self._layout(self._carry)

@@ -39,6 +39,8 @@ class BatchedSpread:
     """
 
     n_actions = 5
+    splittable = True  # numpy only: a copy per rank costs nothing
+    has_win = False
 
     def __init__(self, n_envs: int, n_agents: int, local_ratio: float = 0.5, max_cycles: int = 25):
         assert 0.0 <= local_ratio <= 1.0 and n_agents >= 2 and max_cycles >= 1
@@ -57,7 +59,7 @@ class BatchedSpread:
     # ----------------------------------------------------------------------------- public API
     def reset(self, seed: int, first_env: int = 0) -> Step:
         """Env b draws from default_rng([seed, first_env + b]): a share of a larger batch played elsewhere
-        (evaluation spread over ranks) sees the same episodes as the whole batch in one place."""
+        (evaluation split over ranks) sees the same episodes as the whole batch in one place."""
         self.rngs = [np.random.default_rng([seed, first_env + b]) for b in range(self.n_envs)]
         self._reset_worlds()
         return self._step_out()
