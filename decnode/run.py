@@ -143,7 +143,7 @@ def _refuse_identity_changes(saved: dict, new: dict) -> None:
             if allowed is not None and key not in allowed and saved[section][key] != value:
                 raise ckpt.CheckpointError(
                     f"cannot resume: {section}.{key} was {saved[section][key]!r} in the checkpoint, now {value!r} "
-                    "(a resume may change only train.iterations, eval.*, run.* and the process count)")
+                    "(a resume may change only train.iterations, eval.*, run.*, net.* and the process count)")
 
 
 def default_run_dir(cfg: Config, run_id: str | None = None) -> Path:

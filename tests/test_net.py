@@ -26,7 +26,7 @@ def _two_messages(d1: int, d2: int):
     fabric = Fabric(2, 1, *_rank_world(), timeout_s=60, net=SLOW_LINK)
     x1, x2 = torch.full((1, d1), float(fabric.rank)), torch.full((1, d2), float(fabric.rank))
     posted = fabric.clock.advance()
-    first, second = fabric.gossip_start(x1, "a"), fabric.gossip_start(x2, "b")
+    first, second = fabric.gossip_start(x1, "gossip"), fabric.gossip_start(x2, "gossip_critic")
     mixed = first.wait().clone()
     after_first = fabric.clock.now
     second.wait()
@@ -153,3 +153,27 @@ def test_clock_queues_messages_on_the_senders_link_and_splits_wire_from_waiting(
     clock.receive(depart=1.2, arrival=1.3)  # the peer sent 0.2 s after we were ready: 0.2 waiting, 0.1 wire
     assert clock.now == pytest.approx(1.3)
     assert (clock.tally.waiting, clock.tally.wire) == pytest.approx((0.2, 0.1))
+
+
+def _rounds_on_a_slow_link(profile: NetProfile, rounds: int):
+    from decnode.comm import Fabric
+
+    fabric = Fabric(2, 1, *_rank_world(), timeout_s=60, net=profile)
+    x = torch.ones(1, 25_000)  # 100 KB
+    fabric.barrier()
+    before, wall = fabric.clock.snapshot(), time.perf_counter()
+    for _ in range(rounds):
+        burn(0.05)
+        fabric.gossip(x)
+    return fabric.clock.snapshot()["clock"] - before["clock"], time.perf_counter() - wall
+
+
+def test_emulate_mode_makes_the_host_wall_clock_show_the_simulated_network():
+    """net.mode=emulate applies the same delays as real waits: with two ranks (little oversubscription) the host
+    wall-clock agrees with the simulated clock, and both are far above what loopback takes."""
+    rounds = 4
+    profile = make_profile({"latency_s": 0.05, "bandwidth_bit_s": 8e6, "mode": "emulate"})
+    per_round = profile.p2p_s(100_000) + 0.05  # α + B/β plus the compute before it
+    for simulated, wall in run_ranks(_rounds_on_a_slow_link, 2, profile, rounds, timeout=120):
+        assert simulated == pytest.approx(rounds * per_round, rel=0.1)
+        assert wall == pytest.approx(simulated, rel=0.2)
