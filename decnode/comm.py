@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -88,6 +89,8 @@ class Collectives:
         active = self.net.active and self.distributed
         self.clock = NodeClock(self.net, rank, seed) if active else None
         self.emulator = Emulator(self.net) if active and self.net.mode == "emulate" else None
+        self.recorder.clock = self.clock
+        self._sequence: dict[tuple, int] = defaultdict(int)  # messages per (src, dst, tag): both ends agree on ids
 
     def _wait_all(self, works: list, what: str) -> None:
         """Wait on works, each a Work or (peer rank, Work); failures name the peer when it is known."""
@@ -123,35 +126,48 @@ class Collectives:
         if self.emulator:
             self.emulator.hold_until(host + cost)
 
+    def _flow_id(self, src: int, dst: int, tag: int) -> int:
+        key = (src, dst, tag)
+        self._sequence[key] += 1
+        return ((src * 65536 + dst) * 4096 + tag) * 2**24 + self._sequence[key]
+
     def _isend(self, x: torch.Tensor, peer: int, tag: int, stamps: list) -> list:
         """isend x, and (with a profile) its stamp: when it leaves this node's link and when it arrives."""
-        works = [(peer, dist.isend(x, dst=peer, tag=tag))]
+        flow, stamp = self._flow_id(self.rank, peer, tag), None
         if self.clock is not None:
             nbytes = x.numel() * x.element_size()
             depart, arrive = self.clock.send(nbytes)
             host = self.emulator.send(nbytes) if self.emulator else 0.0
             stamp = torch.tensor([depart, arrive, host], dtype=torch.float64)
-            stamps.append((False, stamp))  # kept with its round until the round is waited on
+            stamps.append((False, stamp, flow))  # kept with its round until the round is waited on
+        self.recorder.flow(True, flow, None if stamp is None else depart)  # before the receiver can see it
+        works = [(peer, dist.isend(x, dst=peer, tag=tag))]
+        if stamp is not None:
             works.append((peer, dist.isend(stamp, dst=peer, tag=tag + STAMP_TAG)))
         return works
 
     def _irecv(self, x: torch.Tensor, peer: int, tag: int, stamps: list) -> list:
         works = [(peer, dist.irecv(x, src=peer, tag=tag))]
+        stamp = None
         if self.clock is not None:
             stamp = torch.empty(3, dtype=torch.float64)
-            stamps.append((True, stamp))
             works.append((peer, dist.irecv(stamp, src=peer, tag=tag + STAMP_TAG)))
+        stamps.append((True, stamp, self._flow_id(peer, self.rank, tag)))
         return works
 
     def _arrived(self, stamps: list) -> None:
         """After the real waits: the receive completes on the simulated clock when the last message arrives."""
-        received = [stamp.tolist() for incoming, stamp in stamps if incoming]
-        if self.clock is None or not received:
+        received = [(stamp.tolist() if stamp is not None else None, flow) for incoming, stamp, flow in stamps
+                    if incoming]
+        if self.clock is None:
+            for _, flow in received:
+                self.recorder.flow(False, flow)
             return
-        for depart, arrive, _ in sorted(received, key=lambda s: s[1]):
+        for (depart, arrive, _), flow in sorted(received, key=lambda r: r[0][1]):
             self.clock.receive(depart, arrive)
-        if self.emulator:
-            self.emulator.hold_until(max(host for _, _, host in received))
+            self.recorder.flow(False, flow, arrive)
+        if self.emulator and received:
+            self.emulator.hold_until(max(stamp[2] for stamp, _ in received))
 
     # ---- collectives -----------------------------------------------------------------------------------------
     def allreduce_sum(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:

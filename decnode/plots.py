@@ -11,7 +11,8 @@ confidence interval of that median (2000 resamples of the seeds, fixed generator
 
 Writes into --out (default RUN_DIR/plots for one run, ./plots for several): reward.png (eval reward vs env
 steps), entropy.png, noise.png (D_m and V_m, paper A.5), consensus.png, timing.png (stacked seconds per
-category, summed over ranks; runs with timing.json), and generalisation.png (runs with eval.json, decnode-eval).
+category, summed over ranks; runs with timing.json), generalisation.png (runs with eval.json, decnode-eval) and,
+for one run with trace.json, timeline.png (every rank's sections on the host's and the simulated clock).
 """
 
 from __future__ import annotations
@@ -298,6 +299,33 @@ def plot_landscape(alphas, betas, values, name: str, label: str, surface_path: P
     _save(fig, hist_path)
 
 
+def plot_timeline(run: Run, path: Path) -> Path | None:
+    """timeline.png from trace.json: each rank's sections over the traced iterations, on the host's wall-clock and
+    (with a network profile) on the simulated cluster's clock; nested sections drawn over their parents."""
+    trace = _read_json(run.path / "trace.json")
+    if not trace:
+        return None
+    events = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    pids = sorted({e["pid"] for e in events})
+    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
+    categories = [c for c in ORDER if any(e["cat"] == c for e in events)]
+    colours = dict(zip(categories, plt.get_cmap("tab10").colors))
+    fig, axes = plt.subplots(len(pids), 1, figsize=(12, 1.2 + 0.5 * len(pids) * (1 + max(e["tid"] for e in events))),
+                             squeeze=False)
+    for ax, pid in zip(axes[:, 0], pids):
+        for e in sorted((e for e in events if e["pid"] == pid), key=lambda e: -e["dur"]):
+            ax.broken_barh([(e["ts"] / 1e3, max(e["dur"] / 1e3, 1e-3))], (e["tid"] - 0.4, 0.8),
+                           color=colours.get(e["cat"], "grey"))
+        ax.set_title(names.get(pid, str(pid)), fontsize=10)
+        ax.set_xlabel("ms")
+        ax.set_yticks(sorted({e["tid"] for e in events}), [f"rank {t}" for t in sorted({e["tid"] for e in events})])
+        ax.invert_yaxis()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in categories]
+    fig.legend(handles, [CATEGORY_NAMES.get(c, c) for c in categories], loc="upper right", fontsize=8, ncol=3)
+    fig.suptitle(f"{run_label(run.cfg)}: the first traced iterations", x=0.01, ha="left")
+    return _save(fig, path)
+
+
 def make_plots(runs: list[Run], out: Path, smooth: int = 1) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
@@ -307,7 +335,8 @@ def make_plots(runs: list[Run], out: Path, smooth: int = 1) -> list[Path]:
             plot_noise(groups, out / "noise.png", smooth),
             plot_metric(groups, "consensus_distance", r"$\frac{1}{n}\sum_i\|\theta_i-\bar\theta\|^2$ (log scale)",
                         "consensus distance", out / "consensus.png", smooth, log=True),
-            plot_timing(runs, out / "timing.png"), plot_generalisation(groups, out / "generalisation.png")]
+            plot_timing(runs, out / "timing.png"), plot_generalisation(groups, out / "generalisation.png"),
+            plot_timeline(runs[0], out / "timeline.png") if len(runs) == 1 else None]
     return [path for path in made if path is not None]
 
 

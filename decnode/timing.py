@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -31,16 +32,39 @@ class Recorder:
     tallies: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
     started: float = field(default_factory=time.perf_counter)
     _child_time: list[float] = field(default_factory=list)
+    clock: Any = None  # the simulated node's clock (net.NodeClock) when a network is simulated
+    # While tracing (trace.py): sections as (name, host start, host end, simulated start, simulated end) and message
+    # ends as (is_send, flow id, host time, simulated time); host times are perf_counter, shared by local processes.
+    sections: list | None = None
+    flows: list | None = None
+
+    def start_trace(self) -> None:
+        self.sections, self.flows = [], []
+
+    def stop_trace(self) -> dict | None:
+        out = None if self.sections is None else {"sections": self.sections, "flows": self.flows}
+        self.sections = self.flows = None
+        return out
+
+    def flow(self, is_send: bool, flow_id: int, simulated: float | None = None) -> None:
+        """One end of a message, drawn as an arrow between the sender's and the receiver's sections."""
+        if self.flows is not None:
+            self.flows.append((is_send, flow_id, time.perf_counter(), simulated))
 
     @contextmanager
     def section(self, name: str, nbytes: int = 0, messages: int = 0):
         """Time a block as `name`; nested blocks are charged to themselves, not to their parent."""
         self._child_time.append(0.0)
+        tracing = self.sections is not None
+        sim0 = self.clock.advance() if tracing and self.clock is not None else None
         t0 = time.perf_counter()
         try:
             yield
         finally:
             elapsed = time.perf_counter() - t0
+            if tracing and self.sections is not None:
+                sim1 = self.clock.advance() if self.clock is not None else None
+                self.sections.append((name, t0, t0 + elapsed, sim0, sim1))
             children = self._child_time.pop()
             tally = self.tallies[name]
             tally.seconds += elapsed - children

@@ -31,6 +31,7 @@ from .metrics import agent_variance_and_sums
 from .net import clock_delta, format_clock_table
 from .rollout import Rollout
 from .timing import Section, delta_seconds
+from .trace import write_trace
 
 
 class StopRequested:
@@ -267,6 +268,9 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
         (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
     stopped, start = False, trainer.iteration
     clock, sim_total = fabric.clock, {}  # simulated seconds of this run's iterations, by kind
+    trace = None
+    if cfg.run.trace_iterations:  # a timeline of the first iterations (trace.py)
+        rec.start_trace()
     while trainer.iteration < tr.iterations:
         before, sim_before = rec.seconds(), clock.snapshot() if clock else None
         stats = trainer.iterate()
@@ -281,12 +285,15 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
             sim_total = {k: sim_total.get(k, 0.0) + v for k, v in stats["sim"].items()}
         if logger is not None:
             logger.log(trainer.metrics_line(stats, delta_seconds(rec.seconds(), before)), stats, trainer.last_eval)
+        if trainer.iteration == start + cfg.run.trace_iterations:
+            trace = rec.stop_trace()
         planned = cfg.run.stop_after is not None and trainer.iteration >= cfg.run.stop_after
         if stats["stop"] or planned:  # every rank saw the same flag in the same all-reduce: all stop together
             stopped = True
             break
         if cfg.run.checkpoint_interval and trainer.iteration % cfg.run.checkpoint_interval == 0:
             trainer.save_checkpoint()
+    trace = trace or rec.stop_trace()  # a run shorter than the traced stretch
     trainer.save_checkpoint()
     trainer.save_models()
     summary = {"iterations": trainer.iteration, "env_steps": trainer.env_steps, "stopped": stopped,
@@ -301,12 +308,14 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
                 indent=1))
     # Peak resident memory of every process (ru_maxrss is in KiB on Linux): what a job of this size needs.
     reports = fabric.gather_objects((rec.snapshot(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                     sim_total))
+                                     sim_total, trace))
     if logger is not None:
         timing, memory = [r[0] for r in reports], [round(r[1], 1) for r in reports]
         summary["peak_rss_mb"] = memory
         if clock is not None:
             summary["simulated"] = {"profile": vars(fabric.net), "ranks": [r[2] for r in reports]}
+        if trace is not None:
+            write_trace(Path(run_dir) / "trace.json", [r[3] for r in reports], fabric.net.name if clock else None)
         print(logger.finish(timing, summary), flush=True)
         if clock is not None:
             print(format_clock_table(fabric.net, summary["simulated"]["ranks"], trainer.iteration - start), flush=True)

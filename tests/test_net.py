@@ -177,3 +177,28 @@ def test_emulate_mode_makes_the_host_wall_clock_show_the_simulated_network():
     for simulated, wall in run_ranks(_rounds_on_a_slow_link, 2, profile, rounds, timeout=120):
         assert simulated == pytest.approx(rounds * per_round, rel=0.1)
         assert wall == pytest.approx(simulated, rel=0.2)
+
+
+def test_trace_json_shows_both_clocks_with_every_message_as_an_arrow(tmp_path):
+    import json
+
+    from decnode.plots import Run, plot_timeline
+
+    profile = make_profile({"preset": "ethernet", "latency_s": 0.002})
+    run_ranks(_train, 2, str(tmp_path), profile, timeout=200)
+    run_dir = tmp_path / profile.name
+    events = json.loads((run_dir / "trace.json").read_text())["traceEvents"]
+    sections = [e for e in events if e["ph"] == "X"]
+    assert {e["pid"] for e in sections} == {0, 1} and {e["tid"] for e in sections} == {0, 1}
+    assert {"gossip", "step_exchange", "actor_update"} <= {e["name"] for e in sections}
+    for pid in (0, 1):  # every message: one send, one receive, on different ranks, the receive not earlier
+        ends = {}
+        for e in (e for e in events if e["ph"] in "sf" and e["pid"] == pid):
+            ends.setdefault(e["id"], {})[e["ph"]] = e
+        assert ends and all(set(pair) == {"s", "f"} for pair in ends.values())
+        for pair in ends.values():
+            assert pair["s"]["tid"] != pair["f"]["tid"]
+            delay = pair["f"]["ts"] - pair["s"]["ts"]
+            assert delay >= (2000 if pid == 1 else 0)  # simulated: at least α = 2 ms (in µs)
+    png = plot_timeline(Run(run_dir, {"algo": {"name": "decpg", "k": 1}}, [], None, None), tmp_path / "timeline.png")
+    assert png.stat().st_size > 10_000
