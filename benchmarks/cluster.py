@@ -1,0 +1,67 @@
+"""What an iteration takes on a simulated cluster: PS vs DecPG k, per network profile (README "Simulating real nodes").
+
+    python benchmarks/cluster.py                                  # n=10: PS, DecPG k=2, k=4 on ethernet and wan
+    python benchmarks/cluster.py --n 10 --profiles datacenter edge --ks 2 4 8 --iterations 5
+
+Each cell is a real `decnode.run` job with `--net PROFILE` on this machine. The figures are the simulated clock's
+(net.py): compute is each rank's own CPU time, so they do not depend on how many processes share the host's cores.
+Seconds per iteration: median over iterations after the first (warm-up), from rank 0's metrics.jsonl `sim`;
+compute / wire / waiting and the communication share: averaged over ranks and iterations from timing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cell(n: int, algo: str, k: int, profile: str, iterations: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "decnode.run", "--nproc", str(n), "--algo", algo, "--k", str(k), "--net", profile,
+               "--iterations", str(iterations), "--out", str(out), "--set", "eval.interval=0",
+               "--set", "run.tensorboard=false", "--set", "run.checkpoint_interval=0", "--set", "run.trace_iterations=0",
+               "--set", "eval.test_episodes=10"]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if res.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        ranks = json.loads((out / "timing.json").read_text())["simulated"]["ranks"]
+    per_it = lambda key: statistics.mean(r[key] for r in ranks) / iterations  # noqa: E731
+    seconds = statistics.median(d["sim"]["seconds"] for d in lines[1:])
+    return {"seconds": seconds, "compute": per_it("compute"), "wire": per_it("wire"), "waiting": per_it("waiting"),
+            "comm_share": statistics.mean((r["wire"] + r["waiting"]) / r["seconds"] for r in ranks)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=10)
+    p.add_argument("--profiles", nargs="+", default=["ethernet", "wan"])
+    p.add_argument("--ks", nargs="+", type=int, default=[2, 4])
+    p.add_argument("--iterations", type=int, default=4)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cluster.json"))
+    args = p.parse_args()
+    cells = [("ps", 0)] + [("decpg", k) for k in args.ks]
+    results = {}
+    print(f"Simple Spread n={args.n} on {args.n} simulated nodes, simulated seconds per iteration", flush=True)
+    print(f"{'profile':<12}{'algorithm':<12}{'s/it':>8}{'compute':>9}{'wire':>9}{'waiting':>9}{'comm':>7}", flush=True)
+    for profile in args.profiles:
+        for algo, k in cells:
+            r = results[f"{profile}/{algo}/{k}"] = run_cell(args.n, algo, k, profile, args.iterations)
+            name = "PS" if algo == "ps" else f"DecPG k={k}"
+            print(f"{profile:<12}{name:<12}{r['seconds']:>8.3f}{r['compute']:>9.3f}{r['wire']:>9.3f}"
+                  f"{r['waiting']:>9.3f}{100 * r['comm_share']:>6.0f}%", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
