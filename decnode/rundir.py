@@ -21,8 +21,8 @@ from .config import ConfigError
 MANIFEST = ".decnode-run.json"
 # Everything decnode writes into a run directory: training (trainer, logger, checkpoint), decnode-eval's default
 # output, decnode-landscape, decnode-plot's default RUN_DIR/plots.
-WRITES = (MANIFEST, "config.yaml", "metrics.jsonl", "timing.json", "trace.json", "models.pt", "models.pt.tmp", "checkpoint.pt",
-          "checkpoint.pt.tmp", "processes.json", "eval.json", "landscape.npz", "landscape_*.png",
+WRITES = (MANIFEST, "config.yaml", "metrics.jsonl", "timing.json", "trace.json", "models.pt", "models.pt.tmp",
+          "checkpoint.pt", "checkpoint.pt.tmp", "processes.json", "eval.json", "landscape.npz", "landscape_*.png",
           "tb/events.out.tfevents.*", "plots/*.png", "config.yaml.tmp")
 TRAINED = ("checkpoint.pt", "models.pt")
 
