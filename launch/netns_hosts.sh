@@ -91,6 +91,37 @@ for ((i = 0; i < HOSTS; i++)); do
          "$SUBNET.$((i + 1)) on eth0, tbf ${RATE}${BURST:+ burst $BURST} each way"
 done
 
+# What the links cost besides bandwidth: the round trip h0 <-> h1 (TCP ping-pong of one byte, no netem here).
+PING_SERVER='
+import socket, sys
+with socket.create_server((sys.argv[1], int(sys.argv[2]))) as s:
+    s.settimeout(20)  # the client may never come
+    c = s.accept()[0]
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while b := c.recv(1):
+        c.sendall(b)'
+PING_CLIENT='
+import socket, statistics, sys, time
+for _ in range(100):  # until the server listens
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+        break
+    except ConnectionRefusedError:
+        time.sleep(0.05)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+rtt = []
+for _ in range(200):
+    t = time.perf_counter()
+    c.sendall(b"x")
+    c.recv(1)
+    rtt.append(time.perf_counter() - t)
+print(f"{statistics.median(rtt) * 1e6:.0f}")'
+ip netns exec "dn-$TAG-h1" "$PYTHON" -c "$PING_SERVER" "$SUBNET.2" "$((PORT + 1))" &
+PING=$!
+rtt=$(ip netns exec "dn-$TAG-h0" timeout 20 "$PYTHON" -c "$PING_CLIENT" "$SUBNET.2" "$((PORT + 1))") || rtt="?"
+wait "$PING" || true
+echo "$me: round trip decnode-h0 <-> decnode-h1: $rtt µs (median of 200 one-byte TCP ping-pongs)"
+
 HEAD=$SUBNET.1
 for ((i = 0; i < HOSTS; i++)); do
     # unshare --uts: the host's own hostname, so processes.json and torchrun's logs tell the hosts apart.
