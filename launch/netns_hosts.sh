@@ -15,14 +15,18 @@
 # at least 16000), NETNS_TAG, NETNS_SUBNET, RDZV_PORT (29500).
 set -euo pipefail
 me=$(basename "$0")
-if (($(id -u) != 0)); then echo "$me: skipped: needs root to create network namespaces, veth pairs and tc qdiscs"; exit 0; fi
-for tool in ip tc; do
-    command -v "$tool" >/dev/null || { echo "$me: skipped: '$tool' (iproute2) is not installed"; exit 0; }
+if (($(id -u) != 0)); then
+    echo "$me: skipped: needs root to create network namespaces, veth pairs and tc qdiscs"
+    exit 0
+fi
+for tool in ip tc unshare; do
+    command -v "$tool" >/dev/null || { echo "$me: skipped: '$tool' (iproute2, util-linux) is not installed"; exit 0; }
 done
 if (($# < 3)); then echo "usage: $me HOSTS PROCS_PER_HOST RATE [decnode.run flags...]" >&2; exit 2; fi
 HOSTS=$1; PER_HOST=$2; RATE=$3; shift 3
 [[ $HOSTS =~ ^[2-4]$ ]] || { echo "$me: HOSTS must be 2, 3 or 4, got '$HOSTS'" >&2; exit 2; }
-[[ $PER_HOST =~ ^[1-9][0-9]*$ ]] || { echo "$me: PROCS_PER_HOST must be a positive integer, got '$PER_HOST'" >&2; exit 2; }
+[[ $PER_HOST =~ ^[1-9][0-9]*$ ]] \
+    || { echo "$me: PROCS_PER_HOST must be a positive integer, got '$PER_HOST'" >&2; exit 2; }
 if [[ $RATE != none ]]; then
     [[ $RATE =~ ^([0-9]+(\.[0-9]+)?)([kmgt]?)bit$ ]] \
         || { echo "$me: RATE must look like 100mbit or 1gbit (or be 'none'), got '$RATE'" >&2; exit 2; }
@@ -38,7 +42,8 @@ if [[ -z $PYTHON ]]; then
     if [[ -x $REPO/.venv/bin/python ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=$(command -v python3); fi
 fi
 TORCHRUN=${TORCHRUN:-$(dirname "$PYTHON")/torchrun}  # the torchrun of that Python's environment
-[[ -x $TORCHRUN ]] || TORCHRUN=$(command -v torchrun) || { echo "$me: no torchrun beside $PYTHON or on PATH" >&2; exit 1; }
+[[ -x $TORCHRUN ]] || TORCHRUN=$(command -v torchrun) \
+    || { echo "$me: no torchrun beside $PYTHON or on PATH" >&2; exit 1; }
 TAG=${NETNS_TAG:-$$}
 SUBNET=${NETNS_SUBNET:-10.213.7}
 PORT=${RDZV_PORT:-29500}
@@ -69,10 +74,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 mkns() { ip netns add "$1"; CREATED+=("$1"); ip -n "$1" link set lo up; }
-cap() {  # cap egress of interface $2 in namespace $1
+cap() {  # cap egress of interface $2 in namespace $1; a deep queue (100 ms), so TCP sees a lossless link
     [[ $RATE == none ]] || tc -n "$1" qdisc add dev "$2" root tbf rate "$RATE" burst "$BURST" latency 100ms
 }
 
+LINK="tbf $RATE (burst ${BURST:-} B) each way"
+[[ $RATE != none ]] || LINK="no cap"
 mkns "$SW"
 ip -n "$SW" link add decnode-br0 type bridge
 ip -n "$SW" link set decnode-br0 up
@@ -88,7 +95,7 @@ for ((i = 0; i < HOSTS; i++)); do
     cap "$ns" eth0       # the host's upload
     cap "$SW" "port$i"   # its download: a full-duplex NIC has the rate each way
     echo "$me: host decnode-h$i: namespace $ns ($(ip netns exec "$ns" readlink /proc/self/ns/net))," \
-         "$SUBNET.$((i + 1)) on eth0, tbf ${RATE}${BURST:+ burst $BURST} each way"
+         "$SUBNET.$((i + 1)) on eth0, $LINK"
 done
 
 # What the links cost besides bandwidth: the round trip h0 <-> h1 (TCP ping-pong of one byte, no netem here).
