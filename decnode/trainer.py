@@ -254,6 +254,13 @@ class Trainer:
         return json.dumps(clean)
 
 
+def _netns() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/net")  # e.g. net:[4026531840]
+    except OSError:  # not Linux
+        return None
+
+
 def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None) -> dict:
     """Run (or continue) a training job on this process; rank 0 logs. Returns a summary dict."""
     from .logger import RunLogger
@@ -262,8 +269,10 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     with rec.section(Section.SETUP):
         trainer = Trainer(cfg, fabric, run_dir, resume)
     logger = RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard) if trainer.coordinator else None
-    # Which process is which rank: for whoever has to inspect or stop one of them.
-    procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid()})
+    # Which process is which rank: for whoever has to inspect or stop one of them. netns: the network namespace
+    # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
+    procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
+                                   "netns": _netns()})
     if logger is not None:
         (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
     stopped, start = False, trainer.iteration

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Emulated hosts on one machine: HOSTS network namespaces, each with its own interface and address, joined by veth
+# pairs through a bridge, each host's link capped with tc tbf, and launch/multinode.sh (torchrun c10d) run in every
+# namespace. Root only (namespaces, veth, tc); without root it prints why and "skipped", and exits 0.
+#   launch/netns_hosts.sh HOSTS PROCS_PER_HOST RATE [decnode.run flags...]
+#   launch/netns_hosts.sh 2 1 100mbit --k 1 --iterations 3 --out /tmp/run
+# HOSTS: 2-4. RATE: a tc rate (100mbit, 1gbit, ...) applied to each host's link in both directions, or "none".
+# tbf limits bandwidth only: this kernel has no netem, so latency and jitter are the veth's own (tens of µs).
+# Everything lives in namespaces named dn-TAG-* (TAG: $NETNS_TAG or this script's pid): the hosts dn-TAG-h0...,
+# and the switch dn-TAG-sw holding the bridge decnode-br0, so the machine's own network is never touched and
+# only the namespaces talk (addresses $NETNS_SUBNET.1... /24, default 10.213.7.0/24, no route out). All of it
+# is deleted on exit, failure or signal. Host i is named decnode-hI (its own UTS namespace). The run directory
+# must be shared: namespaces share the filesystem, so it is.
+# Env: PYTHON (default REPO/.venv/bin/python, else python3), BURST (tbf bucket, bytes; default 1 ms at RATE,
+# at least 16000), NETNS_TAG, NETNS_SUBNET, RDZV_PORT (29500).
+set -euo pipefail
+me=$(basename "$0")
+if (($(id -u) != 0)); then
+    echo "$me: skipped: needs root to create network namespaces, veth pairs and tc qdiscs"
+    exit 0
+fi
+for tool in ip tc unshare; do
+    command -v "$tool" >/dev/null || { echo "$me: skipped: '$tool' (iproute2, util-linux) is not installed"; exit 0; }
+done
+if (($# < 3)); then echo "usage: $me HOSTS PROCS_PER_HOST RATE [decnode.run flags...]" >&2; exit 2; fi
+HOSTS=$1; PER_HOST=$2; RATE=$3; shift 3
+[[ $HOSTS =~ ^[2-4]$ ]] || { echo "$me: HOSTS must be 2, 3 or 4, got '$HOSTS'" >&2; exit 2; }
+[[ $PER_HOST =~ ^[1-9][0-9]*$ ]] \
+    || { echo "$me: PROCS_PER_HOST must be a positive integer, got '$PER_HOST'" >&2; exit 2; }
+if [[ $RATE != none ]]; then
+    [[ $RATE =~ ^([0-9]+(\.[0-9]+)?)([kmgt]?)bit$ ]] \
+        || { echo "$me: RATE must look like 100mbit or 1gbit (or be 'none'), got '$RATE'" >&2; exit 2; }
+    # tbf's bucket: 1 ms of traffic at the rate (at least a few full-size packets), so bursts barely beat the cap.
+    BURST=${BURST:-$(awk -v n="${BASH_REMATCH[1]}" -v u="${BASH_REMATCH[3]}" 'BEGIN {
+        m = u == "k" ? 1e3 : u == "m" ? 1e6 : u == "g" ? 1e9 : u == "t" ? 1e12 : 1
+        b = n * m / 8 / 1000; printf "%d", b < 16000 ? 16000 : b }')}
+fi
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-}
+if [[ -z $PYTHON ]]; then
+    if [[ -x $REPO/.venv/bin/python ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=$(command -v python3); fi
+fi
+TORCHRUN=${TORCHRUN:-$(dirname "$PYTHON")/torchrun}  # the torchrun of that Python's environment
+[[ -x $TORCHRUN ]] || TORCHRUN=$(command -v torchrun) \
+    || { echo "$me: no torchrun beside $PYTHON or on PATH" >&2; exit 1; }
+TAG=${NETNS_TAG:-$$}
+SUBNET=${NETNS_SUBNET:-10.213.7}
+PORT=${RDZV_PORT:-29500}
+SW=dn-$TAG-sw
+CREATED=()
+PIDS=()
+
+cleanup() {
+    local rc=$? ns pids _
+    trap - EXIT INT TERM
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
+    # A namespace outlives `ip netns del` while a process is in it: stop ours first (TERM, then KILL).
+    for ns in ${CREATED[@]+"${CREATED[@]}"}; do
+        for _ in $(seq 50); do
+            pids=$(ip netns pids "$ns" 2>/dev/null || true)
+            [[ -z $pids ]] && break
+            kill -TERM $pids 2>/dev/null || true
+            sleep 0.2
+        done
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [[ -n $pids ]] && kill -KILL $pids 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || echo "$me: could not delete namespace $ns" >&2
+    done
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+mkns() { ip netns add "$1"; CREATED+=("$1"); ip -n "$1" link set lo up; }
+cap() {  # cap egress of interface $2 in namespace $1; a deep queue (100 ms), so TCP sees a lossless link
+    [[ $RATE == none ]] || tc -n "$1" qdisc add dev "$2" root tbf rate "$RATE" burst "$BURST" latency 100ms
+}
+
+LINK="tbf $RATE (burst ${BURST:-} B) each way"
+[[ $RATE != none ]] || LINK="no cap"
+mkns "$SW"
+ip -n "$SW" link add decnode-br0 type bridge
+ip -n "$SW" link set decnode-br0 up
+for ((i = 0; i < HOSTS; i++)); do
+    ns=dn-$TAG-h$i
+    mkns "$ns"
+    # One veth pair per host: eth0 in the host, port$i on the switch's bridge. Created inside the namespaces,
+    # so no interface ever appears in the machine's own namespace.
+    ip link add eth0 netns "$ns" type veth peer name "port$i" netns "$SW"
+    ip -n "$SW" link set "port$i" master decnode-br0 up
+    ip -n "$ns" addr add "$SUBNET.$((i + 1))/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    cap "$ns" eth0       # the host's upload
+    cap "$SW" "port$i"   # its download: a full-duplex NIC has the rate each way
+    echo "$me: host decnode-h$i: namespace $ns ($(ip netns exec "$ns" readlink /proc/self/ns/net))," \
+         "$SUBNET.$((i + 1)) on eth0, $LINK"
+done
+
+# What the links cost besides bandwidth: the round trip h0 <-> h1 (TCP ping-pong of one byte, no netem here).
+PING_SERVER='
+import socket, sys
+with socket.create_server((sys.argv[1], int(sys.argv[2]))) as s:
+    s.settimeout(20)  # the client may never come
+    c = s.accept()[0]
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while b := c.recv(1):
+        c.sendall(b)'
+PING_CLIENT='
+import socket, statistics, sys, time
+for _ in range(100):  # until the server listens
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+        break
+    except ConnectionRefusedError:
+        time.sleep(0.05)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+rtt = []
+for _ in range(200):
+    t = time.perf_counter()
+    c.sendall(b"x")
+    c.recv(1)
+    rtt.append(time.perf_counter() - t)
+print(f"{statistics.median(rtt) * 1e6:.0f}")'
+ip netns exec "dn-$TAG-h1" "$PYTHON" -c "$PING_SERVER" "$SUBNET.2" "$((PORT + 1))" &
+PING=$!
+rtt=$(ip netns exec "dn-$TAG-h0" timeout 20 "$PYTHON" -c "$PING_CLIENT" "$SUBNET.2" "$((PORT + 1))") || rtt="?"
+wait "$PING" || true
+echo "$me: round trip decnode-h0 <-> decnode-h1: $rtt µs (median of 200 one-byte TCP ping-pongs)"
+
+HEAD=$SUBNET.1
+for ((i = 0; i < HOSTS; i++)); do
+    # unshare --uts: the host's own hostname, so processes.json and torchrun's logs tell the hosts apart.
+    ip netns exec "dn-$TAG-h$i" env PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" GLOO_SOCKET_IFNAME=eth0 \
+        NODE_ADDR="$SUBNET.$((i + 1))" IS_HEAD=$((i == 0)) TORCHRUN="$TORCHRUN" RDZV_ID="decnode-$TAG" \
+        unshare --uts sh -c 'hostname "$0" && exec "$@"' "decnode-h$i" \
+        "$REPO/launch/multinode.sh" "$HOSTS" "$PER_HOST" "$HEAD:$PORT" "$@" &
+    PIDS+=($!)
+done
+
+# Wait for every host; the first failure stops the others (they would wait for it until torchrun's timeouts).
+status=0
+while true; do
+    rc=0 finished=
+    wait -n -p finished || rc=$?
+    [[ -n ${finished:-} ]] || break  # no host left
+    if ((rc != 0 && status == 0)); then
+        status=$rc
+        echo "$me: the torchrun of a host exited with $rc; stopping the others" >&2
+        for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    fi
+done
+exit "$status"
