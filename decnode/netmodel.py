@@ -303,30 +303,34 @@ def decpg_wins(result: dict) -> list[str]:
         if wins.any():
             lo, hi = bw[wins].min(), bw[wins].max()
             best = np.max(ps[wins] / c["iteration"][wins])
-            lines.append(f"{name} beats PS from {lo / 1e6:g} to {hi / 1e6:g} Mbit/s (up to {best:.2f}× faster)")
+            where = "at every bandwidth" if wins.all() else f"from {lo / 1e6:.3g} to {hi / 1e6:.3g} Mbit/s"
+            lines.append(f"{name} beats PS {where} (up to {best:.2f}× faster)")
         else:
             lines.append(f"{name} never beats PS")
     return lines
 
 
-def plot_sweep(result: dict, latency_s: float, compute_s: float, out: Path) -> None:
+def plot_sweep(results: dict, compute_s: float, out: Path) -> None:
+    """results: α -> sweep(); one column per α: iteration seconds above, communication share below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    for name, c in result["curves"].items():
-        top.plot(result["bandwidth"], c["iteration"], label=name, lw=2 if name == "ps" else 1.2)
-        bottom.plot(result["bandwidth"], 100 * c["share"], label=name, lw=2 if name == "ps" else 1.2)
-    top.set(xscale="log", yscale="log", ylabel="seconds per iteration",
-            title=f"n=10, α={1e6 * latency_s:g} µs, compute {compute_s:.2f} s/iteration (α–β model)")
-    bottom.set(xscale="log", xlabel="bandwidth (bit/s)", ylabel="communication share (%)", ylim=(0, 100))
-    for ax in (top, bottom):
-        ax.grid(True, which="both", alpha=0.3)
-    top.legend()
+    fig, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 7), sharex=True, squeeze=False)
+    for (latency, result), (top, bottom) in zip(results.items(), axes.T):
+        for name, c in result["curves"].items():
+            top.plot(result["bandwidth"], c["iteration"], label=name, lw=2.2 if name == "ps" else 1.2)
+            bottom.plot(result["bandwidth"], 100 * c["share"], label=name, lw=2.2 if name == "ps" else 1.2)
+        top.set(xscale="log", yscale="log", ylabel="seconds per iteration",
+                title=f"n=10, α={1e3 * latency:g} ms, compute {compute_s:.2f} s/iteration")
+        bottom.set(xscale="log", xlabel="bandwidth per link (bit/s)", ylabel="communication share (%)", ylim=(0, 100))
+        for ax in (top, bottom):
+            ax.grid(True, which="both", alpha=0.3)
+        top.legend()
+    fig.suptitle("α–β model of one iteration (decnode-netmodel sweep)")
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
@@ -354,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--iterations", type=int, default=4, help="iterations of the job (≥ 2; the last, "
                                                                       "which evaluates, is left out)")
     sw = sub.add_parser("sweep", help="n=10: iteration time and communication share against bandwidth (PNG)")
-    sw.add_argument("--latency-s", type=float, default=PRESETS["ethernet"].latency_s, help="α (default 100 µs)")
+    sw.add_argument("--latency-s", type=float, nargs="+", default=[PRESETS["ethernet"].latency_s,
+                    PRESETS["wan"].latency_s], help="one column per α (default 100 µs as ethernet, 20 ms as wan)")
     sw.add_argument("--compute-s", type=float, default=None,
                     help="compute seconds per iteration (default: measured here for n=10, one agent per process)")
     sw.add_argument("--out", default="netmodel-bandwidth.png", help="PNG to write")
@@ -393,15 +398,17 @@ def main(argv: list[str] | None = None) -> None:
                      *(["--config", args.config] if args.config else []), *(x for s in args.set for x in ("--set", s))]
             print(format_compare(compare(cfg, args.net, args.nproc, args.iterations, extra)))
         else:
-            if not args.latency_s >= 0 or (args.compute_s is not None and not args.compute_s >= 0):
+            if not min(args.latency_s) >= 0 or (args.compute_s is not None and not args.compute_s >= 0):
                 raise ConfigError("--latency-s and --compute-s must be ≥ 0")
             out = Path(args.out)
             check_output(out)
             measured = {algo: overlap_compute_s(job_config(10, algo, 4, None, None, [])) for algo in ("decpg", "ps")}
             compute = args.compute_s if args.compute_s is not None else measured["ps"]["iteration"]
-            result = sweep(args.latency_s, compute, {a: m["overlap"] for a, m in measured.items()})
-            plot_sweep(result, args.latency_s, compute, out)
-            print("\n".join(decpg_wins(result)))
+            hide = {a: m["overlap"] for a, m in measured.items()}
+            results = {latency: sweep(latency, compute, hide) for latency in args.latency_s}
+            plot_sweep(results, compute, out)
+            for latency, result in results.items():
+                print(f"α = {1e3 * latency:g} ms, compute {compute:.3f} s/iteration: " + "; ".join(decpg_wins(result)))
             print(f"wrote {out}")
     except (ConfigError, ValueError, RuntimeError) as err:
         fail(PROG, str(err))
