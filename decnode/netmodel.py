@@ -218,12 +218,12 @@ def pingpong_worker(sizes: list[int], reps: int, out: str, timeout_s: float) -> 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
     rank, timeout = dist.get_rank(), timedelta(seconds=timeout_s)
-    result = {}
+    buffers = {size: torch.zeros(max(size // 4, 1)) for size in sizes}
+    times = {size: [] for size in sizes}
     try:
-        for size in sizes:
-            x = torch.zeros(max(size // 4, 1))
-            times = []
-            for rep in range(reps + 1):
+        for rep in range(reps + 1):  # sizes interleaved, so a burst of load on this shared host hits them alike,
+            for size in np.random.default_rng(rep).permutation(sizes).tolist():  # in an order both ranks share
+                x = buffers[size]
                 dist.barrier()
                 t0 = time.perf_counter()
                 if rank == 0:
@@ -233,8 +233,8 @@ def pingpong_worker(sizes: list[int], reps: int, out: str, timeout_s: float) -> 
                     dist.irecv(x, 0, tag=1).wait(timeout)
                     dist.isend(x, 0, tag=2).wait(timeout)
                 if rep:
-                    times.append((time.perf_counter() - t0) / 2)
-            result[size] = float(np.median(times))
+                    times[size].append((time.perf_counter() - t0) / 2)
+        result = {size: float(np.median(t)) for size, t in times.items()}
         if rank == 0:
             Path(out).write_text(json.dumps(result))
     finally:
@@ -252,7 +252,7 @@ def fit_alpha_beta(nbytes, seconds) -> dict:
             "r2": float(r2), "max_rel_residual": float(np.max(np.abs(fit - t) / t))}
 
 
-def calibrate(reps: int = 7, sizes: list[int] = SIZES, timeout_s: float = 120.0) -> dict:
+def calibrate(reps: int = 25, sizes: list[int] = SIZES, timeout_s: float = 120.0) -> dict:
     from .launch import launch
 
     with tempfile.TemporaryDirectory(prefix="netmodel-") as tmp:
@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "compare with the simulated clock, sweep bandwidth.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     cal = sub.add_parser("calibrate", help="ping-pong 4 B–16 MiB between 2 gloo processes, fit α and β")
-    cal.add_argument("--reps", type=int, default=7, help="round trips per size (median; default 7)")
+    cal.add_argument("--reps", type=int, default=25, help="round trips per size (median; default 25)")
+    cal.add_argument("--out", default=None, metavar="FILE", help="also write the fit as a profile for --net FILE")
     for name, text in (("predict", "per-iteration communication from the α–β costs"),
                        ("compare", "predicted vs simulated vs host-measured, from a short real job")):
         q = sub.add_parser(name, help=text)
@@ -380,7 +381,15 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "calibrate":
             if args.reps < 1:
                 raise ConfigError(f"--reps must be ≥ 1, got {args.reps}")
-            print(format_calibration(calibrate(args.reps)))
+            if args.out:
+                check_output(Path(args.out))
+            result = calibrate(args.reps)
+            print(format_calibration(result))
+            if args.out:
+                # x.xxe±yy: YAML 1.1 reads a float only with a dot and a signed exponent
+                Path(args.out).write_text(f"preset: loopback\nname: calibrated\nlatency_s: {result['latency_s']:.4e}\n"
+                                          f"bandwidth_bit_s: {result['bandwidth_bit_s']:.4e}\n")
+                print(f"wrote {args.out} (use: decnode-run --net {args.out})")
         elif args.command == "predict":
             cfg = _job(args)
             if args.overlap_s is not None and not args.overlap_s >= 0:

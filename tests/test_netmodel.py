@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from decnode.net import PRESETS, NetProfile
-from decnode.netmodel import SIZES, compare, fit_alpha_beta, job_config, main, predict_iteration_comm
+from decnode.netmodel import SIZES, calibrate, compare, fit_alpha_beta, job_config, main, predict_iteration_comm
 
 
 def test_the_fit_recovers_a_known_latency_and_bandwidth_from_noisy_timings():
@@ -16,6 +16,12 @@ def test_the_fit_recovers_a_known_latency_and_bandwidth_from_noisy_timings():
     assert fit["latency_s"] == pytest.approx(alpha, rel=0.1)
     assert fit["bandwidth_bit_s"] == pytest.approx(beta, rel=0.05)
     assert fit["r2"] > 0.99 and fit["max_rel_residual"] < 0.06
+
+
+def test_calibration_pings_two_real_gloo_processes_and_fits_their_transport():
+    result = calibrate(reps=2, sizes=[4, 4096, 262144], timeout_s=60)
+    assert result["sizes"] == [4, 4096, 262144] and all(t > 0 for t in result["seconds"])
+    assert result["bandwidth_bit_s"] > 1e8 and np.isfinite(result["r2"])  # loopback moves far more than 100 Mbit/s
 
 
 def test_the_prediction_counts_each_call_the_trainer_makes():
