@@ -97,7 +97,9 @@ def predict_iteration_comm(cfg: Config, profile: NetProfile, n_procs: int, overl
         if cfg.algo.name == "decpg":  # the critics' rows queue behind the actor's on the same links
             one = _gossip_s(p, n, cfg.algo.k, W, 4 * (D + (Dc if local else 0)))
         else:
-            one = p.allreduce_s(W, 4 * D) + (p.allreduce_s(W, 4 * Dc) if local else 0.0)
+            # the critics' all-reduce runs beside the actor's (gloo: 2 threads per group): latencies overlap,
+            # the links carry both
+            one = p.allreduce_s(W, 4 * (D + (Dc if local else 0)))
         out["combine_raw"] = rounds * one
         out["combine"] = rounds * max(one - overlap_s, 0.0)
         # metrics.py: Σ rows of ∇, Δθ, θ (float64), their 3 squared norms, 8 scalars, one NaN flag per rank
