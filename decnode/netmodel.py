@@ -1,9 +1,6 @@
 """decnode-netmodel: the α–β model of one training iteration's communication, and its checks.
 
-    decnode-netmodel calibrate                         α and β of this host's gloo transport (ping-pong, fit)
-    decnode-netmodel predict --nproc 10 --algo decpg --k 4 --net ethernet
-    decnode-netmodel compare --nproc 10 --algo ps --net wan       predicted vs simulated vs host-measured
-    decnode-netmodel sweep --out bandwidth.png                    n=10, PS vs DecPG k against bandwidth
+    decnode-netmodel calibrate | predict --nproc 10 --algo decpg --k 4 --net ethernet | compare ... | sweep
 
 The prediction sums, along rank 0's critical path, the α–β cost (net.py) of every message and collective the
 trainer sends in one iteration — exactly the calls comm.py makes: per env step rank 0's W−1 observation messages
@@ -121,14 +118,10 @@ def overlap_compute_s(cfg: Config, shapes: dict | None = None, reps: int = 3) ->
     n, a = cfg.env.n_agents, cfg.algo.agents_per_process
     T, B, H = cfg.env.episode_length, cfg.env.n_envs, cfg.train.hidden
 
-    def cpu(fn) -> float:
+    def cpu(fn) -> float:  # median CPU seconds per call, after a warm-up call
         fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.process_time()
-            fn()
-            times.append(time.process_time() - t0)
-        return float(np.median(times))
+        marks = [time.process_time()] + [(fn(), time.process_time())[1] for _ in range(reps)]
+        return float(np.median(np.diff(marks)))
 
     def backward(rows, dim_in, dim_out):
         net = RecurrentNet(rows, dim_in, dim_out, H)
@@ -156,12 +149,6 @@ def job_config(nproc: int, algo: str, k: int, critic: str | None, config: str | 
     cfg = compose([(str(path), read_file(path))], [("command line", layer)]
                   + [("--set", parse_override(s)) for s in sets])
     return resolve(cfg, nproc)
-
-
-def format_prediction(pred: dict, label: str) -> str:
-    cells = "  ".join(f"{k} {1e3 * pred[k]:.2f}" for k in KINDS)
-    return f"{label}: {1e3 * pred['total']:.2f} ms per iteration ({cells} ms; combine before overlap " \
-           f"{1e3 * pred['combine_raw']:.2f} ms)"
 
 
 # ---- compare: a real short job's simulated clock beside the prediction -------------------------------------------
@@ -398,8 +385,10 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError(f"--overlap-s must be ≥ 0, got {args.overlap_s}")
             hide = args.overlap_s if args.overlap_s is not None else overlap_compute_s(cfg)["overlap"]
             pred = predict_iteration_comm(cfg, load_profile(args.net), args.nproc, hide)
-            print(format_prediction(pred, f"{args.algo} n={cfg.env.n_agents} on {args.nproc} processes, "
-                                          f"'{args.net}', overlap {1e3 * hide:.1f} ms"))
+            print(f"{args.algo} n={cfg.env.n_agents} on {args.nproc} processes, '{args.net}', overlap "
+                  f"{1e3 * hide:.1f} ms: {1e3 * pred['total']:.2f} ms per iteration ("
+                  + "  ".join(f"{k} {1e3 * pred[k]:.2f}" for k in KINDS)
+                  + f" ms; combine before overlap {1e3 * pred['combine_raw']:.2f} ms)")
         elif args.command == "compare":
             cfg = _job(args)
             if args.iterations < 2:
