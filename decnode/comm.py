@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 
 import torch
@@ -51,8 +51,9 @@ class GossipHandle:
     def wait(self) -> torch.Tensor:
         st = self._state
         with self._fabric.recorder.section(self._name):
-            self._fabric._wait_all(self._works, self._name)
-            self._fabric._arrived(self._stamps)
+            with self._fabric.transport():
+                self._fabric._wait_all(self._works, self._name)
+                self._fabric._arrived(self._stamps)
             torch.matmul(st["weights"], st["buf"], out=st["out"])
         st["in_flight"] = False
         return st["out"]
@@ -66,7 +67,7 @@ class PendingReduce:
 
     def wait(self) -> torch.Tensor:
         if self._work is not None:
-            with self._group.recorder.section(self._name):
+            with self._group.recorder.section(self._name), self._group.transport():
                 self._group._wait_all([self._work], self._name)
                 self._group._joined(self._sim)
             self._work = None
@@ -91,6 +92,10 @@ class Collectives:
         self.emulator = Emulator(self.net) if active and self.net.mode == "emulate" else None
         self.recorder.clock = self.clock
         self._sequence: dict[tuple, int] = defaultdict(int)  # messages per (src, dst, tag): both ends agree on ids
+
+    def transport(self):
+        """Around a communication call: its CPU is the transport's, not compute, on the simulated clock."""
+        return self.clock.transport() if self.clock is not None else nullcontext()
 
     def _wait_all(self, works: list, what: str) -> None:
         """Wait on works, each a Work or (peer rank, Work); failures name the peer when it is known."""
@@ -184,7 +189,7 @@ class Collectives:
         work = sim = None
         if self.distributed:
             nbytes = buf.numel() * buf.element_size()
-            with self.recorder.section(name):
+            with self.recorder.section(name), self.transport():
                 work = dist.all_reduce(buf, async_op=True)
                 sim = self._join_start(self.net.allreduce_s(self.world, nbytes))
             self.recorder.count(name, nbytes=nbytes, messages=1)
@@ -194,7 +199,7 @@ class Collectives:
         """Rows of every rank stacked [n, ...] on rank 0 (None elsewhere)."""
         if not self.distributed:
             return x.clone()
-        with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1):
+        with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1), self.transport():
             out = [torch.empty_like(x) for _ in range(self.world)] if self.rank == 0 else None
             sim = self._join_start(self.net.gather_s(self.world, x.numel() * x.element_size()))
             self._wait_all([dist.gather(x.contiguous(), out, dst=0, async_op=True)], name)
@@ -203,7 +208,7 @@ class Collectives:
 
     def broadcast(self, x: torch.Tensor, src: int = 0, name: str = Section.BROADCAST) -> torch.Tensor:
         if self.distributed:
-            with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1):
+            with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1), self.transport():
                 sim = self._join_start(self.net.broadcast_s(self.world, x.numel() * x.element_size()))
                 self._wait_all([dist.broadcast(x, src=src, async_op=True)], name)
                 self._joined(sim)
@@ -219,7 +224,7 @@ class Collectives:
 
     def barrier(self, name: str = Section.WAIT) -> None:
         if self.distributed:
-            with self.recorder.section(name):
+            with self.recorder.section(name), self.transport():
                 sim = self._join_start(self.net.allreduce_s(self.world, 4))
                 self._wait_all([dist.barrier(async_op=True)], name)
                 self._joined(sim)
@@ -259,7 +264,7 @@ class Fabric(Collectives):
             raise ValueError(f"gossip stream '{name}' carries rows of {st['key']}, got {(x.shape[1], x.dtype)}: "
                              "give a differently sized vector its own stream")
         tag = st["tag"]
-        with self.recorder.section(name):
+        with self.recorder.section(name), self.transport():
             st["buf"][: self.per_process].copy_(x)
             works, stamps = [], []
             for peer, (lo, hi) in st["recv_slices"].items():
@@ -319,14 +324,14 @@ class Fabric(Collectives):
         if not self.distributed:
             return full
         if self.exchange == "collective":
-            with self.recorder.section(name):
+            with self.recorder.section(name), self.transport():
                 chunks = list(full.split(self.per_process)) if self.rank == 0 else None
                 sim = self._join_start(self.net.gather_s(self.world, like.numel() * like.element_size()))
                 self._wait_all([dist.scatter(like, chunks, src=0, async_op=True)], name)
                 self._joined(sim)
             return like
         stamps = []
-        with self.recorder.section(name):
+        with self.recorder.section(name), self.transport():
             if self.rank == 0:
                 works = [w for r in range(1, self.world)
                          for w in self._isend(full[self.rows_of(r).start: self.rows_of(r).stop], r, tag, stamps)]
@@ -346,14 +351,14 @@ class Fabric(Collectives):
         if not self.distributed:
             return local
         if self.exchange == "collective":
-            with self.recorder.section(name):
+            with self.recorder.section(name), self.transport():
                 chunks = list(full.split(self.per_process)) if self.rank == 0 else None
                 sim = self._join_start(self.net.gather_s(self.world, local.numel() * local.element_size()))
                 self._wait_all([dist.gather(local.contiguous(), chunks, dst=0, async_op=True)], name)
                 self._joined(sim)
             return full if self.rank == 0 else None
         stamps = []
-        with self.recorder.section(name):
+        with self.recorder.section(name), self.transport():
             if self.rank == 0:
                 full[: self.per_process].copy_(local)
                 works = [w for r in range(1, self.world)

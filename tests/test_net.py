@@ -155,6 +155,15 @@ def test_clock_queues_messages_on_the_senders_link_and_splits_wire_from_waiting(
     assert (clock.tally.waiting, clock.tally.wire) == pytest.approx((0.2, 0.1))
 
 
+def test_cpu_spent_inside_a_communication_call_is_the_transports_not_compute():
+    cpu = iter([0.0, 0.5, 1.0, 1.5, 2.0]).__next__  # 0.5 s compute, 1 s inside the call, 0.5 s compute
+    clock = NodeClock(SLOW_LINK, rank=0, cpu=cpu)
+    with clock.transport():
+        clock.advance()
+    clock.advance()
+    assert clock.tally.compute == pytest.approx(1.0) and clock.now == pytest.approx(1.0)
+
+
 def _rounds_on_a_slow_link(profile: NetProfile, rounds: int):
     from decnode.comm import Fabric
 
