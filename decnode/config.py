@@ -93,6 +93,8 @@ class RunConfig:
     exchange: str = _key("p2p", "per-step obs/actions exchange: p2p (isend/irecv) | collective (scatter/gather)",
                          ("p2p", "collective"))
     stop_after: int | None = _key(None, "checkpoint and stop after this iteration (--resume goes on)", "min1")
+    threads: int | None = _key(None, "intra-op threads per process; null: this host's cores / the job's processes on "
+                               "it (at least 1)", "min1")
     trace_iterations: int = _key(2, "first iterations recorded in RUN_DIR/trace.json (Chrome trace format, Perfetto)"
                                  "; 0: none", "nonneg")
 

@@ -90,10 +90,11 @@ class AgentGRU(nn.Module):
         keep = (~reset.bool()).to(x.dtype).unsqueeze(-1)  # [T, M, 1]
         h = h0
         outs = []
-        for t in range(T):
+        # unbind once: indexing gi[:, t] in the loop makes autograd add T zero-padded copies of gi's full gradient
+        for t, gi_t in enumerate(gi.unbind(1)):
             h = h * keep[t]
             gh = torch.baddbmm(self.b_hh, h, self.w_hh)
-            i_r, i_z, i_n = gi[:, t].chunk(3, dim=-1)
+            i_r, i_z, i_n = gi_t.chunk(3, dim=-1)
             h_r, h_z, h_n = gh.chunk(3, dim=-1)
             r = torch.sigmoid(i_r + h_r)
             z = torch.sigmoid(i_z + h_z)

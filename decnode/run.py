@@ -193,6 +193,13 @@ def network_profile(cfg: Config):
     return dataclasses.replace(profile, mode=cfg.net.mode) if cfg.net.mode else profile
 
 
+def intra_op_threads() -> int:
+    """The cores this process may use divided among the job's processes on this host: one process gets them all;
+    ten processes on two cores get one thread each (more would only fight over the cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     """What every process runs (under our launcher, torchrun, or alone)."""
     import torch
@@ -200,8 +207,8 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     from .comm import open_fabric
     from .trainer import train
 
-    torch.set_num_threads(1)  # many processes share few cores: intra-op threads only fight each other
     cfg = from_dict(cfg_dict, "launcher")
+    torch.set_num_threads(cfg.run.threads or intra_op_threads())
     state = ckpt.load(Path(run_dir)) if resume else None
     k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
     with open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange, net=network_profile(cfg),

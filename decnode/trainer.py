@@ -272,7 +272,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     # Which process is which rank: for whoever has to inspect or stop one of them. netns: the network namespace
     # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
     procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
-                                   "netns": _netns()})
+                                   "netns": _netns(), "threads": torch.get_num_threads()})
     if logger is not None:
         (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
     stopped, start = False, trainer.iteration

@@ -18,6 +18,13 @@ def run(args, timeout=240, **kw):
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=kw.get("cwd", ROOT), env=env)
 
 
+CORES = len(os.sched_getaffinity(0))
+
+
+def threads_of(run_dir: Path) -> list[int]:
+    return [p["threads"] for p in json.loads((run_dir / "processes.json").read_text())]
+
+
 def assert_trained(run_dir: Path, n: int):
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [d["iteration"] for d in lines] == [1, 2]
@@ -32,6 +39,7 @@ def test_launcher_accepts_nproc(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "exchange" in res.stdout and "gossip/AR" in res.stdout and "all ranks" in res.stdout  # timing table
     assert_trained(out, 3)
+    assert threads_of(out) == [max(1, CORES // 3)] * 3  # processes sharing the host's cores: no oversubscription
 
 
 def test_torchrun_spelling(tmp_path):
@@ -40,6 +48,16 @@ def test_torchrun_spelling(tmp_path):
                "-m", "decnode.run", "--k", "1", "--out", str(out), *SMALL])
     assert res.returncode == 0, res.stderr[-3000:]
     assert_trained(out, 2)
+    assert threads_of(out) == [max(1, CORES // 2)] * 2
+
+
+@pytest.mark.parametrize("extra,threads", [([], CORES), (["--set", "run.threads=1"], 1)])
+def test_one_process_uses_every_core_unless_told(tmp_path, extra, threads):
+    out = tmp_path / "run"
+    res = run([sys.executable, "-m", "decnode.run", "--nproc", "1", "--set", "env.n_agents=3", "--k", "1",
+               "--out", str(out), *SMALL, *extra])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert threads_of(out) == [threads]
 
 
 @pytest.mark.parametrize("args,needle", [
