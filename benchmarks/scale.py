@@ -29,23 +29,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from decnode.timing import grouped  # noqa: E402
+import jobs  # noqa: E402  (benchmarks/jobs.py)
 
 SMAX_AGENTS = {"5m_vs_6m": 5, "10m_vs_11m": 10, "27m_vs_30m": 27, "6h_vs_8z": 6}
-COMM = ("step_exchange", "gossip/allreduce", "waiting")
-NOT_ITERATION = ("setup", "eval", "checkpoint")  # one-off sections: the share is of the iterations' time
 
 
 def block(n: int) -> int | None:
@@ -68,42 +62,11 @@ def placements(n: int, kinds: list[str]) -> list[tuple[str, int]]:
 def run_job(env: str, n: int, kind: str, nproc: int, args: argparse.Namespace) -> dict:
     row = {"env": env, "n": n, "kind": kind, "processes": nproc, "agents_per_process": n // nproc}
     config = [] if env == "simple_spread" else ["--config", f"configs/smac_{env.removeprefix('smax:')}.yaml"]
-    k = ["--k", str(min(4, n - 1))] if env == "simple_spread" else []  # SMAX maps keep their config's k
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "decnode.run", *config, "--nproc", str(nproc), "--agents-per-process",
-               str(n // nproc), "--algo", args.algo, *k, "--iterations", str(args.iterations), "--out", str(out),
-               "--set", "eval.interval=0", "--set", "run.tensorboard=false", "--set", "run.checkpoint_interval=0",
-               # the end-of-run evaluation (1000 test episodes by default) is not what is measured: keep it short
-               "--set", "eval.episodes=1", "--set", "eval.test_episodes=1", *args.extra]
-        start = time.monotonic()
-        # Own session: on a timeout the whole job (launcher and its workers) is stopped by its process group.
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            _, err = proc.communicate(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            err = f"timed out after {args.timeout:.0f} s"
-        row["job_seconds"] = round(time.monotonic() - start, 1)
-        if proc.returncode:
-            lines = [x for x in err.splitlines() if x.strip()]
-            row["error"] = lines[-1].strip() if lines else f"exit code {proc.returncode}"
-            return row
-        metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        timing = json.loads((out / "timing.json").read_text())
-    kept = metrics[args.warmup:-1] or metrics[-1:]  # a run too short for warm-up still gives a (rough) figure
-    row["k"] = int(k[1]) if k else None
-    row["seconds_per_iteration"] = statistics.median(sum(d["timing"].values()) for d in kept)
-    row["iterations_measured"] = len(kept)
-    row["peak_rss_mib"] = timing["peak_rss_mb"]
-    shares = []
-    for snap in timing["ranks"]:
-        g = grouped(snap)
-        busy = g["wall"] - sum(g.get(c, 0.0) for c in NOT_ITERATION)
-        shares.append(sum(g.get(c, 0.0) for c in COMM) / busy if busy > 0 else 0.0)
-    row["comm_share"] = statistics.mean(shares)
+    k = min(4, n - 1) if env == "simple_spread" else None  # SMAX maps keep their config's k
+    row["k"] = k
+    row.update(jobs.run([*config, "--nproc", str(nproc), "--agents-per-process", str(n // nproc), "--algo", args.algo,
+                         *(["--k", str(k)] if k is not None else []), "--iterations", str(args.iterations),
+                         *jobs.BARE, *jobs.SHORT_FINAL_EVAL, *args.extra], args.warmup, args.timeout))
     return row
 
 

@@ -316,11 +316,14 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
                 {"run_dir": str(run_dir), "iteration": trainer.iteration, "modes": {"average": summary["generalisation"]}},
                 indent=1))
     # Peak resident memory of every process (ru_maxrss is in KiB on Linux): what a job of this size needs.
-    reports = fabric.gather_objects((rec.snapshot(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                     sim_total, trace))
+    # CPU seconds (user + system, all threads) say how much work a rank did, where wall-clock also counts waiting.
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    reports = fabric.gather_objects((rec.snapshot(), usage.ru_maxrss / 1024, sim_total, trace,
+                                     usage.ru_utime + usage.ru_stime))
     if logger is not None:
         timing, memory = [r[0] for r in reports], [round(r[1], 1) for r in reports]
         summary["peak_rss_mb"] = memory
+        summary["cpu_seconds"] = [round(r[4], 2) for r in reports]
         if clock is not None:
             summary["simulated"] = {"profile": vars(fabric.net), "ranks": [r[2] for r in reports]}
         if trace is not None:

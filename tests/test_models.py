@@ -223,3 +223,24 @@ def test_step_shapes(A: int) -> None:
     net = RecurrentNet(A, IN, OUT, hidden=H, generator=torch.Generator().manual_seed(0))
     o, h = net.step(torch.randn(A, 7, IN), net.initial_state(7), torch.zeros(7, dtype=torch.bool))
     assert o.shape == (A, 7, OUT) and h.shape == (A, 7, H)
+
+
+def test_gru_backward_work_grows_linearly_with_the_sequence() -> None:
+    """The step loop's backward must not materialise a full-size gradient per step (indexing gi[:, t] did: T
+    zero-filled copies of gi's gradient, O(T²) work that made the actors' update 2-3× slower). Counted, not timed:
+    the elements zero-filled in one backward over T = 25 steps, against the size of gi = x W_ih."""
+    import math
+
+    from torch.profiler import profile
+
+    A, T, M = 3, 25, 4
+    gru = AgentGRU(A, H, H)
+    gru.reset_parameters()
+    x = torch.randn(A, T, M, H, requires_grad=True)
+    out, _ = gru(x, torch.zeros(A, M, H), random_resets(T, M, 1))
+    with profile(record_shapes=True) as prof:
+        out.sum().backward()
+    filled = sum(math.prod(e.input_shapes[0]) for e in prof.events()
+                 if e.name in ("aten::fill_", "aten::zero_") and e.input_shapes and e.input_shapes[0])
+    gi_size = A * T * M * 3 * H
+    assert filled < 3 * gi_size, f"{filled} elements zero-filled in one backward; gi has {gi_size}"
