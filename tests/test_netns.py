@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,17 @@ def test_without_root_the_script_says_why_and_skips():
     if ROOT:  # drop to nobody to see what an ordinary user sees
         if not shutil.which("setpriv"):
             pytest.skip("running as root and setpriv is missing")
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", *cmd]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        # nobody may not be able to enter the checkout (a clone under a 0700 directory): run a readable copy
+        shared = Path(tempfile.mkdtemp())
+        shared.chmod(0o755)
+        script = shared / SCRIPT.name
+        shutil.copy(SCRIPT, script)
+        script.chmod(0o755)
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(script), *cmd[1:]]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    finally:
+        if ROOT:
+            shutil.rmtree(shared)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("\n") == 1 and "skipped" in done.stdout and "root" in done.stdout
