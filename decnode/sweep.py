@@ -74,6 +74,7 @@ def _layer(values: dict, where: str) -> dict:
 
 def _label(value) -> str:
     text = {True: "true", False: "false", None: "null"}[value] if value is None or isinstance(value, bool) else str(value)
+    text = text.replace("e+", "e")  # 1e+30 -> 1e30: sanitising the + to - would read as 1e-30
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
 
 

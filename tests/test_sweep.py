@@ -125,6 +125,21 @@ def test_ctrl_c_checkpoints_every_cell_and_the_same_command_resumes_exactly(tmp_
         assert torch.equal(a["actor_rows"], b["actor_rows"]), c.name
 
 
+def test_a_failed_cell_is_reported_and_skipped_until_retried(tmp_path):
+    path = write_sweep(tmp_path, 2, {"train.lr": [1e30]}, set={**TINY, "train.iterations": 2, "train.min_lr": 1e30})
+    out = tmp_path / "grid"
+    first = sweep(path)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "cell lr-1e30 failed (exit 1)" in first.stderr and "NaN or inf" in first.stderr, first.stderr[-3000:]
+    assert "1 cells failed (lr-1e30)" in first.stderr.splitlines()[-1]
+    assert [r["status"] for r in rows(out)] == ["failed"]
+    again = sweep(path)  # skipped: a NaN would come back
+    assert again.returncode == 1 and "skip lr-1e30 (failed)" in (out / "sweep.log").read_text()
+    retried = sweep(path, "--retry-failed")
+    assert retried.returncode == 1 and (out / "sweep.log").read_text().count(" start ") == 2
+    assert json.loads((out / "logs" / "lr-1e30.json").read_text())["attempts"] == 2
+
+
 @pytest.mark.parametrize("change,needle", [
     ({"gird": {}}, "unknown key 'gird'"),
     ({"grid": {"train.lrr": [1]}}, "cell lrr-1: unknown config key 'train.lrr'"),
