@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import itertools
 import json
 import os
@@ -419,6 +420,13 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"--jobs must be ≥ 1, got {args.jobs}")
         data, out, cells = load_sweep(path, Path(args.out) if args.out else None)
         jobs = args.jobs or max(1, _cores() // max(c.procs for c in cells))
+        if not args.dry_run:  # two sweeps in one directory would start the same cells twice
+            out.mkdir(parents=True, exist_ok=True)
+            lock = open(out / ".sweep.lock", "w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"another decnode-sweep is running in {out}") from None
         sweep = Sweep(path, out, cells, jobs, args.retry_failed)
         if args.dry_run:
             for c in cells:

@@ -140,6 +140,19 @@ def test_a_failed_cell_is_reported_and_skipped_until_retried(tmp_path):
     assert json.loads((out / "logs" / "lr-1e30.json").read_text())["attempts"] == 2
 
 
+def test_a_second_sweep_in_the_same_directory_is_refused(tmp_path):
+    import fcntl
+
+    path = write_sweep(tmp_path, 2, {"algo.name": ["ps"]})
+    (tmp_path / "grid").mkdir()
+    with open(tmp_path / "grid" / ".sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running decnode-sweep holds
+        res = sweep(path, timeout=60)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"decnode-sweep: error: another decnode-sweep is running in {tmp_path / 'grid'}"], res.stderr
+    assert not (tmp_path / "grid" / "cells").exists()
+
+
 @pytest.mark.parametrize("change,needle", [
     ({"gird": {}}, "unknown key 'gird'"),
     ({"grid": {"train.lrr": [1]}}, "cell lrr-1: unknown config key 'train.lrr'"),
