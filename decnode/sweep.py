@@ -112,7 +112,7 @@ def _grid_values(path: Path, data: dict) -> list[dict]:
     return cells
 
 
-def load_sweep(path: Path, out: Path | None = None) -> tuple[dict, Path, list[Cell]]:
+def load_sweep(path: Path, out: Path | None = None) -> tuple[Path, list[Cell]]:
     """The sweep file, its directory and every cell, composed and resolved; ConfigError (one line) otherwise."""
     try:
         data = yamlio.read(path)
@@ -157,7 +157,7 @@ def load_sweep(path: Path, out: Path | None = None) -> tuple[dict, Path, list[Ce
             raise ConfigError(f"{path}: cell {name} appears twice in the grid (duplicate cell or colliding names)")
         seen[key] = name
         cells.append(_make_cell(path, out, name, values, lower, set_layer, procs_spec))
-    return data, out, cells
+    return out, cells
 
 
 def _make_cell(path, out, name, values, lower, set_layer, procs_spec) -> Cell:
@@ -261,7 +261,7 @@ def _same_config(path: Path, cfg_dict: dict) -> bool:
     return strip(old) == strip(cfg_dict)
 
 
-def prepare_dir(path: Path, data: dict, out: Path, cells: list[Cell], states: dict) -> None:
+def prepare_dir(path: Path, out: Path, cells: list[Cell], states: dict) -> None:
     """Write sweep.yaml and each cell's config; a trained cell whose config changed is refused (its run would
     no longer be the one the sweep file describes)."""
     for c in cells:
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.jobs is not None and args.jobs < 1:
             raise ConfigError(f"--jobs must be ≥ 1, got {args.jobs}")
-        data, out, cells = load_sweep(path, Path(args.out) if args.out else None)
+        out, cells = load_sweep(path, Path(args.out) if args.out else None)
         jobs = args.jobs or max(1, _cores() // max(c.procs for c in cells))
         if not args.dry_run:  # two sweeps in one directory would start the same cells twice
             out.mkdir(parents=True, exist_ok=True)
@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{len(cells)} cells ({counts}), {sum(c.cfg.train.iterations for c in cells)} iterations; "
                   f"--jobs {jobs}; sweep directory {out}")
             return
-        prepare_dir(path, data, out, cells, sweep.states)
+        prepare_dir(path, out, cells, sweep.states)
     except ConfigError as err:
         fail(PROG, str(err))
     except OSError as err:

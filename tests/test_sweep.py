@@ -140,6 +140,17 @@ def test_a_failed_cell_is_reported_and_skipped_until_retried(tmp_path):
     assert json.loads((out / "logs" / "lr-1e30.json").read_text())["attempts"] == 2
 
 
+def test_a_cell_that_ran_is_not_silently_given_another_config(tmp_path):
+    path = write_sweep(tmp_path, 2, {"algo.k": [1]})
+    assert sweep(path).returncode == 0
+    body = json.loads(path.read_text())
+    body["set"]["env.n_envs"] = 8
+    path.write_text(json.dumps(body))
+    res = sweep(path, timeout=60)
+    assert res.returncode == 2 and "cell k-1 already ran with another config" in res.stderr, res.stderr
+    assert rows(tmp_path / "grid")[0]["status"] == "done"
+
+
 def test_a_second_sweep_in_the_same_directory_is_refused(tmp_path):
     import fcntl
 
