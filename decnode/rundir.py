@@ -9,8 +9,10 @@ past setup (no checkpoint, no model, no logged iteration) is replaced by the sam
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -128,10 +130,38 @@ def create(run_dir: Path) -> None:
         raise ConfigError(f"cannot create run directory {run_dir}: {err.strerror or err}") from None
 
 
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the decnode code this process runs (`+dirty` when tracked files differ from it); None when
+    decnode is not a git checkout or git is missing. Results name the code that made them."""
+    package = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "--show-toplevel", "HEAD")
+        lines = head.stdout.split()
+        # An installed copy inside some other repository (a venv in a checkout) is not that repository's code.
+        if head.returncode or len(lines) != 2 or Path(lines[0]).resolve() != package.parent:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return lines[1] + ("+dirty" if dirty.returncode or dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def mark(run_dir: Path) -> None:
-    """Write the manifest (kept as it is if it is there: it records the run's first command)."""
-    if _manifest(run_dir) is not None:
+    """Write the manifest (kept as it is if it is there: it records the run's first command and commit; a resume
+    with other code adds its commit to resumed_git_commits)."""
+    data = _manifest(run_dir)
+    if data is not None:
+        commit = git_commit()
+        if commit not in (data.get("git_commit"), *data.get("resumed_git_commits", [])):
+            data["resumed_git_commits"] = [*data.get("resumed_git_commits", []), commit]
+            data["writes"] = data["writes"][1:]  # _manifest() put the manifest's own name first
+            (run_dir / MANIFEST).write_text(json.dumps(data, indent=1) + "\n")
         return
     data = {"created_by": "decnode", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
-            "writes": list(WRITES)}
+            "git_commit": git_commit(), "writes": list(WRITES)}
     (run_dir / MANIFEST).write_text(json.dumps(data, indent=1) + "\n")
