@@ -19,8 +19,8 @@ import yaml
 from decnode import analysis, config, report, report_text
 
 ROOT = Path(__file__).resolve().parents[1]
-CELLS = {"ps-s1": ("ps", 1, 1), "ps-s2": ("ps", 1, 2), "decpg-k1-s1": ("decpg", 1, 1), "decpg-k1-s2": ("decpg", 1, 2),
-         "decpg-k2-s1": ("decpg", 2, 1)}
+CELLS = {"ps-s1": ("ps", 1, 1), "ps-s2": ("ps", 1, 2), "ps-s3": ("ps", 1, 3), "decpg-k1-s1": ("decpg", 1, 1),
+         "decpg-k1-s2": ("decpg", 1, 2), "decpg-k2-s1": ("decpg", 2, 1)}
 FILES = ("runs.csv", "groups.csv", "results.md", "eval_modes.md", "train_reward.png", "test_reward.png",
          "generalisation_gap.png", "entropy.png", "noise.png")
 
@@ -109,11 +109,13 @@ def test_groups_aggregate_the_rows(made):
     assert [g["legend"] for g in groups] == ["PS", "DecPG k=2 (gap 1.00)", "DecPG k=1 (gap 0.50)"]
     for g in groups:
         members = [r for r in rows if r["group"] == g["group"]]
-        assert int(g["seeds"]) == len(members) == {"PS": 2, "DecPG k=2": 1, "DecPG k=1": 2}[g["group"]]
+        assert int(g["seeds"]) == len(members) == {"PS": 3, "DecPG k=2": 1, "DecPG k=1": 2}[g["group"]]
         for col in ("final_train_reward", "final_eval_reward", "average_test", "average_gap", "update_variance_mean"):
             values = [_num(r[col]) for r in members]
             assert _num(g[f"{col}_median"]) == pytest.approx(np.median(values), abs=1e-12), col
             assert _num(g[f"{col}_std"]) == pytest.approx(np.std(values), abs=1e-12), col
+    ps = [_num(r["final_train_reward"]) for r in rows if r["group"] == "PS"]
+    assert np.median(ps) != np.mean(ps)  # three seeds: the medians above are not means in disguise
 
 
 def test_claims_follow_the_data(made):
@@ -173,7 +175,7 @@ def test_pick_lr(sweep, tmp_path, capsys):
     root = tmp_path / "lr"
     shifts = {(0.01, 0.001): 0.0, (0.05, 0.005): 1.0, (0.5, 0.05): -3.0}
     finals: dict = {}
-    for name in ("ps-s1", "ps-s2", "decpg-k1-s1", "decpg-k1-s2"):
+    for name in ("ps-s1", "ps-s2", "ps-s3", "decpg-k1-s1", "decpg-k1-s2"):
         for (lr, min_lr), shift in shifts.items():
             dst = root / f"{name}-lr{lr}"
             shutil.copytree(sweep / "cells" / name, dst)
