@@ -106,11 +106,14 @@ def final_mean(values: list[float]) -> float:
 
 
 def _git_commit(path: Path) -> str | None:
+    """The manifest's git_commit and any resumed_git_commits (a resume with other code), ';'-joined; None
+    for manifests written before decnode recorded commits."""
     try:
-        value = json.loads((path / MANIFEST).read_text()).get("git_commit")
-    except (OSError, ValueError, AttributeError):
+        data = json.loads((path / MANIFEST).read_text())
+        commits = [data.get("git_commit"), *(data.get("resumed_git_commits") or [])]
+    except (OSError, ValueError, AttributeError, TypeError):
         return None
-    return value if isinstance(value, str) else None
+    return ";".join(c for c in commits if isinstance(c, str) and c) or None
 
 
 def run_row(run: plots.Run, root: Path, label: str) -> dict:

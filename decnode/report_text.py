@@ -152,7 +152,7 @@ def _values(rows: list[dict], col: str) -> list:
 
 def setting(rows: list[dict]) -> list[str]:
     walls = [r["wall_seconds"] for r in rows if not math.isnan(r["wall_seconds"])]
-    commits = _values(rows, "git_commit")
+    commits = sorted({c for value in _values(rows, "git_commit") for c in value.split(";")})
     envs = sorted({f"{r['env']} n={r['n_agents']}" for r in rows})
     return [f"- env: {', '.join(envs)}",
             f"- iterations: {', '.join(map(str, _values(rows, 'iterations')))}; env steps (last logged): "

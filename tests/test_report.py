@@ -162,7 +162,13 @@ def test_unfinished_runs_are_skipped_unless_asked(sweep, tmp_path, capsys):
     shutil.copytree(sweep / "cells", copy / "cells")
     metrics = copy / "cells" / "ps-s2" / "metrics.jsonl"
     metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    manifest = copy / "cells" / "ps-s1" / ".decnode-run.json"  # as decnode-sweep's branch writes it
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "git_commit": "abc123",
+                                    "resumed_git_commits": ["def456+dirty"]}))
     report.main([str(copy), "--out", str(tmp_path / "a")])
+    assert {r["run_dir"]: r for r in _csv(tmp_path / "a" / "runs.csv")}["cells/ps-s1"]["git_commit"] == \
+        "abc123;def456+dirty"
+    assert "- git commits: abc123, def456+dirty" in (tmp_path / "a" / "results.md").read_text()
     assert "skipped cells/ps-s2: unfinished (1 of 3 iterations logged" in capsys.readouterr().out
     assert "cells/ps-s2" not in {r["run_dir"] for r in _csv(tmp_path / "a" / "runs.csv")}
     report.main([str(copy), "--out", str(tmp_path / "b"), "--include-unfinished"])
