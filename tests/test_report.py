@@ -221,3 +221,28 @@ def test_bad_input_one_line_exit_2(case, sweep, tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("decnode-report: error:"), err
     assert not (target / "report").exists()
+
+
+def test_one_figure_per_setting(sweep, tmp_path, capsys):
+    """A tree holding two (env, n): figures suffixed per setting, one table each; --pick-lr refuses to mix them."""
+    root = tmp_path / "two"
+    shutil.copytree(sweep / "cells" / "decpg-k1-s1", root / "n3")
+    shutil.copytree(sweep / "cells" / "decpg-k1-s1", root / "n4")
+    cfg = yaml.safe_load((root / "n4" / "config.yaml").read_text())
+    cfg["env"]["n_agents"] = 4
+    (root / "n4" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    report.main([str(root)])
+    made = root / "report"
+    for n in (3, 4):
+        for name in ("train_reward", "test_reward", "generalisation_gap", "entropy", "noise"):
+            assert (made / f"{name}_simple_spread_n{n}.png").is_file(), (name, n)
+    assert not (made / "train_reward.png").exists()
+    text = (made / "results.md").read_text()
+    assert "## simple_spread, n=3" in text and "## simple_spread, n=4" in text
+    gaps = {r["n_agents"]: _num(r["spectral_gap"]) for r in _csv(made / "runs.csv")}
+    assert gaps["3"] == pytest.approx(0.5) and gaps["4"] == pytest.approx(1 - np.sqrt(2) / 2)  # |1+i|/2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(root), "--out", str(tmp_path / "r"), "--pick-lr", str(tmp_path / "lr.yaml")])
+    assert exit_info.value.code == 2 and "needs runs of one env and n" in capsys.readouterr().err
+    assert not (tmp_path / "lr.yaml").exists()
