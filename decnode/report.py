@@ -179,7 +179,7 @@ def partitions(runs: list[plots.Run]) -> dict[tuple[str, int], list[tuple[str, l
     by_setting: dict = {}
     for run in runs:
         by_setting.setdefault((run.cfg["env"]["name"], run.cfg["env"]["n_agents"]), []).append(run)
-    return {key: plots.group_runs(members) for key, members in sorted(by_setting.items(), key=str)}
+    return {key: plots.group_runs(by_setting[key]) for key in sorted(by_setting, key=lambda k: (k[0], int(k[1])))}
 
 
 def tables(root: Path, runs: list[plots.Run]) -> list[dict]:
@@ -197,7 +197,7 @@ def tables(root: Path, runs: list[plots.Run]) -> list[dict]:
 
 def figures(part: dict, out: Path, suffix: str, smooth: int) -> dict[str, Path | None]:
     title, legend = f"{part['env']}, n={part['n']}", part["legend"]
-    made = {"train_reward": report_figures.train_reward(legend, out / f"train_reward{suffix}.png", title, smooth),
+    return {"train_reward": report_figures.train_reward(legend, out / f"train_reward{suffix}.png", title, smooth),
             "test_reward": report_figures.bars(
                 part["group_rows"], "average_test", "test average episode reward (θ̄, deterministic)",
                 f"{title}: test reward, perturbed env (paper Fig. 3; median ± std over seeds)",
@@ -208,7 +208,6 @@ def figures(part: dict, out: Path, suffix: str, smooth: int) -> dict[str, Path |
                 out / f"generalisation_gap{suffix}.png"),
             "entropy": report_figures.entropy(legend, out / f"entropy{suffix}.png", title, smooth),
             "noise": plots.plot_noise(legend, out / f"noise{suffix}.png", smooth)}
-    return made
 
 
 def write_report(root: Path, runs: list[plots.Run], notes: list[str], out: Path, smooth: int = 1) -> list[Path]:
