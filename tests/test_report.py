@@ -207,20 +207,28 @@ def test_pick_lr(sweep, tmp_path, capsys):
     assert len(header) == 6 and sum("<- chosen" in line for line in header) == 2
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "only_unfinished"])
-def test_bad_input_one_line_exit_2(case, sweep, tmp_path, capsys):
-    target = tmp_path / "x"
+@pytest.mark.parametrize("case,needle", [("missing", "sweep directory not found"), ("empty", "no run directories"),
+                                         ("only_unfinished", "no iteration logged"),
+                                         ("out_is_file", "is a file, not a directory"),
+                                         ("pick_lr_is_dir", "is a directory; name a file")])
+def test_bad_input_one_line_exit_2(case, needle, sweep, tmp_path, capsys):
+    target, extra = tmp_path / "x", []
     if case != "missing":
         target.mkdir()
-    if case == "only_unfinished":
+    if case in ("only_unfinished", "out_is_file", "pick_lr_is_dir"):
         shutil.copytree(sweep / "cells" / "ps-s1", target / "ps-s1")
+    if case == "only_unfinished":
         (target / "ps-s1" / "metrics.jsonl").write_text("")
+    if case == "out_is_file":
+        (target / "report").write_text("not a directory")
+    if case == "pick_lr_is_dir":
+        extra = ["--pick-lr", str(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:
-        report.main([str(target)])
+        report.main([str(target), *extra])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("decnode-report: error:"), err
-    assert not (target / "report").exists()
+    assert len(err.strip().splitlines()) == 1 and err.startswith("decnode-report: error:") and needle in err, err
+    assert not (target / "report").is_dir()  # checked before the work
 
 
 def test_one_figure_per_setting(sweep, tmp_path, capsys):
