@@ -144,12 +144,13 @@ def median_band(values: np.ndarray, resamples: int = 2000) -> tuple[np.ndarray, 
 
 
 # ---- figures -------------------------------------------------------------------------------------------------
-def _colours(groups) -> dict[str, tuple]:
+def colours(groups) -> dict[str, tuple]:
     cmap = plt.get_cmap("tab10")
     return {label: cmap(i % 10) for i, (label, _) in enumerate(groups)}
 
 
-def _draw(ax, groups, key, colours, smooth, log=False) -> bool:
+def draw_curves(ax, groups, key, palette, smooth, log=False) -> bool:
+    """Each group's median over seeds and its 95% band for one metric vs env steps; False if nothing was drawn."""
     drawn = False
     for label, runs in groups:
         steps, values = aligned(runs, key, smooth)
@@ -160,14 +161,14 @@ def _draw(ax, groups, key, colours, smooth, log=False) -> bool:
         if log:
             keep = median > 0
             if not keep.any():
-                ax.plot([], [], color=colours[label], label=f"{name}: ≡ 0, not shown")
+                ax.plot([], [], color=palette[label], label=f"{name}: ≡ 0, not shown")
                 continue
             steps, median = steps[keep], median[keep]
             if lo is not None:  # a band reaching 0 cannot be drawn on a log axis: leave those stretches open
                 lo, hi = np.where(lo[keep] > 0, lo[keep], np.nan), np.where(lo[keep] > 0, hi[keep], np.nan)
-        ax.plot(steps, median, color=colours[label], lw=1.8, label=name)
+        ax.plot(steps, median, color=palette[label], lw=1.8, label=name)
         if lo is not None:
-            ax.fill_between(steps, lo, hi, color=colours[label], alpha=0.2, lw=0)
+            ax.fill_between(steps, lo, hi, color=palette[label], alpha=0.2, lw=0)
         drawn = True
     if log and drawn:
         ax.set_yscale("log")
@@ -177,7 +178,7 @@ def _draw(ax, groups, key, colours, smooth, log=False) -> bool:
     return drawn
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps legends placed outside the axes
     plt.close(fig)
@@ -186,24 +187,24 @@ def _save(fig, path: Path) -> Path:
 
 def plot_metric(groups, key: str, ylabel: str, title: str, path: Path, smooth: int = 1, log: bool = False) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if not _draw(ax, groups, key, _colours(groups), smooth, log):
+    if not draw_curves(ax, groups, key, colours(groups), smooth, log):
         ax.text(0.5, 0.5, f"no '{key}' values logged", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_noise(groups, path: Path, smooth: int = 1) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    colours = _colours(groups)
+    palette = colours(groups)
     for ax, key, title in ((axes[0], "grad_disagreement", r"inter-agent gradient disagreement $\mathcal{D}_m$"),
                            (axes[1], "update_variance", r"inter-agent update variance $\mathcal{V}_m$")):
-        _draw(ax, groups, key, colours, smooth, log=True)
+        draw_curves(ax, groups, key, palette, smooth, log=True)
         ax.set_title(title)
         ax.set_ylabel(key.replace("_", " ") + " (log scale)")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def timing_totals(run: Run) -> dict[str, float]:
@@ -242,7 +243,7 @@ def plot_timing(runs: list[Run], path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlim(0, max(left.max() * 1.12, 1e-3))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="category", title_fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_generalisation(groups, path: Path) -> Path | None:
@@ -268,7 +269,7 @@ def plot_generalisation(groups, path: Path) -> Path | None:
         ax.grid(axis="y", alpha=0.3)
         ax.axhline(0, color="black", lw=0.8)
     axes[0].legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_landscape(alphas, betas, values, name: str, label: str, surface_path: Path, hist_path: Path) -> None:
@@ -283,7 +284,7 @@ def plot_landscape(alphas, betas, values, name: str, label: str, surface_path: P
     ax.set_ylabel(r"$\beta$")
     ax.set_zlabel(name, labelpad=8)
     ax.set_title(f"{name} landscape\n{label}")
-    _save(fig, surface_path)
+    save_figure(fig, surface_path)
     fig, ax = plt.subplots(figsize=(6, 4))
     flat = np.asarray(values, dtype=float).ravel()
     ax.hist(flat[np.isfinite(flat)], bins=max(5, min(30, flat.size // 3)), color="tab:blue", alpha=0.8)
@@ -296,7 +297,7 @@ def plot_landscape(alphas, betas, values, name: str, label: str, surface_path: P
     ax.set_xlabel(name)
     ax.set_ylabel("grid points")
     ax.set_title(f"{name} histogram\n{label}")
-    _save(fig, hist_path)
+    save_figure(fig, hist_path)
 
 
 def plot_timeline(run: Run, path: Path) -> Path | None:
@@ -323,7 +324,7 @@ def plot_timeline(run: Run, path: Path) -> Path | None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in categories]
     fig.legend(handles, [CATEGORY_NAMES.get(c, c) for c in categories], loc="upper right", fontsize=8, ncol=3)
     fig.suptitle(f"{run_label(run.cfg)}: the first traced iterations", x=0.01, ha="left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def make_plots(runs: list[Run], out: Path, smooth: int = 1) -> list[Path]:
