@@ -132,7 +132,7 @@ def create(run_dir: Path) -> None:
 
 @functools.cache
 def git_commit() -> str | None:
-    """The commit of the decnode code this process runs (`+dirty` when tracked files differ from it); None when
+    """The commit of the decnode code this process runs (`+dirty` when its tracked code differs from it); None when
     decnode is not a git checkout or git is missing. Results name the code that made them."""
     package = Path(__file__).resolve().parent
 
@@ -145,7 +145,8 @@ def git_commit() -> str | None:
         # An installed copy inside some other repository (a venv in a checkout) is not that repository's code.
         if head.returncode or len(lines) != 2 or Path(lines[0]).resolve() != package.parent:
             return None
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        # What decides a run's numbers: the package, the configs and the dependencies (not, say, the README).
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "decnode", "configs", "pyproject.toml")
         return lines[1] + ("+dirty" if dirty.returncode or dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
