@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
             with self.writing("TensorBoard events"):
                 self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_iteration + 1)
+            threading.excepthook = _quiet_tensorboard_thread
         self.bar = tqdm(total=total_iterations, initial=start_iteration, desc="train", unit="it",
                         dynamic_ncols=True, mininterval=0.5)
         self._t0, self._steps0 = time.perf_counter(), None
@@ -98,3 +100,11 @@ class RunLogger:
                 self.writer.close()
         self.metrics.close()
         return table
+
+
+def _quiet_tensorboard_thread(args, _default=threading.excepthook) -> None:
+    """TensorBoard writes from a thread of its own; a failed write (a full disk) reaches the main thread at the
+    next add_scalar, which says it in one line, so the thread's traceback would only repeat it."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _default(args)

@@ -116,3 +116,19 @@ def test_an_atomic_save_that_fails_removes_its_temporary_file_and_keeps_the_old_
         with pytest.raises(OSError, match="No space left"):
             ckpt.atomic_save({"x": torch.zeros(1_000_000)}, disk / "a.pt")
         assert os.listdir(disk) == ["a.pt"] and torch.equal(torch.load(disk / "a.pt")["x"], torch.zeros(10))
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # pytest's view of a traceback
+def test_tensorboard_on_a_full_disk_is_one_error_without_its_threads_traceback(tmp_path, capfd):
+    with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as disk:
+        logger = RunLogger(disk, 10, 0, tensorboard=True, writing=lambda what: writing(disk, what, 3))
+        _fill(disk, 4096)  # room for metrics lines; TensorBoard's own buffer fills it first
+        with pytest.raises(RunDirWriteError, match=r"could not write TensorBoard events \(iteration \d+\) to .*: "
+                                                   r"No space left on device; the checkpoint of iteration 3"):
+            for it in range(1, 2000):
+                stats = {"iteration": it, "env_steps": it, "policy_loss": 0.5, "entropy": 1.0, "lr": 0.1}
+                logger.log(json.dumps(stats), stats, float("nan"))
+                if it % 20 == 0:
+                    logger.writer.flush()
+        logger.metrics.close()
+    assert "Traceback" not in capfd.readouterr().err
