@@ -178,7 +178,8 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
         for failure in err.failures.values():  # a full or read-only run directory: its line says it all
             kind, message = _recorded_error(failure)
             if kind == "RunDirWriteError":
-                print(f"{prog}: error: {message}{restarts if max_restarts else ''}", file=sys.stderr, flush=True)
+                used = f" (after {max_restarts} restart{'s' if max_restarts > 1 else ''})" if max_restarts else ""
+                print(f"{prog}: error: {message}{used}", file=sys.stderr, flush=True)
                 return 1
         rank, failure = root_cause(err)
         if failure.signal_name() not in ("", "<N/A>", "NA"):
