@@ -27,7 +27,7 @@ MANIFEST = ".decnode-run.json"
 # output, decnode-landscape, decnode-plot's default RUN_DIR/plots.
 WRITES = (MANIFEST, "config.yaml", "metrics.jsonl", "timing.json", "trace.json", "models.pt", "models.pt.tmp",
           "checkpoint.pt", "checkpoint.pt.tmp", "processes.json", "eval.json", "landscape.npz", "landscape_*.png",
-          "tb/events.out.tfevents.*", "plots/*.png", "config.yaml.tmp", "attempts/*.json")
+          "tb/events.out.tfevents.*", "plots/*.png", "config.yaml.tmp", "attempts/*.json", "attempts/*.json.tmp")
 TRAINED = ("checkpoint.pt", "models.pt")
 
 
