@@ -87,7 +87,7 @@ def _watch_signals(note: _Note):
 def noted(run_dir: Path, rank: int, record: dict | None = None):
     """Around a worker's whole life: this attempt's note for `rank` (with rank 0's restart `record`)."""
     job = _job()
-    if job is None:  # not under an elastic agent: nothing restarts this process
+    if job is None or not max_restarts():  # nothing restarts this process: no note to leave
         yield
         return
     data = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
@@ -126,9 +126,11 @@ def cause(run_dir: Path, n: int, world: int) -> tuple[int | str, str]:
     silent = [r for r, note in notes.items() if not note or not {"error", "ended", "signal"} & set(note)]
     if len(silent) == 1:
         return silent[0], "died"
+    # Otherwise the peers' errors may agree on one rank: dead if its note is bare, else hung (they timed out).
     named = {int(m) for e in errors.values() for m in re.findall(r"with rank (\d+)", e)}
     if len(named) == 1 and (not silent or named <= set(silent)):
-        return named.pop(), "died"
+        rank = named.pop()
+        return rank, "died" if rank in silent else "stopped answering"
     return "unknown", "died or failed"
 
 
@@ -147,8 +149,11 @@ def unlogged(run_dir: Path, checkpoint: int | None) -> list[dict]:
     """This job's restart records that no line of metrics.jsonl kept (the lines after the checkpoint are cut,
     and an attempt may have died before logging anything), oldest first: rank 0 logs them next."""
     job = _job()
-    mine = [_read(p) for p in sorted(Path(run_dir, NOTES).glob(f"{job}-*-rank0.json"))] if job else []
-    records = sorted((note["restart"] for note in mine if note and "restart" in note), key=lambda r: r["restart"])
+    notes = [_read(p) for p in Path(run_dir, NOTES).glob(f"{job}-*-rank0.json")] if job else []
+    # ≤ this attempt: a later job given the same run id by hand overwrites only the notes it reaches
+    records = [note["restart"] for note in notes if note and "restart" in note
+               and note["restart"]["restart"] <= attempt()]
+    records.sort(key=lambda r: r["restart"])
     kept = set()
     with contextlib.suppress(OSError):
         for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
