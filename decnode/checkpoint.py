@@ -8,6 +8,7 @@ It adds its own coordinator state (environments, central critic, counters) and w
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -22,13 +23,26 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj, path: Path) -> None:
+    """torch.save through `path`.tmp and a rename: a failed write (a full or read-only disk, an OSError naming
+    why) removes the temporary file and leaves the previous `path` as it was."""
     import torch  # here, not at the top: the CLI checks its input before paying for torch's import
 
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(obj, f)
+            except RuntimeError as err:  # torch's writer swallows the failed write's reason: give the OSError back
+                if isinstance(err.__context__, OSError):
+                    raise err.__context__ from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def load(run_dir: Path) -> dict:

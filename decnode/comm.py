@@ -20,6 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .elastic import group_store
 from .net import PRESETS, Emulator, NetProfile, NodeClock
 from .timing import Recorder, Section
 from .topology import block_plan, mixing_matrix
@@ -381,8 +382,8 @@ def _process_group(timeout_s: float, build):
     """Create the process group (if several processes) with an explicit timeout, yield build(rank, world), and
     always tear the group down."""
     rank, world = world_from_env()
-    if world > 1:
-        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+    if world > 1:  # under an elastic agent: in this attempt's own namespace of its store (elastic.py)
+        dist.init_process_group("gloo", **group_store(timedelta(seconds=timeout_s)))
     group = build(rank, world)
     ok = False
     try:

@@ -66,14 +66,15 @@ def torchrun_env(environ=None) -> WorkerEnv | None:
 def quiet_launcher_logs(verbose: bool) -> None:
     """torch's elastic agent logs a warning per worker on every stop (ten "Closing process … via signal SIGINT"
     lines above our one); our own messages say what happened, so show its logs only with --verbose."""
-    level = logging.INFO if verbose else logging.ERROR
+    # CRITICAL: a worker's death is an ERROR with a traceback in its logs, which our line (or restart line) says
+    level = logging.INFO if verbose else logging.CRITICAL
     # torch gives each of its modules' loggers its own level when it imports them: set every one imported so far
     # (the caller imports the launcher first) and, through LOGLEVEL, the ones imported later.
     os.environ.setdefault("LOGLEVEL", logging.getLevelName(level))
     if not verbose:  # multiprocessing's tracker warns about the launcher's semaphore when a stop interrupts it
         os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")):
             logging.getLogger(name).setLevel(level)
 
 
@@ -88,8 +89,13 @@ def last_iteration(run_dir: Path) -> int | None:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return None
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1])["iteration"] if lines else 0
+    last = 0
+    for line in path.read_text().splitlines():
+        try:
+            last = json.loads(line)["iteration"]
+        except (ValueError, KeyError, TypeError):  # blank, or cut short by a full disk
+            pass
+    return last
 
 
 def checkpoint_iteration(run_dir: Path) -> int | None:
@@ -124,12 +130,25 @@ def _recorded(worker, *payload):
     return record(worker)(*payload)
 
 
+def _recorded_error(failure) -> tuple[str, str]:
+    """(exception type, its message's last line) that a worker recorded through @record; ("", "") if none."""
+    message = failure.message
+    kind = ""
+    if isinstance(message, dict):  # recorded by the worker (torch's @record): "ErrorType: words"
+        kind, _, message = str(message.get("message", "")).partition(": ")
+    message = message.strip().splitlines()[-1] if isinstance(message, str) and message.strip() else ""
+    if message.startswith("To enable traceback"):  # torch's placeholder when nothing was recorded
+        message = ""
+    return kind, message
+
+
 def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "decnode-run",
-           verbose: bool = False) -> int:
+           verbose: bool = False, max_restarts: int = 0) -> int:
     """Run worker(*payload) (a module-level function) on n_procs local processes; returns the CLI's exit code.
 
     prog names the command in the messages. Only decnode-run (training) checkpoints, so only its messages
     mention iterations and --resume; for other tools (decnode-eval, decnode-landscape) a stop is a failure.
+    max_restarts: how often the agent starts every worker again after a failure (restart.py).
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -138,7 +157,7 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
     training = prog == "decnode-run"
     quiet_launcher_logs(verbose)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n_procs, run_id=uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
+                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=max_restarts,
                           monitor_interval=0.5, start_method="spawn")
     try:
         elastic_launch(config, _recorded)(worker, *payload)
@@ -153,22 +172,28 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
               f"continue with --resume {run_dir}", file=sys.stderr, flush=True)
         return 0 if it is not None else 1
     except ChildFailedError as err:
+        restarts = (" (no restart: --max-restarts 0)" if not max_restarts else
+                    f", after {max_restarts} restart{'s' if max_restarts > 1 else ''} (--max-restarts {max_restarts})")
+        restarts = restarts if training else ""
+        for failure in err.failures.values():  # a full or read-only run directory: its line says it all
+            kind, message = _recorded_error(failure)
+            if kind == "RunDirWriteError":
+                used = f" (after {max_restarts} restart{'s' if max_restarts > 1 else ''})" if max_restarts else ""
+                print(f"{prog}: error: {message}{used}", file=sys.stderr, flush=True)
+                return 1
         rank, failure = root_cause(err)
         if failure.signal_name() not in ("", "<N/A>", "NA"):
             how = f"died ({failure.signal_name()})"
         else:
             how = f"failed (exit code {failure.exitcode})"
-        message = failure.message
-        if isinstance(message, dict):  # recorded by the worker (torch's @record): "ErrorType: words"
-            message = str(message.get("message", "")).partition(": ")[2]
-        message = message.strip().splitlines()[-1] if isinstance(message, str) and message.strip() else ""
-        if message.startswith("To enable traceback"):  # torch's placeholder when nothing was recorded
+        message = _recorded_error(failure)[1]
+        if message.startswith("Signal "):  # torch's "Signal 9 (SIGKILL) received by PID …": said by "died (…)"
             message = ""
         where = resume = ""
         if training:
             it, saved = last_iteration(run_dir), checkpoint_iteration(run_dir)
             where = f" during iteration {it + 1}" if it is not None else " during setup"
             resume = f"; last checkpoint: iteration {saved}, continue with --resume {run_dir}" if saved else ""
-        print(f"{prog}: error: rank {rank} {how}{where}{': ' + message if message else ''}{resume}",
+        print(f"{prog}: error: rank {rank} {how}{where}{restarts}{': ' + message if message else ''}{resume}",
               file=sys.stderr, flush=True)
         return 1

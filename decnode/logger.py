@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -16,34 +19,64 @@ SCALARS = ("train_reward", "eval_reward", "eval_win_rate", "train_win_rate", "po
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, total_iterations: int, start_iteration: int, tensorboard: bool):
+    unfinished: RunLogger | None = None  # this process's unfinished logger, whose progress bar a failure must end
+
+    def __init__(self, run_dir: Path, total_iterations: int, start_iteration: int, tensorboard: bool,
+                 writing=None):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self._truncate_after(start_iteration)  # lines past the checkpoint belong to the lost future
-        self.metrics = open(self.metrics_path, "a")
+        # writing(what): around each write, turns a full or read-only disk into one line (trainer.writing)
+        self.writing = writing or (lambda what: contextlib.nullcontext())
+        with self.writing("metrics.jsonl"):
+            self._truncate_after(start_iteration)  # lines past the checkpoint belong to the lost future
+            # Unbuffered: a line that cannot be written fails here, not again later when the file is closed.
+            self.metrics = open(self.metrics_path, "ab", buffering=0)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_iteration + 1)
+            with self.writing("TensorBoard events"):
+                self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_iteration + 1)
+            threading.excepthook = _quiet_tensorboard_thread
         self.bar = tqdm(total=total_iterations, initial=start_iteration, desc="train", unit="it",
                         dynamic_ncols=True, mininterval=0.5)
         self._t0, self._steps0 = time.perf_counter(), None
+        RunLogger.unfinished = self
+
+    @classmethod
+    def abandon(cls) -> None:
+        """After a failure: end the progress bar, so the one-line error that follows starts on a line of its own."""
+        if cls.unfinished is not None:
+            cls.unfinished.bar.close()
+            cls.unfinished = None
 
     def _truncate_after(self, iteration: int) -> None:
+        """Cut the file after the last line of an iteration ≤ `iteration`. In place (a full disk has no room
+        for a copy); a line cut short by a failed write, which can only be the last, goes too."""
         if not self.metrics_path.exists():
             return
-        keep = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["iteration"] <= iteration]
-        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+        keep = 0
+        with open(self.metrics_path, "rb") as f:
+            for raw in f:
+                try:
+                    past = json.loads(raw)["iteration"] > iteration
+                except (ValueError, KeyError, TypeError):
+                    past = raw.strip() != b""
+                if past or not raw.endswith(b"\n"):
+                    break
+                keep += len(raw)
+        os.truncate(self.metrics_path, keep)
 
     def log(self, line: str, stats: dict, last_eval: float) -> None:
-        self.metrics.write(line + "\n")
-        self.metrics.flush()
         it = stats["iteration"]
+        with self.writing(f"metrics.jsonl (iteration {it})"):
+            data = memoryview((line + "\n").encode())
+            while data:  # a raw write may be short
+                data = data[self.metrics.write(data):]
         if self.writer is not None:
-            for key in SCALARS:
-                if stats.get(key) is not None:
-                    self.writer.add_scalar(key, stats[key], it)
+            with self.writing(f"TensorBoard events (iteration {it})"):
+                for key in SCALARS:
+                    if stats.get(key) is not None:
+                        self.writer.add_scalar(key, stats[key], it)
         if self._steps0 is None:
             self._steps0, self._t0 = stats["env_steps"], time.perf_counter()
             rate = 0.0
@@ -58,9 +91,20 @@ class RunLogger:
 
     def finish(self, per_rank_timing: list[dict], summary: dict) -> str:
         self.bar.close()
+        RunLogger.unfinished = None
         table = format_table(per_rank_timing)
-        (self.run_dir / "timing.json").write_text(json.dumps({"ranks": per_rank_timing, **summary}, indent=1))
+        with self.writing("timing.json"):
+            (self.run_dir / "timing.json").write_text(json.dumps({"ranks": per_rank_timing, **summary}, indent=1))
         if self.writer is not None:
-            self.writer.close()
+            with self.writing("TensorBoard events"):
+                self.writer.close()
         self.metrics.close()
         return table
+
+
+def _quiet_tensorboard_thread(args, _default=threading.excepthook) -> None:
+    """TensorBoard writes from a thread of its own; a failed write (a full disk) reaches the main thread at the
+    next add_scalar, which says it in one line, so the thread's traceback would only repeat it."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _default(args)

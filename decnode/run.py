@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import preflight, rundir
+from . import preflight, restart, rundir
 from .cli import OneLineParser
 from .cli import fail as _fail
 from .config import ALGOS, Config, ConfigError, compose, from_dict, help_config, parse_override, read_file, resolve
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config key, e.g. train.lr=1e-3 or per_algo.ps.lr=0.5 (see --help-config)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--max-restarts", type=int, default=None, metavar="R",
+                   help="when a rank dies, restart every worker up to R times, each continuing from the last "
+                        "checkpoint (default 0; under torchrun pass torchrun's own --max-restarts)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run directory decnode made (deletes only decnode's own files in it)")
     p.add_argument("--no-preflight", action="store_true",
@@ -75,11 +78,12 @@ def _cli_layers(args: argparse.Namespace) -> list[tuple[str, dict]]:
     return [("command line", flags), *(("--set", parse_override(text)) for text in args.set)]
 
 
-def prepare(args: argparse.Namespace, n_procs: int,
-            run_id: str | None = None) -> tuple[Config, Path, dict | None, list[str]]:
-    """Config, run directory, checkpoint and notes for stdout; raises ConfigError/CheckpointError."""
+def prepare(args: argparse.Namespace, n_procs: int, run_id: str | None = None,
+            restarted: bool = False) -> tuple[Config, Path, dict | None, list[str]]:
+    """Config, run directory, checkpoint and notes for stdout; raises ConfigError/CheckpointError.
+    `restarted`: torchrun started this command again after a failure (its checkpoint may be the last one)."""
     if args.resume:
-        return _prepare_resume(args, n_procs)
+        return _prepare_resume(args, n_procs, restarted)
     path = Path(args.config) if args.config else DEFAULT_CONFIG
     cfg = compose([(str(path), read_file(path))], _cli_layers(args))
     resolve(cfg, n_procs)
@@ -88,7 +92,7 @@ def prepare(args: argparse.Namespace, n_procs: int,
     return cfg, run_dir, None, []
 
 
-def _prepare_resume(args, n_procs):
+def _prepare_resume(args, n_procs, restarted=False):
     """The run's own config (checkpoint < its config.yaml, which the user may have edited) < flags and --set.
     Only RESUMABLE keys may differ from the checkpoint; the changes are listed, not made silently."""
     run_dir = Path(args.resume)
@@ -123,10 +127,10 @@ def _prepare_resume(args, n_procs):
     resolve(cfg, n_procs)
     new = cfg.to_dict()
     _refuse_identity_changes(saved, new)
-    if cfg.train.iterations <= done:
+    if cfg.train.iterations <= done and not restarted:  # a restart may have only the end left to do
         raise ConfigError(f"train.iterations={cfg.train.iterations}: the checkpoint in {run_dir} is already at "
                           f"iteration {done}; pass --iterations N with N > {done}")
-    if cfg.run.stop_after is not None and cfg.run.stop_after <= done:
+    if cfg.run.stop_after is not None and cfg.run.stop_after <= done and not restarted:
         raise ConfigError(f"run.stop_after={cfg.run.stop_after} is not after the checkpoint's iteration {done}")
     changes = [f"{s}.{k} {saved[s][k]!r} → {v!r}" for s, values in new.items() if s != "per_algo"
                for k, v in values.items() if saved[s][k] != v and (s, k) != ("run", "out")]
@@ -205,15 +209,30 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     import torch
 
     from .comm import open_fabric
+    from .logger import RunLogger
     from .trainer import train
 
     cfg = from_dict(cfg_dict, "launcher")
     torch.set_num_threads(cfg.run.threads or intra_op_threads())
-    state = ckpt.load(Path(run_dir)) if resume else None
+    run_dir, rank = Path(run_dir), int(os.environ.get("RANK", "0"))
+    if restart.attempt():  # the elastic agent started us again after a failure: continue by ourselves
+        resume = (run_dir / ckpt.CHECKPOINT).exists()  # else start over, in the same directory
+    state = ckpt.load(run_dir) if resume else None
+    record = None
+    if restart.attempt() and rank == 0:
+        saved = state["iteration"] if state else None
+        record = restart.record(run_dir, int(os.environ.get("WORLD_SIZE", "1")), saved)
+        print(f"decnode-run: {restart.describe(record)}", flush=True)
     k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
-    with open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange, net=network_profile(cfg),
-                     seed=cfg.train.seed) as fabric:
-        summary = train(cfg, fabric, Path(run_dir), state)
+    with restart.noted(run_dir, rank, record), \
+            open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange, net=network_profile(cfg),
+                        seed=cfg.train.seed) as fabric:
+        restarts = restart.unlogged(run_dir, state and state["iteration"]) if record else None
+        try:
+            summary = train(cfg, fabric, run_dir, state, restarts)
+        except BaseException:
+            RunLogger.abandon()
+            raise
     if summary.get("signal") and under_torchrun():
         # Checkpoint written and the group torn down: now let the launcher's signal end this process, as it
         # expects (it would otherwise wait for a return value nobody reads, then SIGKILL us).
@@ -228,15 +247,21 @@ def fail(message: str, code: int = 2) -> None:
 
 def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Path, list[str], int]:
     """Everything that can be refused, in the order a user would fix it; the run directory is touched last."""
+    if args.max_restarts is not None and args.max_restarts < 0:
+        raise ConfigError(f"--max-restarts must be ≥ 0, got {args.max_restarts}")
     if env is not None:
         n_procs = env.world_size
         if args.nproc not in (None, n_procs):
             raise ConfigError(f"--nproc {args.nproc} disagrees with torchrun's {n_procs} processes")
+        if args.max_restarts not in (None, restart.max_restarts()):
+            raise ConfigError(f"--max-restarts {args.max_restarts} disagrees with torchrun's "
+                              f"--max-restarts {restart.max_restarts()} (pass it to torchrun)")
     else:
         n_procs = 1 if args.nproc is None else args.nproc
         if n_procs < 1:
             raise ConfigError(f"--nproc must be ≥ 1, got {n_procs}")
-    cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None)
+    restarted = env is not None and restart.attempt() > 0
+    cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None, restarted)
     del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
     network_profile(cfg)
     preflight.check_dependencies(cfg)
@@ -244,6 +269,8 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Pat
         preflight.check_resources(cfg, n_procs)
     if args.print_config:
         return cfg, run_dir, notes, n_procs
+    if restarted:  # torchrun runs the whole command again: the run directory is this job's, never replaced
+        return cfg, run_dir, [], n_procs
     if env is None or env.rank == 0:  # once per job, whoever launched it; the other workers wait in the rendezvous
         notes += set_up_run_dir(cfg, run_dir, bool(args.resume), args.overwrite)
     return cfg, run_dir, notes, n_procs
@@ -269,17 +296,18 @@ def main(argv: list[str] | None = None) -> None:
     for note in notes if env is None or env.rank == 0 else ():  # under torchrun every worker has them: one says
         print(f"decnode-run: {note}", flush=True)
     payload = (cfg.to_dict(), str(run_dir), bool(args.resume))
-    if env is not None or n_procs == 1:
+    restarts = args.max_restarts or 0
+    if env is not None or (n_procs == 1 and not restarts):  # one process that nothing restarts runs right here
         from .trainer import NonFiniteError
         try:
             worker(*payload)
-        except NonFiniteError as err:
+        except (NonFiniteError, rundir.RunDirWriteError) as err:
             if env is not None:
                 raise  # the launcher reports it
             fail(str(err), code=1)
         return
     from .launch import launch
-    sys.exit(launch(n_procs, worker, payload, run_dir, verbose=args.verbose))
+    sys.exit(launch(n_procs, worker, payload, run_dir, verbose=args.verbose, max_restarts=restarts))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ past setup (no checkpoint, no model, no logged iteration) is replaced by the sam
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
 import functools
 import json
@@ -25,7 +27,7 @@ MANIFEST = ".decnode-run.json"
 # output, decnode-landscape, decnode-plot's default RUN_DIR/plots.
 WRITES = (MANIFEST, "config.yaml", "metrics.jsonl", "timing.json", "trace.json", "models.pt", "models.pt.tmp",
           "checkpoint.pt", "checkpoint.pt.tmp", "processes.json", "eval.json", "landscape.npz", "landscape_*.png",
-          "tb/events.out.tfevents.*", "plots/*.png", "config.yaml.tmp")
+          "tb/events.out.tfevents.*", "plots/*.png", "config.yaml.tmp", "attempts/*.json", "attempts/*.json.tmp")
 TRAINED = ("checkpoint.pt", "models.pt")
 
 
@@ -166,3 +168,28 @@ def mark(run_dir: Path) -> None:
     data = {"created_by": "decnode", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
             "git_commit": git_commit(), "writes": list(WRITES)}
     (run_dir / MANIFEST).write_text(json.dumps(data, indent=1) + "\n")
+
+
+class RunDirWriteError(RuntimeError):
+    """Writing into the run directory failed during a run (a full disk, a read-only mount, permissions); the
+    message is one line saying what could not be written, why, and what is intact."""
+
+
+# What to do about the usual reasons a write fails; anything else is named by its own words.
+_FIXES = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (disk quota)", errno.EROFS: "make it writable",
+          errno.EACCES: "make it writable", errno.EPERM: "make it writable"}
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path, what: str, checkpoint: int | None):
+    """Around a write into run_dir during a run: an OSError becomes a RunDirWriteError naming `what`, the reason
+    and the last checkpoint written (`checkpoint`, None before the first), which an atomic save left intact."""
+    try:
+        yield
+    except OSError as err:
+        fix = _FIXES.get(err.errno, "fix it")
+        if checkpoint is not None:
+            then = f"the checkpoint of iteration {checkpoint} is intact — {fix} and continue with --resume {run_dir}"
+        else:
+            then = f"no checkpoint was written yet — {fix} and start the run again (with --overwrite)"
+        raise RunDirWriteError(f"could not write {what} to {run_dir}: {err.strerror or err}; {then}") from None

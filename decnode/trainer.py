@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .rundir import writing
 from .actor import ActorBlock
 from .algos import make_combiner
 from .comm import Fabric
@@ -82,6 +83,7 @@ class Trainer:
                                    episodes=cfg.eval.episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
                                    hidden=tr.hidden)
         self.iteration, self.env_steps, self.last_eval = 0, 0, float("nan")
+        self.saved = None  # the iteration of the last checkpoint on disk: what a failed write leaves intact
         self.rollout.start(tr.seed)
         if resume is not None:
             self.load_state_dict(resume)
@@ -225,13 +227,20 @@ class Trainer:
         self.rollout.load_state_dict({"rows": rows["rollout"], "coordinator": state["coordinator"]["rollout"]})
         self.critic.load_state_dict({"rows": rows["critic"], "coordinator": state["coordinator"]["critic"]})
         self.iteration, self.env_steps = state["iteration"], state["env_steps"]
+        self.saved = state["iteration"]
         self.last_eval = state.get("last_eval", float("nan"))
 
     def save_checkpoint(self) -> None:
         with self.rec.section(Section.CHECKPOINT):
             state = self.state_dict()
             if self.coordinator:
-                ckpt.atomic_save(state, self.run_dir / ckpt.CHECKPOINT)
+                with self.writing(f"the checkpoint of iteration {self.iteration}"):
+                    ckpt.atomic_save(state, self.run_dir / ckpt.CHECKPOINT)
+                self.saved = self.iteration
+
+    def writing(self, what: str):
+        """Around rank 0's writes into the run directory: a full or read-only disk ends the run in one line."""
+        return writing(self.run_dir, what, self.saved)
 
     def save_models(self) -> None:
         """models.pt: every agent's actor, the averaged actor θ̄, the critic(s) with their value normaliser, and
@@ -239,17 +248,20 @@ class Trainer:
         rows = self.fabric.gather_rows(self.actor.params)
         critic, value_norm = self.critic.saved_params()
         if self.coordinator:
-            torch.save({"actor_rows": rows, "actor_mean": rows.mean(0), "config": self.cfg.to_dict(),
-                        "obs_dim": self.obs_dim, "state_dim": self.critic.input_dim, "n_actions": self.n_actions,
-                        "obs_std": self.rollout.obs_stats.std, "iteration": self.iteration,
-                        "critic": critic, "value_norm": value_norm}, self.run_dir / "models.pt")
+            with self.writing("models.pt"):
+                ckpt.atomic_save({"actor_rows": rows, "actor_mean": rows.mean(0), "config": self.cfg.to_dict(),
+                                  "obs_dim": self.obs_dim, "state_dim": self.critic.input_dim,
+                                  "n_actions": self.n_actions, "obs_std": self.rollout.obs_stats.std,
+                                  "iteration": self.iteration, "critic": critic, "value_norm": value_norm},
+                                 self.run_dir / "models.pt")
 
     def is_eval_iteration(self) -> bool:
         ev = self.cfg.eval.interval
         return self.iteration == self.cfg.train.iterations or (ev > 0 and self.iteration % ev == 0)
 
-    def metrics_line(self, stats: dict, timing: dict) -> str:
+    def metrics_line(self, stats: dict, timing: dict, extra: dict | None = None) -> str:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in stats.items() if k != "stop"}
+        clean.update(extra or {})
         clean["timing"] = timing
         return json.dumps(clean)
 
@@ -261,20 +273,24 @@ def _netns() -> str | None:
         return None
 
 
-def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None) -> dict:
-    """Run (or continue) a training job on this process; rank 0 logs. Returns a summary dict."""
+def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None,
+          restarts: list[dict] | None = None) -> dict:
+    """Run (or continue) a training job on this process; rank 0 logs. Returns a summary dict. `restarts`: records
+    of restarts (restart.py) for rank 0 to put on the first metrics line it writes."""
     from .logger import RunLogger
 
     rec, tr = fabric.recorder, cfg.train
     with rec.section(Section.SETUP):
         trainer = Trainer(cfg, fabric, run_dir, resume)
-    logger = RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard) if trainer.coordinator else None
+    logger = (RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard, trainer.writing)
+              if trainer.coordinator else None)
     # Which process is which rank: for whoever has to inspect or stop one of them. netns: the network namespace
     # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
     procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
                                    "netns": _netns(), "threads": torch.get_num_threads()})
     if logger is not None:
-        (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
+        with trainer.writing("processes.json"):
+            (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
     stopped, start = False, trainer.iteration
     clock, sim_total = fabric.clock, {}  # simulated seconds of this run's iterations, by kind
     trace = None
@@ -293,7 +309,10 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
             stats["sim"] = clock_delta(clock.snapshot(), sim_before)
             sim_total = {k: sim_total.get(k, 0.0) + v for k, v in stats["sim"].items()}
         if logger is not None:
-            logger.log(trainer.metrics_line(stats, delta_seconds(rec.seconds(), before)), stats, trainer.last_eval)
+            extra = {"restarts": restarts} if restarts else {}
+            restarts = None  # said once, on the first line after the restart
+            line = trainer.metrics_line(stats, delta_seconds(rec.seconds(), before), extra)
+            logger.log(line, stats, trainer.last_eval)
         if trainer.iteration == start + cfg.run.trace_iterations:
             trace = rec.stop_trace()
         planned = cfg.run.stop_after is not None and trainer.iteration >= cfg.run.stop_after
@@ -312,9 +331,10 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
         with rec.section(Section.EVAL):
             summary["generalisation"] = trainer.evaluate_train_and_test()
         if trainer.coordinator:
-            (Path(run_dir) / "eval.json").write_text(json.dumps(
-                {"run_dir": str(run_dir), "iteration": trainer.iteration, "modes": {"average": summary["generalisation"]}},
-                indent=1))
+            with trainer.writing("eval.json"):
+                (Path(run_dir) / "eval.json").write_text(json.dumps(
+                    {"run_dir": str(run_dir), "iteration": trainer.iteration,
+                     "modes": {"average": summary["generalisation"]}}, indent=1))
     # Peak resident memory of every process (ru_maxrss is in KiB on Linux): what a job of this size needs.
     # CPU seconds (user + system, all threads) say how much work a rank did, where wall-clock also counts waiting.
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -327,7 +347,8 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
         if clock is not None:
             summary["simulated"] = {"profile": vars(fabric.net), "ranks": [r[2] for r in reports]}
         if trace is not None:
-            write_trace(Path(run_dir) / "trace.json", [r[3] for r in reports], fabric.net.name if clock else None)
+            with trainer.writing("trace.json"):
+                write_trace(Path(run_dir) / "trace.json", [r[3] for r in reports], fabric.net.name if clock else None)
         print(logger.finish(timing, summary), flush=True)
         if clock is not None:
             print(format_clock_table(fabric.net, summary["simulated"]["ranks"], trainer.iteration - start), flush=True)

@@ -184,6 +184,12 @@ def test_partial_or_malformed_launcher_variables_are_one_line(box, env, needle):
     refused(box, [*TINY, "--out", "{box}/home/run"], needle, env=env)
 
 
+def test_max_restarts_under_torchrun_must_be_torchruns(box):
+    refused(box, [*TINY, "--max-restarts", "2", "--out", "{box}/home/run"],
+            "--max-restarts 2 disagrees with torchrun's --max-restarts 1 (pass it to torchrun)",
+            env={**TORCHRUN, "TORCHELASTIC_MAX_RESTARTS": "1"})
+
+
 def test_rank_variable_cannot_bypass_the_run_directory_checks(box, finished):
     copy = box / "home" / "run"
     shutil.copytree(finished, copy)
@@ -400,6 +406,8 @@ def test_analysis_tools_check_their_output_before_the_work(box, finished, module
     (["--critic", "up"], "(choose from 'central', 'local')"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--iterations"], "expected one argument"),
+    (["--max-restarts", "-1"], "--max-restarts must be ≥ 0, got -1"),
+    (["--max-restarts", "1.5"], "argument --max-restarts: invalid int value: '1.5'"),
 ])
 def test_argument_errors_are_one_line_with_the_allowed_values(box, args, needle):
     refused(box, args, needle)

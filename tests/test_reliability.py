@@ -83,6 +83,7 @@ def test_killed_rank_ends_the_job_with_a_named_error_and_resume_continues(tmp_pa
     assert proc.returncode != 0
     last = stderr.strip().splitlines()[-1]
     assert "rank 1 died (SIGKILL)" in last and "iteration" in last and "--resume" in last, last
+    assert "(no restart: --max-restarts 0)" in last, last
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)  # intact
