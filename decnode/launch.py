@@ -17,6 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
+from .watch import is_diagnosis
+
+# Seconds the other workers of a failed job get to exit before SIGKILL. torch 2.13 gives them a fixed 30 s, twice
+# over: torch.multiprocessing's ProcessContext.join (grace_period None: SIGTERM, 30 s, SIGKILL) when the agent polls a
+# failed worker, and LocalElasticAgent._stop_workers (_shutdown() with its default). LaunchConfig.shutdown_timeout
+# and torchrun's --shutdown_timeout apply only when the launcher gets a signal, where workers checkpoint first and
+# need the time. A frozen worker (SIGSTOP) ignores SIGTERM: without this the job would end 30 s after the timeout.
+FAILURE_GRACE_S = 1
 
 # What torchrun's agent sets for every worker. MARKERS alone decide that we are meant to be one (MASTER_ADDR and
 # MASTER_PORT are often set in a cluster's shell profile); once one of them is set, all of TORCHRUN_VARS must be.
@@ -66,14 +74,16 @@ def torchrun_env(environ=None) -> WorkerEnv | None:
 def quiet_launcher_logs(verbose: bool) -> None:
     """torch's elastic agent logs a warning per worker on every stop (ten "Closing process … via signal SIGINT"
     lines above our one); our own messages say what happened, so show its logs only with --verbose."""
-    level = logging.INFO if verbose else logging.ERROR
+    # CRITICAL, not ERROR: formatting the agent's error log of a failed worker imports ~2.5 s of torch modules
+    # just before our own line, which says what happened.
+    level = logging.INFO if verbose else logging.CRITICAL
     # torch gives each of its modules' loggers its own level when it imports them: set every one imported so far
     # (the caller imports the launcher first) and, through LOGLEVEL, the ones imported later.
     os.environ.setdefault("LOGLEVEL", logging.getLevelName(level))
     if not verbose:  # multiprocessing's tracker warns about the launcher's semaphore when a stop interrupts it
         os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")):
             logging.getLogger(name).setLevel(level)
 
 
@@ -117,6 +127,43 @@ def root_cause(err):
     return err.get_first_failure()
 
 
+def _message(failure) -> str:
+    """The last line of what a failed worker recorded (torch's @record: "ErrorType: words"), or ""."""
+    message = failure.message
+    if isinstance(message, dict):
+        message = str(message.get("message", "")).partition(": ")[2]
+    message = message.strip().splitlines()[-1] if isinstance(message, str) and message.strip() else ""
+    return "" if message.startswith("To enable traceback") else message  # torch's placeholder: nothing recorded
+
+
+def _fault_note(cfg: dict, rank: int) -> str:
+    kills = [f for f in cfg.get("faults", []) if f.get("kind") == "kill" and f.get("rank") == rank]
+    return f" (the faults config kills it at iteration {kills[0]['iteration']})" if kills else ""
+
+
+class _ShortFailureGrace:
+    """While a job runs, the workers left after a failure get FAILURE_GRACE_S, not 30 s (two of torch's methods
+    wrapped, and restored afterwards; if a torch version lacks one, its own grace stays)."""
+
+    def __enter__(self):
+        from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+        from torch.multiprocessing.spawn import ProcessContext
+
+        join, stop = ProcessContext.__dict__.get("join"), LocalElasticAgent.__dict__.get("_stop_workers")
+        self._saved = [(cls, name, f) for cls, name, f in ((ProcessContext, "join", join),
+                                                          (LocalElasticAgent, "_stop_workers", stop)) if f]
+        if join is not None:  # the grace is spent twice: before SIGTERM and before SIGKILL
+            ProcessContext.join = lambda pc, timeout=None, grace_period=None: join(
+                pc, timeout, FAILURE_GRACE_S / 2 if grace_period is None else grace_period)
+        if stop is not None:
+            LocalElasticAgent._stop_workers = lambda agent, group: agent._shutdown(timeout=FAILURE_GRACE_S)
+        return self
+
+    def __exit__(self, *exc):
+        for cls, name, f in self._saved:
+            setattr(cls, name, f)
+
+
 def _recorded(worker, *payload):
     """worker(*payload) under torch's @record, so an exception's words reach the one-line report below."""
     from torch.distributed.elastic.multiprocessing.errors import record
@@ -141,7 +188,8 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
                           monitor_interval=0.5, start_method="spawn")
     try:
-        elastic_launch(config, _recorded)(worker, *payload)
+        with _ShortFailureGrace():
+            elastic_launch(config, _recorded)(worker, *payload)
         return 0
     except SignalException as err:
         name = signal.Signals(err.sigval).name
@@ -155,20 +203,17 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
     except ChildFailedError as err:
         rank, failure = root_cause(err)
         if failure.signal_name() not in ("", "<N/A>", "NA"):
-            how = f"died ({failure.signal_name()})"
+            how = f"died ({failure.signal_name()}){_fault_note(payload[0], rank) if training else ''}"
         else:
             how = f"failed (exit code {failure.exitcode})"
-        message = failure.message
-        if isinstance(message, dict):  # recorded by the worker (torch's @record): "ErrorType: words"
-            message = str(message.get("message", "")).partition(": ")[2]
-        message = message.strip().splitlines()[-1] if isinstance(message, str) and message.strip() else ""
-        if message.startswith("To enable traceback"):  # torch's placeholder when nothing was recorded
-            message = ""
+        message = _message(failure)
+        # A timeout diagnosed by a worker (who everybody waited on, or the fault behind it) is the line to end with.
+        diagnosed = [m for m in map(_message, err.failures.values()) if is_diagnosis(m)]
         where = resume = ""
         if training:
             it, saved = last_iteration(run_dir), checkpoint_iteration(run_dir)
             where = f" during iteration {it + 1}" if it is not None else " during setup"
             resume = f"; last checkpoint: iteration {saved}, continue with --resume {run_dir}" if saved else ""
-        print(f"{prog}: error: rank {rank} {how}{where}{': ' + message if message else ''}{resume}",
-              file=sys.stderr, flush=True)
+        what = diagnosed[0] if diagnosed else f"rank {rank} {how}{where}{': ' + message if message else ''}"
+        print(f"{prog}: error: {what}{resume}", file=sys.stderr, flush=True)
         return 1
