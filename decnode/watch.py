@@ -175,7 +175,8 @@ class Watchdog:
             return f"decnode: hang report: no wait older than {self.warn_s:g} s any more"
         start = min(reports)
         roots, _ = self._blame(reports, start)
-        lines = [f"decnode: hang report — waits older than {self.warn_s:g} s (run.hang_warning_s); who waits on whom:",
+        # A fresh line first: rank 0's progress bar may be mid-line on the same terminal.
+        lines = [f"\ndecnode: hang report — waits older than {self.warn_s:g} s (run.hang_warning_s); who waits on whom:",
                  f"  {'rank':>4}  {'waits on':<12}{'call (stream)':<18}{'tag':>5}{'bytes':>10}{'iteration':>11}"
                  f"{'waited':>9}"]
         for r in range(self.world):
