@@ -114,7 +114,7 @@ class Faults:
             kind = f["kind"]
             if kind in ("kill", "stall") and f["rank"] == self.rank:
                 what = "kills itself (SIGKILL)" if kind == "kill" else f"stalls for {f['seconds']:g} s"
-                print(f"decnode: faults[{f['index']}]: rank {self.rank} {what} as iteration {it} starts",
+                print(f"\ndecnode: faults[{f['index']}]: rank {self.rank} {what} as iteration {it} starts",
                       file=sys.stderr, flush=True)
                 if kind == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
