@@ -137,7 +137,7 @@ class Collectives:
         seconds = self.timeout.total_seconds()
         plain = f"rank {self.rank}: {what}{f' with rank {peer}' if peer is not None else ''} timed out after " \
                 f"{seconds:.0f}s during {self.context}"
-        fault = self.faults.explain(peer, self.rank) if self.faults is not None and peer is not None else None
+        fault = self.faults.explain(peer, self.rank) if self.faults is not None else None
         if self.watch is None:
             return f"{plain}: {fault}" if fault else plain
         verdict = f"{plain}: {fault}" if fault else self.watch.verdict(what, peer, seconds, self.iteration)

@@ -130,11 +130,13 @@ class Faults:
     def drops(self, src: int, dst: int) -> bool:
         return (src, dst) in self._dropped
 
-    def explain(self, src: int, dst: int) -> str | None:
-        """Why a receive from src timed out, if the faults config is the reason."""
-        f = self._dropped.get((src, dst))
-        return None if f is None else (f"the faults config drops link {src}→{dst} from iteration {f['iteration']} "
-                                       f"(faults[{f['index']}])")
+    def explain(self, src: int | None, dst: int) -> str | None:
+        """Why a wait on src timed out, if the faults config is the reason: the dropped link itself, or a dropped
+        link elsewhere that the wait may hang on (rank 0 waits for the actions of a rank whose observations it
+        dropped)."""
+        f = self._dropped.get((src, dst)) or next(iter(self._dropped.values()), None)
+        return None if f is None else (f"the faults config drops link {f['link'][0]}→{f['link'][1]} from iteration "
+                                       f"{f['iteration']} (faults[{f['index']}])")
 
     def hold(self, src: int, dst: int, sent_wall: float) -> None:
         """A delayed link: the message is seen `seconds` after it was sent."""

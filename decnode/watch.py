@@ -190,6 +190,8 @@ class Watchdog:
                 lines.append(f"  {r:>4}  {'-':<12}(reports no wait: frozen, or busy outside communication)")
         if roots:
             lines.append(f"  → everybody waits on rank{'s' if len(roots) > 1 else ''} {', '.join(map(str, roots))}")
+        else:  # every rank on the chain waits: a lost message, or a deadlock
+            lines.append(f"  → ranks {', '.join(map(str, sorted(self._reach(reports, start))))} wait on each other")
         return "\n".join(lines)
 
     def verdict(self, call: str, peer: int | None, timeout_s: float, iteration: int | None) -> str | None:
