@@ -21,15 +21,16 @@ import torch
 import torch.distributed as dist
 
 from .elastic import group_store
+from .frames import MAGIC, SENT, STAMP, Frames, mismatch
 from .net import PRESETS, Emulator, NetProfile, NodeClock
 from .timing import Recorder, Section
 from .topology import block_plan, mixing_matrix
+from .watch import Watchdog
 
 # The point-to-point streams. gloo matches a receive by (peer, tag) alone, so two streams in flight between the
 # same ranks (the actor's and the critic's gossip under DecPG with local critics) must never share a tag: a
 # stream's tag is its place here. Its name is also the timing section it is booked under.
 P2P_STREAMS = (Section.GOSSIP, Section.GOSSIP_CRITIC, Section.STEP_EXCHANGE, Section.REWARD_SCATTER)
-STAMP_TAG = 1000  # + a message's tag: its simulated (departure, arrival, host arrival), when a profile is set
 
 
 def stream_tag(name: str) -> int:
@@ -93,25 +94,55 @@ class Collectives:
         self.emulator = Emulator(self.net) if active and self.net.mode == "emulate" else None
         self.recorder.clock = self.clock
         self._sequence: dict[tuple, int] = defaultdict(int)  # messages per (src, dst, tag): both ends agree on ids
+        self.frames = Frames()  # every p2p message travels with a header (frames.py)
+        self.iteration = -1  # what the job is doing, as a number: -1 during setup (message headers)
+        self.watch = None  # watch.Watchdog: hang reports (set by open_fabric in a multi-process job)
+        self.faults = None  # faults.Faults: injected failures (set by open_fabric when the config has some)
+
+    def begin_iteration(self, iteration: int) -> None:
+        """The trainer's one hook per iteration (counted from 1, as metrics.jsonl does)."""
+        self.iteration, self.context = iteration, f"iteration {iteration}"
+        if self.clock is not None:
+            self.clock.begin_iteration()
+        if self.faults is not None:
+            self.faults.at_iteration(self)
 
     def transport(self):
         """Around a communication call: its CPU is the transport's, not compute, on the simulated clock."""
         return self.clock.transport() if self.clock is not None else nullcontext()
 
-    def _wait_all(self, works: list, what: str) -> None:
-        """Wait on works, each a Work or (peer rank, Work); failures name the peer when it is known."""
+    def _wait_all(self, works: list, what: str, nbytes: int = 0) -> None:
+        """Wait on works, each a Work or (peer rank, Work, bytes); failures name the peer when it is known, and a
+        timeout names the rank everybody waits on (watch.py) or the fault that explains it (faults.py)."""
+        watch = self.watch
         for item in works:
-            peer, work = item if isinstance(item, tuple) else (None, item)
+            peer, work, size = item if isinstance(item, tuple) else (None, item, nbytes)
+            if watch is not None:
+                watch.begin(what, peer, size, self.iteration)
             with_peer = f" with rank {peer}" if peer is not None else ""
             try:
                 ok = work.wait(self.timeout)
             except RuntimeError as err:
-                raise CommError(f"rank {self.rank}: {what}{with_peer} failed during {self.context} "
+                if "Timed out" in str(err):  # gloo's way of saying ok is False
+                    raise CommError(self._timed_out(what, peer)) from None
+                known = watch.awaited_verdict() if watch is not None else None  # a peer left diagnosing a hang?
+                raise CommError(known or f"rank {self.rank}: {what}{with_peer} failed during {self.context} "
                                 f"(is rank {peer if peer is not None else '?'} alive?): "
                                 f"{str(err).splitlines()[0]}") from None
             if ok is False:
-                raise CommError(f"rank {self.rank}: {what}{with_peer} timed out after "
-                                f"{self.timeout.total_seconds():.0f}s during {self.context}")
+                raise CommError(self._timed_out(what, peer))
+        if watch is not None:
+            watch.end()
+
+    def _timed_out(self, what: str, peer: int | None) -> str:
+        seconds = self.timeout.total_seconds()
+        plain = f"rank {self.rank}: {what}{f' with rank {peer}' if peer is not None else ''} timed out after " \
+                f"{seconds:.0f}s during {self.context}"
+        fault = self.faults.explain(peer, self.rank) if self.faults is not None else None
+        if self.watch is None:
+            return f"{plain}: {fault}" if fault else plain
+        verdict = f"{plain}: {fault}" if fault else self.watch.verdict(what, peer, seconds, self.iteration)
+        return self.watch.share(verdict) or plain  # the first rank's verdict: every rank ends with the same line
 
     # ---- the simulated network: clocks joined by collectives, stamps on point-to-point messages --------------
     def _join_start(self, cost: float):
@@ -126,45 +157,61 @@ class Collectives:
         if sim is None:
             return
         clocks, work, cost = sim
-        self._wait_all([work], "clock")
+        self._wait_all([work], "clock", 16)
         latest, host = clocks.tolist()
         self.clock.collective(latest, cost)
         if self.emulator:
             self.emulator.hold_until(host + cost)
 
-    def _flow_id(self, src: int, dst: int, tag: int) -> int:
+    def _next(self, src: int, dst: int, tag: int) -> tuple[int, int]:
+        """(sequence number, flow id) of the next message from src to dst on tag: both ends count alike."""
         key = (src, dst, tag)
         self._sequence[key] += 1
-        return ((src * 65536 + dst) * 4096 + tag) * 2**24 + self._sequence[key]
+        return self._sequence[key], ((src * 65536 + dst) * 4096 + tag) * 2**24 + self._sequence[key]
 
-    def _isend(self, x: torch.Tensor, peer: int, tag: int, stamps: list) -> list:
-        """isend x, and (with a profile) its stamp: when it leaves this node's link and when it arrives."""
-        flow, stamp = self._flow_id(self.rank, peer, tag), None
+    def _isend(self, x: torch.Tensor, peer: int, tag: int, stamps: list, rows=None) -> list:
+        """isend x (or x[rows]) in a frame whose header says what it is and, with a profile, carries its stamp:
+        when it leaves this node's link and when it arrives."""
+        seq, flow = self._next(self.rank, peer, tag)
+        frame = self.frames.get(peer, tag, True, x if rows is None else x[: len(rows)])
+        if rows is None:
+            frame.payload.copy_(x)
+        else:
+            torch.index_select(x, 0, rows, out=frame.payload)
+        frame.ints[:4] = (MAGIC, self.iteration, tag, seq)
+        frame.floats[SENT] = time.time()
+        depart = None
         if self.clock is not None:
             nbytes = x.numel() * x.element_size()
             depart, arrive = self.clock.send(nbytes)
             host = self.emulator.send(nbytes) if self.emulator else 0.0
-            stamp = torch.tensor([depart, arrive, host], dtype=torch.float64)
-            stamps.append((False, stamp, flow))  # kept with its round until the round is waited on
-        self.recorder.flow(True, flow, None if stamp is None else depart)  # before the receiver can see it
-        works = [(peer, dist.isend(x, dst=peer, tag=tag))]
-        if stamp is not None:
-            works.append((peer, dist.isend(stamp, dst=peer, tag=tag + STAMP_TAG)))
-        return works
+            if self.faults is not None:
+                depart, arrive, host = self.faults.link_down(self.rank, peer, depart, arrive, host)
+            frame.floats[STAMP] = (depart, arrive, host)
+        self.recorder.flow(True, flow, depart)  # before the receiver can see it
+        if self.faults is not None and self.faults.drops(self.rank, peer):
+            return []  # the receiver's timeout names the fault
+        return [(peer, dist.isend(frame.raw, dst=peer, tag=tag), frame.raw.numel())]
 
     def _irecv(self, x: torch.Tensor, peer: int, tag: int, stamps: list) -> list:
-        works = [(peer, dist.irecv(x, src=peer, tag=tag))]
-        stamp = None
-        if self.clock is not None:
-            stamp = torch.empty(3, dtype=torch.float64)
-            works.append((peer, dist.irecv(stamp, src=peer, tag=tag + STAMP_TAG)))
-        stamps.append((True, stamp, self._flow_id(peer, self.rank, tag)))
-        return works
+        """Post the receive of a frame; `_arrived` checks its header and copies its payload into x."""
+        seq, flow = self._next(peer, self.rank, tag)
+        frame = self.frames.get(peer, tag, False, x)
+        stamps.append((True, frame, flow, peer, tag, seq, x))
+        return [(peer, dist.irecv(frame.raw, src=peer, tag=tag), frame.raw.numel())]
 
     def _arrived(self, stamps: list) -> None:
-        """After the real waits: the receive completes on the simulated clock when the last message arrives."""
-        received = [(stamp.tolist() if stamp is not None else None, flow) for incoming, stamp, flow in stamps
-                    if incoming]
+        """After the real waits: check every frame's header, unpack it, and (with a profile) complete the receive on
+        the simulated clock when the last message arrives."""
+        received = []
+        for _, frame, flow, peer, tag, seq, dest in stamps:
+            problem = mismatch(frame, self.iteration, tag, seq, P2P_STREAMS)
+            if problem:
+                raise CommError(f"rank {self.rank}: {P2P_STREAMS[tag - 1]} from rank {peer} {problem}")
+            dest.copy_(frame.payload)
+            if self.faults is not None:
+                self.faults.hold(peer, self.rank, float(frame.floats[SENT]))
+            received.append((frame.floats[STAMP].tolist(), flow))
         if self.clock is None:
             for _, flow in received:
                 self.recorder.flow(False, flow)
@@ -271,9 +318,7 @@ class Fabric(Collectives):
             for peer, (lo, hi) in st["recv_slices"].items():
                 works += self._irecv(st["buf"][lo:hi], peer, tag, stamps)
             for peer, rows in st["send_rows"].items():
-                staged = st["stage"][peer]
-                torch.index_select(x, 0, rows, out=staged)
-                works += self._isend(staged, peer, tag, stamps)
+                works += self._isend(x, peer, tag, stamps, rows)
             self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
         st["in_flight"] = True
         return GossipHandle(self, st, works, name, stamps)
@@ -294,7 +339,6 @@ class Fabric(Collectives):
             "weights": torch.as_tensor(plan.weights, dtype=dtype),
             "recv_slices": {},
             "send_rows": {q: torch.as_tensor(rows, dtype=torch.long) for q, rows in plan.send.items()},
-            "stage": {q: torch.empty(len(rows), dim, dtype=dtype) for q, rows in plan.send.items()},
         }
         offset = self.per_process
         for q in sorted(plan.recv):
@@ -378,13 +422,16 @@ def world_from_env() -> tuple[int, int]:
 
 
 @contextmanager
-def _process_group(timeout_s: float, build):
+def _process_group(timeout_s: float, build, hang_warning_s: float | None = None):
     """Create the process group (if several processes) with an explicit timeout, yield build(rank, world), and
-    always tear the group down."""
+    always tear the group down. A multi-process group also gets its hang watchdog (watch.py; default threshold:
+    a quarter of the timeout)."""
     rank, world = world_from_env()
     if world > 1:  # under an elastic agent: in this attempt's own namespace of its store (elastic.py)
         dist.init_process_group("gloo", **group_store(timedelta(seconds=timeout_s)))
     group = build(rank, world)
+    if world > 1:
+        group.watch = Watchdog(rank, world, hang_warning_s or timeout_s / 4, P2P_STREAMS)
     ok = False
     try:
         yield group
@@ -395,14 +442,19 @@ def _process_group(timeout_s: float, build):
                 if ok:
                     group.barrier()  # nobody leaves while a peer still needs its messages
             finally:
+                group.watch.close()
                 dist.destroy_process_group()
 
 
 def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None, exchange: str = "p2p",
-                net: NetProfile | None = None, seed: int = 0):
-    """The training job's Fabric over this process group (context manager); `net`: the network to simulate."""
-    return _process_group(timeout_s, lambda rank, world: Fabric(n_agents, k, rank, world, timeout_s, recorder,
-                                                                 exchange, net, seed))
+                net: NetProfile | None = None, seed: int = 0, hang_warning_s: float | None = None, faults=None):
+    """The training job's Fabric over this process group (context manager); `net`: the network to simulate,
+    `faults`: a faults.Faults to inject."""
+    def build(rank, world):
+        fabric = Fabric(n_agents, k, rank, world, timeout_s, recorder, exchange, net, seed)
+        fabric.faults = faults
+        return fabric
+    return _process_group(timeout_s, build, hang_warning_s)
 
 
 def open_collectives(timeout_s: float, recorder: Recorder | None = None):

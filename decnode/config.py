@@ -89,6 +89,8 @@ class RunConfig:
     out: str | None = _key(None, "run directory; null: runs/<env>-n<n>-<algo>-k<k>-s<seed>-<time>")
     checkpoint_interval: int = _key(50, "iterations between checkpoints (0: only at the end)", "nonneg")
     timeout_s: float = _key(300.0, "seconds any collective or point-to-point wait may take", "positive")
+    hang_warning_s: float | None = _key(None, "seconds after which a wait is reported (one table of who waits on "
+                                        "whom), below timeout_s; null: timeout_s / 4", "positive")
     tensorboard: bool = _key(True, "write TensorBoard events to RUN_DIR/tb")
     exchange: str = _key("p2p", "per-step obs/actions exchange: p2p (isend/irecv) | collective (scatter/gather)",
                          ("p2p", "collective"))
@@ -117,12 +119,14 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     # Per-algorithm train overrides (the paper's Table 2). Applied while composing: a resolved config holds {}.
     per_algo: dict = field(default_factory=dict)
+    # Injected failures (faults.py checks each entry against the job); a list, replaced whole by a higher layer.
+    faults: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "per_algo"}
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name not in ("per_algo", "faults")}
 
 
 def _fields(cls) -> dict[str, tuple[Any, dataclasses.Field]]:
@@ -168,8 +172,15 @@ def check_layer(data: Any, source: str) -> dict:
         if section == "per_algo":
             out["per_algo"] = _check_per_algo(values, source)
             continue
+        if section == "faults":
+            if values is not None and (not isinstance(values, list) or not all(isinstance(v, dict) for v in values)):
+                raise ConfigError(f"{source}: faults must be a list of mappings, e.g. [{{kind: stall, rank: 1, "
+                                  f"iteration: 3, seconds: 5}}], got {values!r:.60}")
+            out["faults"] = values or []
+            continue
         if section not in SECTIONS:
-            raise ConfigError(f"{source}: unknown config section '{section}' (known: {', '.join(SECTIONS)}, per_algo)")
+            raise ConfigError(f"{source}: unknown config section '{section}' (known: {', '.join(SECTIONS)}, per_algo, "
+                              "faults)")
         if values is None:
             values = {}
         if not isinstance(values, dict):
@@ -221,11 +232,13 @@ def compose(lower: list[tuple[str, Any]], upper: list[tuple[str, Any]] = ()) -> 
     for layer in up:
         merged_up = yamlio.merge(merged_up, layer)
     per_algo = yamlio.merge(merged_low.pop("per_algo", {}), merged_up.pop("per_algo", {}))
+    faults = merged_up.pop("faults", merged_low.pop("faults", []))
+    merged_low.pop("faults", None)
     algo = yamlio.merge(merged_low, merged_up).get("algo", {}).get("name", AlgoConfig().name)
     if algo not in ALGOS:
         raise ConfigError(f"algo.name must be one of {', '.join(ALGOS)}, got '{algo}'")
     merged = yamlio.merge(yamlio.merge(merged_low, {"train": per_algo.get(algo, {})}), merged_up)
-    cfg = Config()
+    cfg = Config(faults=faults)
     for section, values in merged.items():
         for key, value in values.items():
             setattr(getattr(cfg, section), key, value)
@@ -242,7 +255,8 @@ def parse_override(text: str) -> dict:
     YAML, the same way as in a config file (every float spelling, true/false, null)."""
     key, sep, raw = text.partition("=")
     parts = key.strip().split(".")
-    if not sep or len(parts) < 2 or not all(parts):
+    # faults is the one list-valued section: --set 'faults=[{kind: kill, rank: 1, iteration: 3}]'
+    if not sep or (len(parts) < 2 and parts != ["faults"]) or not all(parts):
         raise ConfigError(f"--set expects section.key=value, got '{text}'")
     try:
         value = yamlio.parse(raw, f"--set {key}") if raw.strip() else None
@@ -309,6 +323,9 @@ def resolve(cfg: Config, n_procs: int) -> Config:
             setattr(tr, key, value)
         cfg.per_algo = {}
     check_values(cfg)
+    if cfg.run.hang_warning_s is not None and cfg.run.hang_warning_s >= cfg.run.timeout_s:
+        raise ConfigError(f"run.hang_warning_s={cfg.run.hang_warning_s:g} must be below run.timeout_s="
+                          f"{cfg.run.timeout_s:g} (a wait is reported before it times out)")
     if tr.min_lr > tr.lr:
         raise ConfigError(f"train.min_lr={tr.min_lr} must be ≤ train.lr={tr.lr} (the lr decays linearly to min_lr)")
     if cfg.run.out is not None and not cfg.run.out.strip():
@@ -364,4 +381,6 @@ def help_config() -> str:
             lines.append(f"  {section + '.' + name:<26} {_type_name(hint):<12} = {default!s:<14} {f.metadata['doc']}")
     lines.append(f"  {'per_algo.<algo>.<key>':<26} {'mapping':<12}   {'':<14} train keys for one algorithm "
                  f"({', '.join(ALGOS)})")
+    lines.append(f"  {'faults':<26} {'list':<12} = {'[]':<14} injected failures, e.g. [{{kind: stall, rank: 1, "
+                 "iteration: 3, seconds: 5}] (kinds: kill, stall, drop, delay, link_down; README 'When things fail')")
     return "\n".join(lines)

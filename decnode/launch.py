@@ -17,6 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
+from .watch import is_diagnosis
+
+# Seconds the other workers of a failed job get to exit before SIGKILL. torch 2.13 gives them a fixed 30 s, twice
+# over: torch.multiprocessing's ProcessContext.join (grace_period None: SIGTERM, 30 s, SIGKILL) when the agent polls a
+# failed worker, and LocalElasticAgent._stop_workers (_shutdown() with its default). LaunchConfig.shutdown_timeout
+# and torchrun's --shutdown_timeout apply only when the launcher gets a signal, where workers checkpoint first and
+# need the time. A frozen worker (SIGSTOP) ignores SIGTERM: without this the job would end 30 s after the timeout.
+FAILURE_GRACE_S = 1
 
 # What torchrun's agent sets for every worker. MARKERS alone decide that we are meant to be one (MASTER_ADDR and
 # MASTER_PORT are often set in a cluster's shell profile); once one of them is set, all of TORCHRUN_VARS must be.
@@ -66,7 +74,8 @@ def torchrun_env(environ=None) -> WorkerEnv | None:
 def quiet_launcher_logs(verbose: bool) -> None:
     """torch's elastic agent logs a warning per worker on every stop (ten "Closing process … via signal SIGINT"
     lines above our one); our own messages say what happened, so show its logs only with --verbose."""
-    # CRITICAL: a worker's death is an ERROR with a traceback in its logs, which our line (or restart line) says
+    # CRITICAL, not ERROR: a worker's death is an ERROR with a traceback, which our line (or restart line) says,
+    # and formatting it imports ~2.5 s of torch modules just before that line.
     level = logging.INFO if verbose else logging.CRITICAL
     # torch gives each of its modules' loggers its own level when it imports them: set every one imported so far
     # (the caller imports the launcher first) and, through LOGLEVEL, the ones imported later.
@@ -123,6 +132,34 @@ def root_cause(err):
     return err.get_first_failure()
 
 
+def _fault_note(cfg: dict, rank: int) -> str:
+    kills = [f for f in cfg.get("faults", []) if f.get("kind") == "kill" and f.get("rank") == rank]
+    return f" (the faults config kills it at iteration {kills[0]['iteration']})" if kills else ""
+
+
+class _ShortFailureGrace:
+    """While a job runs, the workers left after a failure get FAILURE_GRACE_S, not 30 s (two of torch's methods
+    wrapped, and restored afterwards; if a torch version lacks one, its own grace stays)."""
+
+    def __enter__(self):
+        from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+        from torch.multiprocessing.spawn import ProcessContext
+
+        join, stop = ProcessContext.__dict__.get("join"), LocalElasticAgent.__dict__.get("_stop_workers")
+        self._saved = [(cls, name, f) for cls, name, f in ((ProcessContext, "join", join),
+                                                          (LocalElasticAgent, "_stop_workers", stop)) if f]
+        if join is not None:  # the grace is spent twice: before SIGTERM and before SIGKILL
+            ProcessContext.join = lambda pc, timeout=None, grace_period=None: join(
+                pc, timeout, FAILURE_GRACE_S / 2 if grace_period is None else grace_period)
+        if stop is not None:
+            LocalElasticAgent._stop_workers = lambda agent, group: agent._shutdown(timeout=FAILURE_GRACE_S)
+        return self
+
+    def __exit__(self, *exc):
+        for cls, name, f in self._saved:
+            setattr(cls, name, f)
+
+
 def _recorded(worker, *payload):
     """worker(*payload) under torch's @record, so an exception's words reach the one-line report below."""
     from torch.distributed.elastic.multiprocessing.errors import record
@@ -160,7 +197,8 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=max_restarts,
                           monitor_interval=0.5, start_method="spawn")
     try:
-        elastic_launch(config, _recorded)(worker, *payload)
+        with _ShortFailureGrace():
+            elastic_launch(config, _recorded)(worker, *payload)
         return 0
     except SignalException as err:
         name = signal.Signals(err.sigval).name
@@ -183,17 +221,20 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
                 return 1
         rank, failure = root_cause(err)
         if failure.signal_name() not in ("", "<N/A>", "NA"):
-            how = f"died ({failure.signal_name()})"
+            how = f"died ({failure.signal_name()}){_fault_note(payload[0], rank) if training else ''}"
         else:
             how = f"failed (exit code {failure.exitcode})"
         message = _recorded_error(failure)[1]
         if message.startswith("Signal "):  # torch's "Signal 9 (SIGKILL) received by PID …": said by "died (…)"
             message = ""
+        # A timeout diagnosed by a worker (who everybody waited on, or the fault behind it) is the line to end with.
+        diagnosed = [m for m in (_recorded_error(f)[1] for f in err.failures.values()) if is_diagnosis(m)]
         where = resume = ""
         if training:
             it, saved = last_iteration(run_dir), checkpoint_iteration(run_dir)
             where = f" during iteration {it + 1}" if it is not None else " during setup"
             resume = f"; last checkpoint: iteration {saved}, continue with --resume {run_dir}" if saved else ""
-        print(f"{prog}: error: rank {rank} {how}{where}{restarts}{': ' + message if message else ''}{resume}",
-              file=sys.stderr, flush=True)
+        what = (diagnosed[0] + restarts if diagnosed else
+                f"rank {rank} {how}{where}{restarts}{': ' + message if message else ''}")
+        print(f"{prog}: error: {what}{resume}", file=sys.stderr, flush=True)
         return 1

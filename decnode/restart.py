@@ -122,6 +122,10 @@ def cause(run_dir: Path, n: int, world: int) -> tuple[int | str, str]:
     if own:
         rank, error = own[0]
         return rank, f"failed ({error.splitlines()[0][:300]})"
+    # The hang watchdog's verdict (watch.py) names the rank everybody waited on: frozen or stuck, then killed.
+    hung = {int(m) for e in errors.values() for m in re.findall(r"rank (\d+) stopped answering", e)}
+    if len(hung) == 1:
+        return hung.pop(), "stopped answering"
     # A rank that never completed its note died without raising: killed from outside.
     silent = [r for r, note in notes.items() if not note or not {"error", "ended", "signal"} & set(note)]
     if len(silent) == 1:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import preflight, restart, rundir
+from . import faults, preflight, restart, rundir
 from .cli import OneLineParser
 from .cli import fail as _fail
 from .config import ALGOS, Config, ConfigError, compose, from_dict, help_config, parse_override, read_file, resolve
@@ -110,10 +110,11 @@ def _prepare_resume(args, n_procs, restarted=False):
                                    "command without --resume to start it again (the directory is reused)")
     state = ckpt.load(run_dir)
     saved = from_dict(state["config"], f"checkpoint {run_dir}").to_dict()
-    lower = [(f"checkpoint {run_dir}", {k: v for k, v in saved.items() if k != "per_algo"})]
+    # Injected faults belong to the attempt that ran them: a resume runs only those given again with --set.
+    lower = [(f"checkpoint {run_dir}", {k: v for k, v in saved.items() if k not in ("per_algo", "faults")})]
     yaml_path = run_dir / "config.yaml"
     if yaml_path.is_file():
-        lower.append((str(yaml_path), read_file(yaml_path)))
+        lower.append((str(yaml_path), {k: v for k, v in read_file(yaml_path).items() if k != "faults"}))
     cli = _cli_layers(args)
     cfg = compose(lower, cli)
     cfg.run.out = str(run_dir)
@@ -132,7 +133,7 @@ def _prepare_resume(args, n_procs, restarted=False):
                           f"iteration {done}; pass --iterations N with N > {done}")
     if cfg.run.stop_after is not None and cfg.run.stop_after <= done and not restarted:
         raise ConfigError(f"run.stop_after={cfg.run.stop_after} is not after the checkpoint's iteration {done}")
-    changes = [f"{s}.{k} {saved[s][k]!r} → {v!r}" for s, values in new.items() if s != "per_algo"
+    changes = [f"{s}.{k} {saved[s][k]!r} → {v!r}" for s, values in new.items() if s not in ("per_algo", "faults")
                for k, v in values.items() if saved[s][k] != v and (s, k) != ("run", "out")]
     notes = [f"resuming {run_dir} at iteration {done}" + (f", with changes: {', '.join(changes)}" if changes else "")]
     return cfg, run_dir, state, notes
@@ -140,7 +141,7 @@ def _prepare_resume(args, n_procs, restarted=False):
 
 def _refuse_identity_changes(saved: dict, new: dict) -> None:
     for section, values in new.items():
-        if section == "per_algo":
+        if section in ("per_algo", "faults"):
             continue
         allowed = RESUMABLE.get(section, ())
         for key, value in values.items():
@@ -208,7 +209,8 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     """What every process runs (under our launcher, torchrun, or alone)."""
     import torch
 
-    from .comm import open_fabric
+    from .comm import open_fabric, world_from_env
+    from .faults import make_faults
     from .logger import RunLogger
     from .trainer import train
 
@@ -224,9 +226,11 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
         record = restart.record(run_dir, int(os.environ.get("WORLD_SIZE", "1")), saved)
         print(f"decnode-run: {restart.describe(record)}", flush=True)
     k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
+    world = world_from_env()[1]
     with restart.noted(run_dir, rank, record), \
             open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange, net=network_profile(cfg),
-                        seed=cfg.train.seed) as fabric:
+                        seed=cfg.train.seed, hang_warning_s=cfg.run.hang_warning_s,
+                        faults=make_faults(cfg, rank, world)) as fabric:
         restarts = restart.unlogged(run_dir, state and state["iteration"]) if record else None
         try:
             summary = train(cfg, fabric, run_dir, state, restarts)
@@ -264,6 +268,7 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Pat
     cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None, restarted)
     del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
     network_profile(cfg)
+    faults.validate(cfg, n_procs)
     preflight.check_dependencies(cfg)
     if not args.no_preflight:
         preflight.check_resources(cfg, n_procs)

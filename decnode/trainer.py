@@ -92,9 +92,7 @@ class Trainer:
     # ---- one iteration -----------------------------------------------------------------------------------------
     def iterate(self) -> dict:
         tr, rec = self.cfg.train, self.rec
-        self.fabric.context = f"iteration {self.iteration}"
-        if self.fabric.clock is not None:
-            self.fabric.clock.begin_iteration()
+        self.fabric.begin_iteration(self.iteration + 1)  # counted from 1, as metrics.jsonl; fires faults.py
         lr = linear_lr(self.iteration, tr.iterations, tr.lr, tr.min_lr)
         theta_start = self.actor.params.clone()
 

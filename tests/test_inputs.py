@@ -268,6 +268,38 @@ def test_non_finite_inconsistent_and_mistyped_values_are_refused(box, args, need
     refused(box, [*TINY, "--out", "{box}/home/run", *args], needle)
 
 
+# ---- issue 14: fault injection entries, checked against the job before anything starts ----------------------------
+@pytest.mark.parametrize("faults,needle", [
+    ("[{kind: explode, rank: 1, iteration: 1}]", "faults[0]: unknown kind 'explode' (known: kill, stall, drop"),
+    ("[{kind: kill, rank: 2, iteration: 1}]", "faults[0]: rank 2 is not in the job's ranks 0…1"),
+    ("[{kind: stall, rank: 0, iteration: 1, seconds: -1}]", "faults[0]: seconds must be a finite number ≥ 0, got -1"),
+    ("[{kind: stall, rank: 0, iteration: 1}]", "faults[0]: stall needs seconds"),
+    ("[{kind: kill, rank: 0, iteration: 0}]", "faults[0]: iteration 0 is not in 1…1"),
+    ("[{kind: kill, rank: 0, iteration: 1, link: [0, 1]}]", "faults[0]: kill takes rank, iteration, not 'link'"),
+    ("[{kind: drop, link: [1, 1], iteration: 1}]", "faults[0]: link 1→1 carries no messages in this job"),
+    ("[{kind: drop, link: [0], iteration: 1}]", "faults[0]: link must be [sender rank, receiver rank]"),
+    ("[{kind: delay, link: [0, 1], iteration: 1, seconds: 400}]", "a delay of 400 s is not below run.timeout_s=300"),
+    ("[{kind: link_down, link: [0, 1], iteration: 1, seconds: 3}]", "link_down needs a network profile (--net)"),
+    ("{kind: kill}", "faults must be a list of mappings"),
+])
+def test_bad_fault_entries_are_one_line(box, faults, needle):
+    refused(box, [*TINY, "--out", "{box}/home/run", "--set", f"faults={faults}"], needle)
+
+
+def test_a_link_must_be_an_edge_of_the_knn_graph(box):
+    # k=1 on 4 agents: agent i listens to i+1, so 2 → 1 carries gossip and 1 → 2 nothing (neither is rank 0's).
+    args = [*TINY, "--nproc", "4", "--no-preflight", "--out", "{box}/home/run"]
+    refused(box, [*args, "--set", "faults=[{kind: drop, link: [1, 2], iteration: 1}]"],
+            "link 1→2 carries no messages in this job: not an edge of the kNN graph (k=1, 4 processes)")
+    assert resolved(box, [*TINY[2:], "--nproc", "4", "--no-preflight", "--set",
+                          "faults=[{kind: drop, link: [2, 1], iteration: 1}]"])["faults"][0]["link"] == [2, 1]
+
+
+def test_hang_warning_must_be_below_the_timeout(box):
+    refused(box, [*TINY, "--out", "{box}/home/run", "--set", "run.timeout_s=20", "--set", "run.hang_warning_s=20"],
+            "run.hang_warning_s=20 must be below run.timeout_s=20")
+
+
 def test_non_finite_value_in_a_file_names_the_file(box):
     (box / "c.yaml").write_text("train:\n  lr: .inf\n")
     line = refused(box, [*TINY, "--config", box / "c.yaml"], "must be a finite number")
