@@ -160,6 +160,12 @@ class _ShortFailureGrace:
             setattr(cls, name, f)
 
 
+def _last_line(text: str) -> None:
+    """The job's closing line on stderr, from column 0: a worker killed mid-update may have left rank 0's progress
+    bar on the line ("\\r" starts a line for readers and terminals alike; a terminal also clears the rest)."""
+    print(f"\r{chr(27) + '[K' if sys.stderr.isatty() else ''}{text}", file=sys.stderr, flush=True)
+
+
 def _recorded(worker, *payload):
     """worker(*payload) under torch's @record, so an exception's words reach the one-line report below."""
     from torch.distributed.elastic.multiprocessing.errors import record
@@ -217,7 +223,7 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
             kind, message = _recorded_error(failure)
             if kind == "RunDirWriteError":
                 used = f" (after {max_restarts} restart{'s' if max_restarts > 1 else ''})" if max_restarts else ""
-                print(f"{prog}: error: {message}{used}", file=sys.stderr, flush=True)
+                _last_line(f"{prog}: error: {message}{used}")
                 return 1
         rank, failure = root_cause(err)
         if failure.signal_name() not in ("", "<N/A>", "NA"):
@@ -236,5 +242,5 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
             resume = f"; last checkpoint: iteration {saved}, continue with --resume {run_dir}" if saved else ""
         what = (diagnosed[0] + restarts if diagnosed else
                 f"rank {rank} {how}{where}{restarts}{': ' + message if message else ''}")
-        print(f"{prog}: error: {what}{resume}", file=sys.stderr, flush=True)
+        _last_line(f"{prog}: error: {what}{resume}")
         return 1

@@ -117,3 +117,16 @@ def test_under_torchrun_a_restart_without_a_checkpoint_starts_over_and_keeps_the
     assert lines == metrics(uninterrupted)
     a, b = models(uninterrupted), models(run_dir)
     assert torch.equal(a["actor_rows"], b["actor_rows"]) and torch.equal(a["critic"], b["critic"])
+
+
+def test_a_kill_fault_under_max_restarts_recovers_to_the_uninterrupted_run(uninterrupted, tmp_path):
+    """faults: fire only in the first attempt, so the restarted job runs past the kill to the same parameters."""
+    run_dir = tmp_path / "run"
+    res = decnode(*COMMON, "--out", run_dir, "--set", "faults=[{kind: kill, rank: 1, iteration: 4}]", timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = metrics(run_dir)
+    [rec] = [r for line in lines for r in line.pop("restarts", [])]
+    assert rec["rank"] == 1 and rec["how"] == "died" and rec["iteration"] == 4 and rec["checkpoint"] == 2, rec
+    assert lines == metrics(uninterrupted)
+    a, b = models(uninterrupted), models(run_dir)
+    assert torch.equal(a["actor_rows"], b["actor_rows"]) and torch.equal(a["critic"], b["critic"])
