@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The XLA placement (issue #15) lives in its own venv: torch_xla 2.9.0 loads only with torch 2.9.0, and the main
-# venv pins torch 2.13.0. PyPI's torch 2.9.0 is the CUDA build; --no-deps leaves out its nvidia-* and triton
-# wheels (≈ 4 GB) that CPU XLA devices never load, so its pure-Python deps are listed by hand.
+# venv pins torch 2.13.0. PyPI's torch 2.9.0 is the CUDA build and its libtorch_cpu.so itself links libcudart and
+# libcupti, so the nvidia-* wheels must be there even on CPU; only triton (a GPU compiler, never loaded by CPU
+# XLA devices) is left out: torch goes in with --no-deps, then its own requirement list minus triton. pip then
+# warns that triton is missing: expected.
 XVENV  ?= .venv-xla
 XPY    := $(XVENV)/bin/python
 XSTAMP := $(XVENV)/.installed-stamp
@@ -24,7 +26,9 @@ $(XSTAMP): pyproject.toml
 	python3 -m venv $(XVENV)
 	$(XPY) -m pip install -q --upgrade pip
 	$(XPY) -m pip install -q --no-deps torch==2.9.0
-	$(XPY) -m pip install -q torch_xla==2.9.0 filelock typing-extensions sympy networkx jinja2 fsspec \
+	$(XPY) -c "import importlib.metadata as m; print('\\n'.join(r for r in m.requires('torch') \
+		if 'extra ==' not in r and not r.startswith('triton')))" > $(XVENV)/torch-deps.txt
+	$(XPY) -m pip install -q -r $(XVENV)/torch-deps.txt torch_xla==2.9.0 \
 		'numpy>=1.26' 'pyyaml>=6.0' 'tqdm>=4.66' 'pytest>=8' 'pytest-timeout>=2.3'
 	$(XPY) -m pip install -q --no-deps -e .
 	touch $(XSTAMP)
@@ -40,10 +44,15 @@ test: $(STAMP)
 
 install-xla: $(XSTAMP)
 
-# 4 XLA devices on the CPU in one process, one thread per device; the pool must hold all four device threads
-# even on a 2-core host, or a collective waits on a device that never runs.
+# 4 XLA devices on the CPU in one process, one thread per device (tests/xla/xla_run.py sets the same for the
+# processes it starts). Each setting was needed here, on 2 cores: torch_xla's thread pool runs the devices'
+# graphs and a graph waiting in a collective holds pool threads until every device joins (8 threads: now and
+# then a deadlock; 64: none seen); with parameter aliasing on, a graph that updates one of its own inputs in
+# place (the caller changing x while its gossip is pending) ran inside sync() and waited there for the other
+# devices, which could not sync: a deadlock every time after a few earlier graphs.
+XLA_CPU_ENV := PJRT_DEVICE=CPU CPU_NUM_DEVICES=4 XLA_THREAD_POOL_SIZE=64 XLA_ENABLE_PARAM_ALIASING=0
 test-xla: $(XSTAMP)
-	PJRT_DEVICE=CPU CPU_NUM_DEVICES=4 XLA_THREAD_POOL_SIZE=8 $(XPY) -m pytest -q -p no:cacheprovider tests/xla
+	$(XLA_CPU_ENV) $(XPY) -m pytest -q -p no:cacheprovider tests/xla
 
 bench: $(STAMP)
 	$(PY) benchmarks/comm.py
