@@ -45,11 +45,12 @@ test: $(STAMP)
 install-xla: $(XSTAMP)
 
 # 4 XLA devices on the CPU in one process, one thread per device (tests/xla/xla_run.py sets the same for the
-# processes it starts). Each setting was needed here, on 2 cores: torch_xla's thread pool runs the devices'
-# graphs and a graph waiting in a collective holds pool threads until every device joins (8 threads: now and
-# then a deadlock; 64: none seen); with parameter aliasing on, a graph that updates one of its own inputs in
-# place (the caller changing x while its gossip is pending) ran inside sync() and waited there for the other
-# devices, which could not sync: a deadlock every time after a few earlier graphs.
+# processes it starts). Seen here, on 2 cores, with the sync lock and barrier of comm_xla: with parameter
+# aliasing on, a graph that updates one of its own inputs in place (the caller changing x while its gossip is
+# pending) ran inside sync() and waited there for the other devices, which could not sync: the n=8 gossip test
+# deadlocked in every run until XLA_ENABLE_PARAM_ALIASING=0. A graph waiting in a collective also holds
+# torch_xla pool threads: one of those graphs deadlocked in 2 of 3 runs with XLA_THREAD_POOL_SIZE=8 and in
+# none of 3 with 64 (aliasing still on). 8 with aliasing off was not tried; 64 costs nothing but idle threads.
 XLA_CPU_ENV := PJRT_DEVICE=CPU CPU_NUM_DEVICES=4 XLA_THREAD_POOL_SIZE=64 XLA_ENABLE_PARAM_ALIASING=0
 test-xla: $(XSTAMP)
 	$(XLA_CPU_ENV) $(XPY) -m pytest -q -p no:cacheprovider tests/xla

@@ -14,8 +14,8 @@ Measured on CPU devices (torch_xla 2.9.0), and why the code is shaped so:
   calls: every device thread makes them, in the same order;
 - ranks come from `xr.global_ordinal()` (torch.distributed's rank is 0 in every thread);
 - a gloo group made from the device threads hangs, so the host side uses a threading barrier instead;
-- the environment needs XLA_THREAD_POOL_SIZE=64 and XLA_ENABLE_PARAM_ALIASING=0 on a 2-core host (the Makefile's
-  test-xla target says why: each prevented a deadlock seen here).
+- the environment needs XLA_ENABLE_PARAM_ALIASING=0 and gets XLA_THREAD_POOL_SIZE=64 on a 2-core host (the
+  Makefile's test-xla target says what deadlocked without them).
 torch_xla is imported inside functions: decnode imports in a venv without it.
 """
 

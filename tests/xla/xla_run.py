@@ -35,7 +35,7 @@ def device_main(index: int, module: str, name: str, args: list, outdir: str) -> 
 
 def xla_env(devices: int) -> dict:
     env = dict(os.environ)
-    # Why each setting: the Makefile's test-xla target (the same three, for the same reasons).
+    # Why each setting: the Makefile's test-xla target (the same ones, for the same reasons).
     env.update(PJRT_DEVICE="CPU", CPU_NUM_DEVICES=str(devices), XLA_THREAD_POOL_SIZE="64",
                XLA_ENABLE_PARAM_ALIASING="0")
     here = os.path.dirname(os.path.abspath(__file__))  # tests/xla, and tests/ for the gloo helper multiproc
