@@ -104,6 +104,36 @@ def block_plan(P: np.ndarray, n_procs: int, rank: int) -> BlockPlan:
     return BlockPlan(rank, mine, send, recv, weights)
 
 
+@dataclass(frozen=True)
+class ShiftPlan:
+    """The gossip of a block plan as whole-device shifts, for collectives that move one tensor per device.
+
+    P is circulant and every device holds a equal block of a rows, so what device r needs from device r+s
+    (local rows `rows[s]` of that block) and the weights it mixes with do not depend on r: every device runs
+    the same program. Shift s is the permutation "device q sends to q−s", one collective per shift.
+    """
+
+    shifts: list[int]        # device offsets s (1 ≤ s < W) that carry rows, increasing
+    rows: list[list[int]]    # for each shift, the sender's local row indices it sends
+    weights: np.ndarray      # [a, a + Σ len(rows)]: own rows first, then each shift's rows in order
+
+
+def shift_plan(P: np.ndarray, n_devices: int) -> ShiftPlan:
+    n = P.shape[0]
+    if n % n_devices:
+        raise ValueError(f"{n} agents cannot be split evenly over {n_devices} devices")
+    a = n // n_devices
+    mine = range(a)  # device 0's rows; any other device is the same up to a shift (circulant P)
+    shifts, rows, columns = [], [], list(mine)
+    for s in range(1, n_devices):
+        needed = [j for j in range(s * a, (s + 1) * a) if any(P[i, j] > 0 for i in mine)]
+        if needed:
+            shifts.append(s)
+            rows.append([j - s * a for j in needed])
+            columns += needed
+    return ShiftPlan(shifts, rows, P[np.ix_(list(mine), columns)])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m decnode.topology", description="kNN ring spectral gaps")
     parser.add_argument("--n", type=int, default=10, help="number of agents")

@@ -160,3 +160,11 @@ def _silent_peer_worker():
 def test_silent_peer_becomes_a_named_error_not_a_hang():
     message, _ = run_ranks(_silent_peer_worker, 2, timeout=60)
     assert "rank 0" in message and "iteration 7" in message, message
+
+
+def test_xla_fabric_module_imports_without_torch_xla():
+    """decnode.comm_xla imports torch_xla only inside: the main venv (torch 2.13, no torch_xla) imports it."""
+    import importlib.util
+
+    import decnode.comm_xla as comm_xla
+    assert comm_xla.available() == (importlib.util.find_spec("torch_xla") is not None)

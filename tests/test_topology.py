@@ -68,3 +68,18 @@ def test_cli_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "decnode.topology", "--n", "11"], capture_output=True, text=True,
                          check=True).stdout
     assert all(f"\n{k:>3} " in out for k in range(1, 10))
+
+
+@pytest.mark.parametrize("n,devices", [(4, 4), (8, 4), (6, 3), (5, 5), (10, 2), (12, 4)])
+def test_shift_plan_mixes_like_P_on_every_device(n, devices):
+    """The XLA fabric's plan (one collective per device shift, the same program on every device) gives P @ Θ."""
+    from decnode.topology import shift_plan
+    theta = np.random.default_rng(n).normal(size=(n, 3))
+    a = n // devices
+    for k in range(n):
+        P = mixing_matrix(n, k)
+        plan = shift_plan(P, devices)
+        for r in range(devices):
+            block = lambda q: theta[(q % devices) * a: (q % devices + 1) * a]  # noqa: E731
+            buf = np.concatenate([block(r)] + [block(r + s)[rows] for s, rows in zip(plan.shifts, plan.rows)])
+            np.testing.assert_allclose(plan.weights @ buf, (P @ theta)[r * a: (r + 1) * a], atol=1e-12)
