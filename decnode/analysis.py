@@ -30,7 +30,7 @@ import torch
 
 from . import envs
 from .cli import check_output
-from .comm import Collectives
+from .collectives import Collectives
 from .envs.perturb import test_env_wrapper
 from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 
@@ -179,7 +179,7 @@ def _write_json(path: Path, data: dict) -> None:
 def eval_worker(run_dir: str, modes: list[str], episodes: int | None, test_episodes: int | None, out: str,
                 timeout_s: float) -> None:
     """What each process runs under launch(); rank 0 writes the result."""
-    from .comm import open_collectives
+    from .collectives import open_collectives
 
     torch.set_num_threads(1)  # several processes share few cores
     with open_collectives(timeout_s) as group:

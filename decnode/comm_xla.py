@@ -25,7 +25,7 @@ import threading
 
 import torch
 
-from .comm import CommError
+from .collectives import CommError
 from .timing import Recorder, Section
 from .topology import mixing_matrix, shift_plan
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .acting import SamplePerEpisode, acting_loop, argmax
-from .comm import Collectives
+from .collectives import Collectives
 from .envs import EnvFactory
 from .envs.base import BatchedEnv
 from .models import RecurrentNet, flatten_parameters

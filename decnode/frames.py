@@ -49,7 +49,7 @@ class Frames:
 
 
 def mismatch(frame: Frame, iteration: int, tag: int, sequence: int, streams: tuple) -> str | None:
-    """Why a received frame is not the one expected, or None. `streams`: names by tag − 1 (comm.P2P_STREAMS)."""
+    """Why a received frame is not the one expected, or None. `streams`: names by tag − 1 (collectives.P2P_STREAMS)."""
     magic, got_it, got_tag, got_seq = (int(v) for v in frame.ints[INTS])
 
     def name(t):

@@ -44,7 +44,7 @@ from .acting import SamplePerAgent, acting_loop
 from .actor import sampler_seed
 from .analysis import AnalysisError, OneLineParser, env_factory, eval_seeds, fail, load_models
 from .cli import check_output
-from .comm import Collectives
+from .collectives import Collectives
 from .critic import critic_from_models
 from .evaluate import Evaluator
 from .mappo import normalize_advantages, ppo_policy_loss
@@ -238,7 +238,7 @@ def save(run_dir: Path, result: dict, models: dict) -> None:
 
 
 def landscape_worker(run_dir: str, grid: int, span: float, episodes: int, seed: int, timeout_s: float) -> None:
-    from .comm import open_collectives
+    from .collectives import open_collectives
 
     torch.set_num_threads(1)
     with open_collectives(timeout_s) as group:

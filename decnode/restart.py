@@ -24,7 +24,7 @@ from pathlib import Path
 from .elastic import attempt, max_restarts
 
 NOTES = "attempts"
-# How a survivor's error reads when a peer went away: ours (comm.py) or gloo's own words.
+# How a survivor's error reads when a peer went away: ours (collectives.py) or gloo's own words.
 PEER_LOST = re.compile(r"^(CommError|DistBackendError)|Connection (closed|reset) by peer|Broken pipe")
 
 

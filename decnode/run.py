@@ -209,7 +209,9 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     """What every process runs (under our launcher, torchrun, or alone)."""
     import torch
 
-    from .comm import open_fabric, world_from_env
+    from .collectives import world_from_env
+
+    from .comm import open_fabric
     from .faults import make_faults
     from .logger import RunLogger
     from .trainer import train

@@ -45,7 +45,7 @@ class Watchdog:
                  out=None):
         self.rank, self.world, self.warn_s = rank, world, warn_s
         self.current: tuple | None = None  # (call, peer, nbytes, iteration, started wall time)
-        self._tags = {name: 1 + i for i, name in enumerate(streams)}  # for the table: comm.stream_tag
+        self._tags = {name: 1 + i for i, name in enumerate(streams)}  # for the table: collectives.stream_tag
         self._out = out or sys.stderr
         run = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "")
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")

@@ -11,7 +11,7 @@ import torch
 
 from decnode import analysis, landscape, plots
 from decnode.analysis import MODES, evaluate_run, load_models
-from decnode.comm import Collectives
+from decnode.collectives import Collectives
 from decnode.evaluate import Evaluator
 
 N = 3

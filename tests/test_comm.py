@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from decnode.comm import CommError, Fabric, open_fabric
+from decnode.collectives import CommError
+
+from decnode.comm import Fabric, open_fabric
 from decnode.topology import mixing_matrix
 from multiproc import run_ranks
 
@@ -15,7 +17,7 @@ def theta(n: int) -> torch.Tensor:
 
 
 def _gossip_worker(per_process: int, rounds: int):
-    from decnode.comm import world_from_env
+    from decnode.collectives import world_from_env
     rank, world = world_from_env()
     n = per_process * world
     out = {}
@@ -57,7 +59,7 @@ def test_gossip_matches_P_theta_and_reaches_consensus(world, per_process):
 
 
 def _two_streams_worker(per_process: int):
-    from decnode.comm import world_from_env
+    from decnode.collectives import world_from_env
     from decnode.timing import Section
     rank, world = world_from_env()
     n = per_process * world
@@ -108,7 +110,7 @@ def test_single_process_fabric_needs_no_process_group():
 
 
 def _exchange_worker(per_process: int, exchange: str):
-    from decnode.comm import world_from_env
+    from decnode.collectives import world_from_env
     rank, world = world_from_env()
     n = per_process * world
     with open_fabric(n, 1, timeout_s=60, exchange=exchange) as fabric:
@@ -138,7 +140,7 @@ def test_coordinator_exchange_round_trip(world, per_process, exchange):
 
 
 def _silent_peer_worker():
-    from decnode.comm import world_from_env
+    from decnode.collectives import world_from_env
     rank, world = world_from_env()
     import torch.distributed as dist
     from datetime import timedelta

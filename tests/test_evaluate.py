@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from decnode.comm import Collectives
+from decnode.collectives import Collectives
 from decnode.envs import EnvFactory
 from decnode.envs.perturb import PerturbedEnv
 from decnode.envs.spread import BatchedSpread
@@ -39,7 +39,7 @@ CASES = [(BatchedSpread, False), (BatchedSpread, True), (HeavySpread, False)]
 
 
 def _worker():
-    from decnode.comm import open_collectives
+    from decnode.collectives import open_collectives
     with open_collectives(timeout_s=60) as group:
         return [_evaluate(group, cls, perturbed) for cls, perturbed in CASES]
 

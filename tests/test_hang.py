@@ -10,7 +10,9 @@ import time
 import pytest
 import torch
 
-from decnode.comm import CommError, Fabric
+from decnode.collectives import CommError
+
+from decnode.comm import Fabric
 from multiproc import run_ranks
 from test_reliability import BASE, decnode, models
 
@@ -73,7 +75,8 @@ def test_a_frozen_rank_ends_the_job_within_30s_naming_it_and_the_iteration(tmp_p
 
 
 def _stale_worker():
-    from decnode.comm import open_fabric, world_from_env
+    from decnode.collectives import world_from_env
+    from decnode.comm import open_fabric
     rank, world = world_from_env()
     with open_fabric(2, 1, timeout_s=30) as fabric:
         fabric.begin_iteration(8 if rank == 0 else 7)  # rank 1 is an iteration behind

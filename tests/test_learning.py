@@ -24,7 +24,7 @@ ARGS = ["--nproc", "3", "--k", "1", "--iterations", str(ITERATIONS), "--seed", "
 
 def untrained_return(seed: int = 1) -> float:
     from decnode.actor import ActorBlock
-    from decnode.comm import Collectives
+    from decnode.collectives import Collectives
     from decnode.envs import env_factory
     from decnode.evaluate import EVAL_SEED_OFFSET, Evaluator
 

@@ -13,7 +13,8 @@ def rows_for(rank: int, name: str) -> torch.Tensor:
 
 
 def _worker():
-    from decnode.comm import open_fabric, world_from_env
+    from decnode.collectives import world_from_env
+    from decnode.comm import open_fabric
     from decnode.metrics import agent_variance_and_sums
 
     rank, world = world_from_env()

@@ -20,7 +20,7 @@ ITERATIONS = 50
 
 def untrained_eval(seed: int = 1) -> float:
     from decnode.actor import ActorBlock
-    from decnode.comm import Collectives
+    from decnode.collectives import Collectives
     from decnode.envs import env_factory
     from decnode.evaluate import EVAL_SEED_OFFSET, Evaluator
 

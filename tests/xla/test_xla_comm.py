@@ -42,7 +42,8 @@ def xla_gossip(n: int, ks: list, dtype: torch.dtype) -> dict:
 
 
 def gloo_gossip(n: int, ks: list) -> dict:
-    from decnode.comm import Fabric, open_fabric, world_from_env
+    from decnode.collectives import world_from_env
+    from decnode.comm import Fabric, open_fabric
     rank, world = world_from_env()
     out = {}
     with open_fabric(n, 0, timeout_s=60):
