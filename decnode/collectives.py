@@ -150,7 +150,7 @@ class Collectives:
         self._sequence[key] += 1
         return self._sequence[key], ((src * 65536 + dst) * 4096 + tag) * 2**24 + self._sequence[key]
 
-    def _isend(self, x: torch.Tensor, peer: int, tag: int, stamps: list, rows=None) -> list:
+    def _isend(self, x: torch.Tensor, peer: int, tag: int, rows=None) -> list:
         """isend x (or x[rows]) in a frame whose header says what it is and, with a profile, carries its stamp:
         when it leaves this node's link and when it arrives."""
         seq, flow = self._next(self.rank, peer, tag)

@@ -74,7 +74,7 @@ class Fabric(Collectives):
             for peer, (lo, hi) in st["recv_slices"].items():
                 works += self._irecv(st["buf"][lo:hi], peer, tag, stamps)
             for peer, rows in st["send_rows"].items():
-                works += self._isend(x, peer, tag, stamps, rows)
+                works += self._isend(x, peer, tag, rows)
             self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
         st["in_flight"] = True
         return GossipHandle(self, st, works, name, stamps)
@@ -135,7 +135,7 @@ class Fabric(Collectives):
         with self.recorder.section(name), self.transport():
             if self.rank == 0:
                 works = [w for r in range(1, self.world)
-                         for w in self._isend(full[self.rows_of(r).start: self.rows_of(r).stop], r, tag, stamps)]
+                         for w in self._isend(full[self.rows_of(r).start: self.rows_of(r).stop], r, tag)]
                 self.recorder.count(name, nbytes=(full.numel() - like.numel()) * full.element_size(),
                                     messages=self.world - 1)
                 self._wait_all(works, name)
@@ -168,7 +168,7 @@ class Fabric(Collectives):
                 self._arrived(stamps)
                 return full
             self.recorder.count(name, nbytes=local.numel() * local.element_size(), messages=1)
-            self._wait_all(self._isend(local.contiguous(), 0, tag, stamps), name)
+            self._wait_all(self._isend(local.contiguous(), 0, tag), name)
             return None
 
 

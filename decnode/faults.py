@@ -23,6 +23,7 @@ import sys
 import time
 
 from .config import Config, ConfigError
+from .elastic import attempt
 from .topology import block_plan, mixing_matrix
 
 KEYS = {"kill": ("rank", "iteration"), "stall": ("rank", "iteration", "seconds"), "drop": ("link", "iteration"),
@@ -89,13 +90,9 @@ def validate(cfg: Config, world: int) -> list[dict]:
     return out
 
 
-def first_attempt() -> bool:
-    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0")
-
-
 def make_faults(cfg: Config, rank: int, world: int) -> "Faults | None":
     """This rank's Faults, or None when there are none to inject (then the fabric pays nothing)."""
-    entries = validate(cfg, world) if cfg.faults and first_attempt() else []
+    entries = validate(cfg, world) if cfg.faults and attempt() == 0 else []
     return Faults(entries, rank) if entries else None
 
 

@@ -30,9 +30,6 @@ class Frame:
         self.ints = self.raw[:32].view(torch.int64).numpy()  # numpy views: setting a field costs ~a µs
         self.floats = self.raw[:HEADER_BYTES].view(torch.float64).numpy()
 
-    def stamp(self) -> torch.Tensor:
-        return torch.from_numpy(self.floats[STAMP])
-
 
 class Frames:
     """The persistent frames of one rank, keyed by (peer, tag, direction, shape, dtype)."""

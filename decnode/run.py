@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 from . import faults, preflight, restart, rundir
+from .elastic import attempt, max_restarts
 from .cli import OneLineParser
 from .cli import fail as _fail
 from .config import ALGOS, Config, ConfigError, compose, from_dict, help_config, parse_override, read_file, resolve
@@ -219,11 +220,11 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     cfg = from_dict(cfg_dict, "launcher")
     torch.set_num_threads(cfg.run.threads or intra_op_threads())
     run_dir, rank = Path(run_dir), int(os.environ.get("RANK", "0"))
-    if restart.attempt():  # the elastic agent started us again after a failure: continue by ourselves
+    if attempt():  # the elastic agent started us again after a failure: continue by ourselves
         resume = (run_dir / ckpt.CHECKPOINT).exists()  # else start over, in the same directory
     state = ckpt.load(run_dir) if resume else None
     record = None
-    if restart.attempt() and rank == 0:
+    if attempt() and rank == 0:
         saved = state["iteration"] if state else None
         record = restart.record(run_dir, int(os.environ.get("WORLD_SIZE", "1")), saved)
         print(f"decnode-run: {restart.describe(record)}", flush=True)
@@ -259,14 +260,14 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Pat
         n_procs = env.world_size
         if args.nproc not in (None, n_procs):
             raise ConfigError(f"--nproc {args.nproc} disagrees with torchrun's {n_procs} processes")
-        if args.max_restarts not in (None, restart.max_restarts()):
+        if args.max_restarts not in (None, max_restarts()):
             raise ConfigError(f"--max-restarts {args.max_restarts} disagrees with torchrun's "
-                              f"--max-restarts {restart.max_restarts()} (pass it to torchrun)")
+                              f"--max-restarts {max_restarts()} (pass it to torchrun)")
     else:
         n_procs = 1 if args.nproc is None else args.nproc
         if n_procs < 1:
             raise ConfigError(f"--nproc must be ≥ 1, got {n_procs}")
-    restarted = env is not None and restart.attempt() > 0
+    restarted = env is not None and attempt() > 0
     cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None, restarted)
     del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
     network_profile(cfg)

@@ -22,6 +22,8 @@ import threading
 import time
 from datetime import timedelta
 
+from .elastic import attempt
+
 # The words by which the launcher recognises a diagnosis (the line to end a failed job with).
 DIAGNOSES = ("stopped answering", "wait on each other", "faults config")
 
@@ -48,8 +50,7 @@ class Watchdog:
         self._tags = {name: 1 + i for i, name in enumerate(streams)}  # for the table: collectives.stream_tag
         self._out = out or sys.stderr
         run = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "")
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        self._prefix = f"decnode/watch/{run}/{attempt}/"
+        self._prefix = f"decnode/watch/{run}/{attempt()}/"
         self._store, self._lock = None, threading.Lock()
         self._published, self._printing = None, False
         self._stop = threading.Event()
