@@ -29,7 +29,7 @@ $(XSTAMP): pyproject.toml
 	$(XPY) -c "import importlib.metadata as m; print('\\n'.join(r for r in m.requires('torch') \
 		if 'extra ==' not in r and not r.startswith('triton')))" > $(XVENV)/torch-deps.txt
 	$(XPY) -m pip install -q -r $(XVENV)/torch-deps.txt torch_xla==2.9.0 \
-		'numpy>=1.26' 'pyyaml>=6.0' 'tqdm>=4.66' 'pytest>=8' 'pytest-timeout>=2.3'
+		'numpy>=1.26' 'pyyaml>=6.0' 'tqdm>=4.66' 'tensorboard>=2.16' 'matplotlib>=3.8' 'pytest>=8' 'pytest-timeout>=2.3'
 	$(XPY) -m pip install -q --no-deps -e .
 	touch $(XSTAMP)
 

@@ -44,21 +44,27 @@ class PPOBatch:
 
 
 class ActorBlock:
-    def __init__(self, agents: range, obs_dim: int, n_actions: int, hidden: int, seed: int):
+    def __init__(self, agents: range, obs_dim: int, n_actions: int, hidden: int, seed: int,
+                 device: torch.device | str = "cpu"):
         self.agents, self.a = agents, len(agents)
         self.n_actions = n_actions
-        # Same θ₀ for every agent, whatever the block size: the init draws from one seeded generator.
+        # Same θ₀ for every agent, whatever the block size: the init draws from one seeded generator (on the host,
+        # then moved: the same θ₀ on an XLA device).
         self.net = RecurrentNet(self.a, obs_dim, n_actions, hidden, out_gain=0.01,
-                                generator=torch.Generator().manual_seed(seed))
+                                generator=torch.Generator().manual_seed(seed)).to(device)
+        self.device = torch.device(device)
         self.params, self.grads = flatten_parameters(self.net, self.a)
         self.samplers = [torch.Generator().manual_seed(sampler_seed(seed, i)) for i in agents]
 
     def ppo_batch(self, batch: ActorBatch, advantages: torch.Tensor, chunk: int) -> PPOBatch:
-        """The rollout as the PPO epochs consume it: chunked sequences and normalised advantages."""
-        return PPOBatch(obs=chunk_sequences(batch.obs, chunk), avail=chunk_sequences(batch.avail, chunk),
-                        actions=chunk_sequences(batch.actions, chunk), old_logp=chunk_sequences(batch.logp, chunk),
-                        adv=chunk_sequences(normalize_advantages(advantages), chunk),
-                        h0=chunk_start_states(batch.h_before, chunk), reset=chunk_resets(batch.reset, chunk))
+        """The rollout as the PPO epochs consume it: chunked sequences and normalised advantages, on the
+        parameters' device (one copy per iteration; a no-op on the CPU)."""
+        d = self.device
+        return PPOBatch(obs=chunk_sequences(batch.obs, chunk).to(d), avail=chunk_sequences(batch.avail, chunk).to(d),
+                        actions=chunk_sequences(batch.actions, chunk).to(d),
+                        old_logp=chunk_sequences(batch.logp, chunk).to(d),
+                        adv=chunk_sequences(normalize_advantages(advantages), chunk).to(d),
+                        h0=chunk_start_states(batch.h_before, chunk).to(d), reset=chunk_resets(batch.reset, chunk).to(d))
 
     def backward(self, b: PPOBatch, *, clip: float, entropy_coef: float, health: bool = False) -> dict:
         """The PPO loss of every row on the full batch; leaves ∇Lᵢ(θᵢ) in `grads` (rows are independent).
@@ -83,7 +89,7 @@ class ActorBlock:
 
     def state_dict(self) -> dict:
         """Per-agent rows: parameters and each agent's action sampler."""
-        return {"params": self.params.clone(), "samplers": [g.get_state() for g in self.samplers]}
+        return {"params": self.params.cpu().clone(), "samplers": [g.get_state() for g in self.samplers]}
 
     def load_state_dict(self, state: dict) -> None:
         self.params.copy_(state["params"])

@@ -88,6 +88,17 @@ class Collectives:
         if self.faults is not None:
             self.faults.at_iteration(self)
 
+    # Where the agents' tensors live, and the two calls a lazy device (comm_xla.XlaFabric) needs: on the CPU
+    # every operation has already run, so both are free.
+    device = torch.device("cpu")
+
+    def sync(self, name: str = Section.DEVICE) -> None:
+        """Run the work recorded so far (a collective call on XLA devices); nothing to do on the CPU."""
+
+    def to_host(self, x: torch.Tensor) -> torch.Tensor:
+        """x as a host tensor (the same tensor on the CPU)."""
+        return x
+
     def transport(self):
         """Around a communication call: its CPU is the transport's, not compute, on the simulated clock."""
         return self.clock.transport() if self.clock is not None else nullcontext()

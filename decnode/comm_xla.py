@@ -84,10 +84,14 @@ class XlaFabric:
         self.rank, self.world = xr.global_ordinal(), xr.world_size()
         if n_agents % self.world:
             raise ValueError(f"{n_agents} agents cannot be split evenly over {self.world} XLA devices")
+        import torch_xla.core.xla_model as xm
         self.device = torch_xla.device()
+        self._real_device = xm.xla_real_devices([self.device])  # e.g. CPU:2: what wait_device_ops names
         self.recorder = recorder or Recorder()
         self.distributed = self.world > 1
-        self.context = "setup"
+        self.context, self.iteration = "setup", -1
+        # What the trainer reads of a gloo Fabric that has no meaning here: no simulated network, no faults.
+        self.clock = self.net = self.faults = self.watch = None
         self.n_agents = n_agents
         self.per_process = n_agents // self.world
         self.agents = self.rows_of(self.rank)
@@ -104,8 +108,14 @@ class XlaFabric:
     def rows_of(self, rank: int) -> range:
         return range(rank * self.per_process, (rank + 1) * self.per_process)
 
-    def sync(self) -> None:
-        """Launch this device's pending graph; every device thread calls it once per step (a collective call).
+    def begin_iteration(self, iteration: int) -> None:
+        self.iteration, self.context = iteration, f"iteration {iteration}"
+
+    def sync(self, name: str = Section.DEVICE) -> None:
+        """Run this device's pending graph; every device thread calls it once per step (a collective call).
+        Its time is booked under `name` (Section.DEVICE): launching the graph, then waiting for this device to
+        finish it (`wait_device_ops` on this device only: the no-argument form waits on every device, and
+        deadlocked here), so the timing table shows the device's compute and collectives, not tracing.
 
         The lock makes the threads trace and compile one after another, so all but the first reuse the first
         one's compiled program. The barrier after it keeps the steps in lockstep: a device's next sync waits
@@ -113,8 +123,11 @@ class XlaFabric:
         into step s+1 while holding the lock would keep a slower thread from ever launching step s (seen here).
         """
         import torch_xla
-        with _SYNC_LOCK:
-            torch_xla.sync()
+        import torch_xla.core.xla_model as xm
+        with self.recorder.section(name):
+            with _SYNC_LOCK:
+                torch_xla.sync()
+            xm.wait_device_ops(devices=self._real_device)
         self.board.wait(self.rank, "sync", self.context)
 
     # ---- DSGD mixing -----------------------------------------------------------------------------------------
@@ -140,7 +153,11 @@ class XlaFabric:
     # ---- parameter sharing and sums --------------------------------------------------------------------------
     def allreduce_sum_start(self, x: torch.Tensor, name: str = Section.ALLREDUCE,
                             scale: float = 1.0) -> XlaPending:
+        """The sum over devices of x: on the devices for a device tensor (lazy), through host memory for a host
+        tensor (the per-iteration statistics, in float64, which a TPU does not have)."""
         import torch_xla.core.xla_model as xm
+        if x.device.type == "cpu":
+            return XlaPending(self._host_sum(x, name) * scale)
         with self.recorder.section(name):
             out = xm.all_reduce(xm.REDUCE_SUM, x, scale=scale) if self.distributed else x * scale
         self.recorder.count(name, nbytes=x.numel() * x.element_size(), messages=1)
@@ -157,10 +174,12 @@ class XlaFabric:
         return self.allreduce_mean_start(x, name).wait()
 
     # ---- host side: coordinator <-> agents, gathers, broadcasts ----------------------------------------------
-    def _host(self, x: torch.Tensor) -> torch.Tensor:
+    def to_host(self, x: torch.Tensor) -> torch.Tensor:
+        """x on the host; for a device tensor a collective call (every device runs its pending graph, then this
+        one copies its value out)."""
         if x.device.type == "cpu":
             return x
-        self.sync()  # every device runs its pending graph, then this one copies its value out
+        self.sync()
         return x.cpu()
 
     def to_agents(self, full: torch.Tensor | None, like: torch.Tensor,
@@ -179,7 +198,7 @@ class XlaFabric:
     def to_coordinator(self, local: torch.Tensor, full: torch.Tensor | None,
                        name: str = Section.STEP_EXCHANGE) -> torch.Tensor | None:
         """Every device's rows local [a, ...] into device 0's host tensor full [n, ...] (None elsewhere)."""
-        host = self._host(local)
+        host = self.to_host(local)
         with self.recorder.section(name):
             if self.rank == 0:
                 self.board.slots[name] = full
@@ -191,7 +210,7 @@ class XlaFabric:
 
     def gather_rows(self, x: torch.Tensor, name: str = Section.GATHER) -> torch.Tensor | None:
         """Rows of every device stacked [world·len(x), ...] on the host of device 0 (None elsewhere)."""
-        host = self._host(x)
+        host = self.to_host(x)
         with self.recorder.section(name):
             self.board.slots[f"{name}/{self.rank}"] = host
             self.board.wait(self.rank, name, self.context)
@@ -201,7 +220,7 @@ class XlaFabric:
 
     def broadcast(self, x: torch.Tensor, src: int = 0, name: str = Section.BROADCAST) -> torch.Tensor:
         """x of device `src` copied into every device's x (host or device tensors)."""
-        host = self._host(x)  # on every device: a sync is a collective call
+        host = self.to_host(x)  # on every device: a sync is a collective call
         with self.recorder.section(name):
             if self.rank == src:
                 self.board.slots[name] = host
@@ -210,6 +229,27 @@ class XlaFabric:
                 x.copy_(self.board.slots[name])
             self.board.wait(self.rank, name, self.context)
         return x
+
+    def _host_sum(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """Summed in rank order on every device, so every device gets the same bits."""
+        parts = self._exchange_objects(x, name)
+        out = parts[0].clone()
+        for part in parts[1:]:
+            out += part
+        return out
+
+    def _exchange_objects(self, obj, name: str) -> list:
+        with self.recorder.section(name):
+            self.board.slots[f"{name}/{self.rank}"] = obj
+            self.board.wait(self.rank, name, self.context)
+            out = [self.board.slots[f"{name}/{r}"] for r in range(self.world)]
+            self.board.wait(self.rank, name, self.context)  # nobody overwrites a slot before all have read it
+        return out
+
+    def gather_objects(self, obj) -> list | None:
+        """Small Python objects of every device on device 0 (end-of-run reports, checkpoints' rows)."""
+        out = self._exchange_objects(obj, Section.GATHER)
+        return out if self.rank == 0 else None
 
     def barrier(self, name: str = Section.WAIT) -> None:
         with self.recorder.section(name):

@@ -97,6 +97,8 @@ class RunConfig:
     stop_after: int | None = _key(None, "checkpoint and stop after this iteration (--resume goes on)", "min1")
     threads: int | None = _key(None, "intra-op threads per process; null: this host's cores / the job's processes on "
                                "it (at least 1)", "min1")
+    device: str = _key("cpu", "where the agents compute: cpu (a process per block, gloo) | xla (a block per XLA device, "
+                       "--nproc devices; README 'XLA devices')", ("cpu", "xla"))
     trace_iterations: int = _key(2, "first iterations recorded in RUN_DIR/trace.json (Chrome trace format, Perfetto)"
                                  "; 0: none", "nonneg")
 
@@ -368,6 +370,12 @@ def resolve(cfg: Config, n_procs: int) -> Config:
     if tr.chunk_length is not None and env.episode_length % tr.chunk_length:
         raise ConfigError(f"train.chunk_length must divide env.episode_length={env.episode_length}, "
                           f"got {tr.chunk_length}")
+    if cfg.run.device == "xla":  # what the XLA placement does not have (yet): refused, not ignored
+        unsupported = [what for what, bad in (("algo.critic=local", algo.critic == "local"),
+                                              (f"net.profile={cfg.net.profile}", cfg.net.profile != "loopback"),
+                                              ("faults", bool(cfg.faults))) if bad]
+        if unsupported:
+            raise ConfigError(f"run.device=xla does not support {', '.join(unsupported)} (the CPU placement does)")
     return cfg
 
 

@@ -83,7 +83,8 @@ class AgentGRU(nn.Module):
         """
         A, T, M, _ = x.shape
         H = self.hidden
-        if A == 1 and (T == 1 or not reset[1:].any()):  # (for A > 1 the batched loop below is faster)
+        # (for A > 1 the batched loop below is faster; on an XLA device torch's GRU kernel has no lowering)
+        if A == 1 and x.device.type == "cpu" and (T == 1 or not reset[1:].any()):
             return self._fused(x, h0 * (~reset[0].bool()).to(x.dtype).unsqueeze(-1))
         # input projections do not depend on h: one bmm for all T steps
         gi = torch.baddbmm(self.b_ih, x.reshape(A, T * M, -1), self.w_ih).view(A, T, M, 3 * H)

@@ -28,6 +28,9 @@ FDS_BASE = 64  # files, pipes, the TCP store, torch's own
 def check_dependencies(cfg: Config) -> None:
     """The optional packages the environment needs, found without importing them (importing jax takes seconds)."""
     kind, _, _ = cfg.env.name.partition(":")
+    if cfg.run.device == "xla" and importlib.util.find_spec("torch_xla") is None:
+        raise ConfigError("run.device=xla needs torch_xla, which is not installed here: it needs torch 2.9.0, so it "
+                          "has its own venv: make install-xla, then .venv-xla/bin/decnode-run")
     if kind == "smax":
         missing = [m for m in ("jax", "jaxmarl") if importlib.util.find_spec(m) is None]
         if missing:

@@ -60,6 +60,21 @@ class StepExchange:
         return self.fabric.to_coordinator(actions, self.full_actions)
 
 
+class DeviceStep:
+    """The agents' recurrent step on the fabric's device (XLA): observations go in and logits and the hidden state
+    come back through the host, where the environments and the per-agent samplers live, so the actions drawn are
+    the CPU placement's. One sync per environment step: a collective call, every device makes it."""
+
+    def __init__(self, net, fabric: Fabric):
+        self.net, self.fabric = net, fabric
+
+    def step(self, obs: torch.Tensor, h: torch.Tensor, reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.fabric.device
+        logits, h = self.net.step(obs.to(d), h.to(d), reset.to(d))
+        self.fabric.sync()
+        return logits.cpu(), h.cpu()
+
+
 class Rollout:
     def __init__(self, fabric: Fabric, actor: ActorBlock, env: BatchedEnv | None, *, T: int, B: int,
                  obs_dim: int, state_dim: int, n_actions: int, hidden: int):
@@ -94,7 +109,8 @@ class Rollout:
         if coord is not None:
             coord.episode_returns, coord.episode_wins = [], []
             envs = dict(env=self.env, step=self.step_data, reset=torch.from_numpy(self.next_reset))
-        for acted in acting_loop(self.actor.net, self.sample, self.h, self.T, exchange=self.exchange,
+        net = self.actor.net if self.fabric.device.type == "cpu" else DeviceStep(self.actor.net, self.fabric)
+        for acted in acting_loop(net, self.sample, self.h, self.T, exchange=self.exchange,
                                  section=rec.section, **envs):
             t = acted.t
             with rec.section(Section.ACT):

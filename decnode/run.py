@@ -270,6 +270,9 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Pat
     restarted = env is not None and attempt() > 0
     cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None, restarted)
     del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
+    if cfg.run.device == "xla" and (env is not None or args.max_restarts):
+        raise ConfigError("run.device=xla starts its own device threads (--nproc devices): run it with decnode-run "
+                          "and without --max-restarts" + (", not under torchrun" if env is not None else ""))
     network_profile(cfg)
     faults.validate(cfg, n_procs)
     preflight.check_dependencies(cfg)
@@ -305,6 +308,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"decnode-run: {note}", flush=True)
     payload = (cfg.to_dict(), str(run_dir), bool(args.resume))
     restarts = args.max_restarts or 0
+    if cfg.run.device == "xla":  # one process, a thread per XLA device (launch_xla.py)
+        from .collectives import CommError
+        from .launch_xla import run_on_devices
+        from .trainer import NonFiniteError
+        try:
+            run_on_devices(*payload, devices=n_procs)
+        except (NonFiniteError, rundir.RunDirWriteError, CommError) as err:
+            fail(str(err), code=1)
+        return
     if env is not None or (n_procs == 1 and not restarts):  # one process that nothing restarts runs right here
         from .trainer import NonFiniteError
         try:

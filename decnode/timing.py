@@ -119,6 +119,7 @@ class Section:
     GATHER = "gather"
     WAIT = "wait"
     CHECKPOINT = "checkpoint"
+    DEVICE = "device"  # XLA devices: running the recorded graph (its compute and its collectives), at sync()
 
 
 # How sections fold into the categories a reader asks about (raw names stay in timing.json).
@@ -129,9 +130,9 @@ GROUPS = {Section.SETUP: "setup", Section.ENV: "rollout", Section.ACT: "rollout"
           Section.GOSSIP_CRITIC: "gossip/allreduce", Section.ALLREDUCE: "gossip/allreduce",
           Section.ALLREDUCE_CRITIC: "gossip/allreduce", Section.EVAL: "eval", Section.STATS: "waiting",
           Section.BROADCAST: "waiting", Section.GATHER: "waiting", Section.WAIT: "waiting",
-          Section.CHECKPOINT: "checkpoint"}
-ORDER = ["setup", "rollout", "step_exchange", "actor_update", "gossip/allreduce", "critic", "eval", "waiting",
-         "checkpoint"]
+          Section.CHECKPOINT: "checkpoint", Section.DEVICE: "device"}
+ORDER = ["setup", "rollout", "step_exchange", "actor_update", "gossip/allreduce", "device", "critic", "eval",
+         "waiting", "checkpoint"]
 
 
 def grouped(snapshot: dict[str, dict[str, float]]) -> dict[str, float]:

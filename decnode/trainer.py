@@ -12,6 +12,7 @@ import os
 import resource
 import signal
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,8 @@ class StopRequested:
 
     def __init__(self):
         self.flag, self.signum = False, None
+        if threading.current_thread() is not threading.main_thread():
+            return  # an XLA device thread: only the main thread may handle signals (torch_xla's launcher's)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._set)
 
@@ -71,7 +74,7 @@ class Trainer:
         self.mix_epochs = (range(tr.ppo_epochs) if cfg.algo.mix_every == "step"  # DecPG: which epochs gossip
                            else range(tr.ppo_epochs - 1, tr.ppo_epochs))
 
-        self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed)
+        self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed, fabric.device)
         self.actor_combiner = make_combiner(cfg.algo.name, fabric)
         self.critic = make_critic(cfg.algo.critic, fabric, algo=cfg.algo.name, state_dim=state_dim,
                                   agent_id=env_cfg.state_agent_id, seed=tr.seed, T=self.T, B=self.B, hidden=tr.hidden,
@@ -87,6 +90,7 @@ class Trainer:
         self.rollout.start(tr.seed)
         if resume is not None:
             self.load_state_dict(resume)
+        fabric.sync()  # θ₀ (or the checkpoint's θ) on an XLA device: computed once, not again in iteration 1
         self.stop = StopRequested()
 
     # ---- one iteration -----------------------------------------------------------------------------------------
@@ -94,7 +98,7 @@ class Trainer:
         tr, rec = self.cfg.train, self.rec
         self.fabric.begin_iteration(self.iteration + 1)  # counted from 1, as metrics.jsonl; fires faults.py
         lr = linear_lr(self.iteration, tr.iterations, tr.lr, tr.min_lr)
-        theta_start = self.actor.params.clone()
+        theta_start = self.actor.params.cpu().clone()
 
         batch, coord = self.rollout.collect()
         critic_batch = self.critic.prepare(coord)  # this rank's advantages and the critic's training data
@@ -114,14 +118,17 @@ class Trainer:
                 self.critic.epoch(critic_batch, lr, mix)  # while the actor's message is in flight
             with rec.section(Section.ACTOR_UPDATE):
                 combiner.step(actor.params, actor.grads, lr, tr.max_grad_norm)
+            self.fabric.sync()  # XLA: one graph per epoch, run by every device together (nothing on the CPU)
 
         self.iteration += 1
         self.env_steps += self.T * self.B
-        return self._iteration_stats(first, stats, critic_batch, theta_start, coord, lr)
+        # Host copies of what the statistics read (on the CPU: the same tensors, no copy).
+        first, stats = ({key: x.cpu() for key, x in d.items()} for d in (first, stats))
+        return self._iteration_stats(first, stats, critic_batch, theta_start, actor.params.cpu(), coord, lr)
 
-    def _nonfinite(self, first: dict, critic_batch) -> tuple[int, int]:
+    def _nonfinite(self, first: dict, critic_batch, params: torch.Tensor) -> tuple[int, int]:
         """(index into WATCHED + 1, local row) of the first NaN/inf on this rank; (0, 0) if all is finite."""
-        watched = [first["policy_loss"], self.actor.params,
+        watched = [first["policy_loss"], params,
                    critic_batch.losses[0] if critic_batch.losses else None,
                    self.critic.net.params if self.critic.net is not None else None]
         for code, x in enumerate(watched, start=1):
@@ -131,7 +138,7 @@ class Trainer:
                     return code, int(bad.nonzero()[0])
         return 0, 0
 
-    def _iteration_stats(self, first, last, critic_batch, theta_start, coord, lr) -> dict:
+    def _iteration_stats(self, first, last, critic_batch, theta_start, params, coord, lr) -> dict:
         """One all-reduce per iteration carries the losses, PPO's health metrics, the noise metrics (paper A.5),
         the non-finite check and the stop flag. Dₘ uses the first epoch's gradient (taken at θₘ); Vₘ the whole
         iteration's update θₘ₊₁ − θₘ; approx-KL and clip fraction the last epoch (the first one's ratio is 1)."""
@@ -142,11 +149,11 @@ class Trainer:
                    "value_loss": critic_batch.losses[0].sum().item() if critic_batch.losses else 0.0,
                    "explained_variance": ev.sum().item() if ev is not None else 0.0, "stop": float(self.stop.flag)}
         # Which rank saw a NaN/inf, and where: one slot per rank, so every rank can name the culprit.
-        code, row = self._nonfinite(first, critic_batch)
+        code, row = self._nonfinite(first, critic_batch, params)
         flags = [0.0] * self.fabric.world
         flags[self.fabric.rank] = float(code + len(WATCHED) * row) if code else 0.0
         variances, totals = agent_variance_and_sums(
-            self.fabric, {"grad_disagreement": first["grad"], "update_variance": self.actor.params - theta_start,
+            self.fabric, {"grad_disagreement": first["grad"], "update_variance": params - theta_start,
                           "consensus_distance": theta_start}, [*scalars.values(), *flags])
         sums = dict(zip(scalars, totals))
         self._raise_if_nonfinite(totals[len(scalars):])
@@ -180,7 +187,7 @@ class Trainer:
     # ---- evaluation and models ----------------------------------------------------------------------------------
     def average_actor(self) -> torch.Tensor:
         """θ̄ = mean θᵢ over all agents (PS: the shared θ), as rows for every agent [n, D]."""
-        mean = self.fabric.allreduce_mean(self.actor.params, name=Section.EVAL)
+        mean = self.fabric.to_host(self.fabric.allreduce_mean(self.actor.params, name=Section.EVAL))
         return mean.unsqueeze(0).expand(self.n, -1)
 
     def evaluate(self) -> dict:
@@ -350,8 +357,12 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
         print(logger.finish(timing, summary), flush=True)
         if clock is not None:
             print(format_clock_table(fabric.net, summary["simulated"]["ranks"], trainer.iteration - start), flush=True)
-        print(f"peak memory per process: rank 0 {memory[0]:.0f} MB, others up to {max(memory[1:], default=0):.0f} MB;"
-              f" sum over processes {sum(memory):.0f} MB (an upper bound on the job's peak)", flush=True)
+        if fabric.device.type == "cpu":
+            print(f"peak memory per process: rank 0 {memory[0]:.0f} MB, others up to {max(memory[1:], default=0):.0f} "
+                  f"MB; sum over processes {sum(memory):.0f} MB (an upper bound on the job's peak)", flush=True)
+        else:  # the device threads share one process
+            print(f"peak memory of the process holding the {fabric.world} device threads: {memory[0]:.0f} MB",
+                  flush=True)
         if "generalisation" in summary:
             g = summary["generalisation"]
             print(f"averaged model, deterministic: train {g['train']['return']:.3f} ({g['train']['episodes']} episodes)"
