@@ -55,17 +55,6 @@ def snapshot(root: Path) -> dict:
     return out
 
 
-@pytest.fixture
-def box(tmp_path):
-    """A sandbox: the user's files (home/), and the working directory the command runs in (cwd/)."""
-    (tmp_path / "home" / "sub").mkdir(parents=True)
-    (tmp_path / "home" / "thesis.tex").write_text("years of work\n")
-    (tmp_path / "home" / "sub" / "data.csv").write_text("1,2,3\n")
-    (tmp_path / "cwd").mkdir()
-    (tmp_path / "cwd" / "notes.txt").write_text("mine\n")
-    return tmp_path
-
-
 def one_line(res, needle, prog="decnode-run"):
     assert "Traceback" not in res.stderr + res.stdout, res.stderr[-2000:]
     lines = [line for line in res.stderr.splitlines() if line.strip()]
