@@ -76,9 +76,15 @@ class XlaPending:
 
 class XlaFabric:
     """Fabric's interface (gossip, allreduce_mean, to_agents/to_coordinator, the collectives) on XLA devices.
-    Call it from inside a device thread of `torch_xla.launch`; agents' rows [a, D] are tensors on `device`."""
+    Call it from inside a device thread of `torch_xla.launch`; agents' rows [a, D] are tensors on `device`.
 
-    def __init__(self, n_agents: int, k: int, timeout_s: float = 300.0, recorder: Recorder | None = None):
+    `host`: where torch_xla runs one process per device (a TPU VM's chips), the host side (the coordinator's
+    exchange, gathers, broadcasts, the statistics' sums) goes over a gloo comm.Fabric of those processes instead
+    of the shared memory of threads. Written for TPU VMs and never run: CPU devices cannot be split over processes
+    (each process then sees a world of one), and there is no TPU here."""
+
+    def __init__(self, n_agents: int, k: int, timeout_s: float = 300.0, recorder: Recorder | None = None,
+                 host=None):
         import torch_xla
         import torch_xla.runtime as xr
         self.rank, self.world = xr.global_ordinal(), xr.world_size()
@@ -87,7 +93,11 @@ class XlaFabric:
         import torch_xla.core.xla_model as xm
         self.device = torch_xla.device()
         self._real_device = xm.xla_real_devices([self.device])  # e.g. CPU:2: what wait_device_ops names
-        self.recorder = recorder or Recorder()
+        self.host = host
+        if xr.process_count() > 1 and (host is None or xr.addressable_runtime_device_count() != 1):
+            raise ValueError(f"torch_xla runs {xr.process_count()} processes here: the XLA placement needs either "
+                             "one process holding every device, or one device per process with a host fabric")
+        self.recorder = host.recorder if host is not None else recorder or Recorder()
         self.distributed = self.world > 1
         self.context, self.iteration = "setup", -1
         # What the trainer reads of a gloo Fabric that has no meaning here: no simulated network, no faults.
@@ -103,7 +113,7 @@ class XlaFabric:
         self._rows = [None if rows == list(range(self.per_process)) else
                       torch.tensor(rows, dtype=torch.long, device=self.device) for rows in self.plan.rows]
         self._weights: dict[torch.dtype, torch.Tensor] = {}
-        self.board = _board(self.world, timeout_s)
+        self.board = _board(self.world if host is None else 1, timeout_s)  # the device threads of this process
 
     def rows_of(self, rank: int) -> range:
         return range(rank * self.per_process, (rank + 1) * self.per_process)
@@ -186,6 +196,8 @@ class XlaFabric:
                   name: str = Section.STEP_EXCHANGE) -> torch.Tensor:
         """Device 0's thread gives each device its agents' slice of the host tensor full [n, ...]; returns the
         local slice copied into `like` (a local-sized tensor on the device, or on the host)."""
+        if self.host is not None:
+            return like.copy_(self.host.to_agents(full, torch.empty(like.shape, dtype=like.dtype), name))
         with self.recorder.section(name):
             if self.rank == 0:
                 self.board.slots[name] = full
@@ -199,6 +211,8 @@ class XlaFabric:
                        name: str = Section.STEP_EXCHANGE) -> torch.Tensor | None:
         """Every device's rows local [a, ...] into device 0's host tensor full [n, ...] (None elsewhere)."""
         host = self.to_host(local)
+        if self.host is not None:
+            return self.host.to_coordinator(host, full, name)
         with self.recorder.section(name):
             if self.rank == 0:
                 self.board.slots[name] = full
@@ -211,6 +225,8 @@ class XlaFabric:
     def gather_rows(self, x: torch.Tensor, name: str = Section.GATHER) -> torch.Tensor | None:
         """Rows of every device stacked [world·len(x), ...] on the host of device 0 (None elsewhere)."""
         host = self.to_host(x)
+        if self.host is not None:
+            return self.host.gather_rows(host, name)
         with self.recorder.section(name):
             self.board.slots[f"{name}/{self.rank}"] = host
             self.board.wait(self.rank, name, self.context)
@@ -221,6 +237,9 @@ class XlaFabric:
     def broadcast(self, x: torch.Tensor, src: int = 0, name: str = Section.BROADCAST) -> torch.Tensor:
         """x of device `src` copied into every device's x (host or device tensors)."""
         host = self.to_host(x)  # on every device: a sync is a collective call
+        if self.host is not None:
+            self.host.broadcast(host, src, name)  # in place; host is a copy when x lives on the device
+            return x if host is x else x.copy_(host)
         with self.recorder.section(name):
             if self.rank == src:
                 self.board.slots[name] = host
@@ -232,6 +251,8 @@ class XlaFabric:
 
     def _host_sum(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """Summed in rank order on every device, so every device gets the same bits."""
+        if self.host is not None:
+            return self.host.allreduce_sum(x, name).clone()
         parts = self._exchange_objects(x, name)
         out = parts[0].clone()
         for part in parts[1:]:
@@ -248,9 +269,13 @@ class XlaFabric:
 
     def gather_objects(self, obj) -> list | None:
         """Small Python objects of every device on device 0 (end-of-run reports, checkpoints' rows)."""
+        if self.host is not None:
+            return self.host.gather_objects(obj)
         out = self._exchange_objects(obj, Section.GATHER)
         return out if self.rank == 0 else None
 
     def barrier(self, name: str = Section.WAIT) -> None:
+        if self.host is not None:
+            return self.host.barrier(name)
         with self.recorder.section(name):
             self.board.wait(self.rank, name, self.context)

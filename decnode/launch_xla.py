@@ -39,23 +39,45 @@ def device_main(index: int, cfg_dict: dict, run_dir: str, resume: bool, devices:
     # The host's work (environments, the central critic, the host side of acting) may use every core.
     torch.set_num_threads(cfg.run.threads or len(os.sched_getaffinity(0)))
     k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
-    fabric = XlaFabric(cfg.env.n_agents, k, cfg.run.timeout_s)
-    if fabric.world != devices:
-        raise ValueError(f"--nproc {devices}, but torch_xla runs {fabric.world} devices here "
-                         f"(PJRT_DEVICE={os.environ.get('PJRT_DEVICE')})")
-    state = ckpt.load(Path(run_dir)) if resume else None
-    try:
-        train(cfg, fabric, Path(run_dir), state)
-    except BaseException:
-        fabric.board.barrier.abort()  # the other threads stop at their next host wait, not after the timeout
-        if fabric.rank == 0:
-            RunLogger.abandon()
-        raise
+    with host_fabric(cfg) as host:
+        fabric = XlaFabric(cfg.env.n_agents, k, cfg.run.timeout_s, host=host)
+        if fabric.world != devices:
+            raise ValueError(f"--nproc {devices}, but torch_xla runs {fabric.world} devices here "
+                             f"(PJRT_DEVICE={os.environ.get('PJRT_DEVICE')})")
+        state = ckpt.load(Path(run_dir)) if resume else None
+        try:
+            train(cfg, fabric, Path(run_dir), state)
+        except BaseException:
+            fabric.board.barrier.abort()  # the other threads stop at their next host wait, not after the timeout
+            if fabric.rank == 0:
+                RunLogger.abandon()
+            raise
+
+
+def host_fabric(cfg):
+    """Where torch_xla runs a process per device (a TPU VM's chips): a gloo Fabric of those processes for the host
+    side (comm_xla.XlaFabric's `host`), on this one host. Never run here (see XlaFabric)."""
+    from contextlib import nullcontext
+
+    import torch_xla.runtime as xr
+
+    from .comm import open_fabric
+
+    if xr.process_count() == 1:
+        return nullcontext(None)
+    if xr.process_count() != xr.local_process_count():
+        raise ValueError("run.device=xla runs on one host; this TPU slice spans several hosts")
+    os.environ.update(RANK=str(xr.global_ordinal()), WORLD_SIZE=str(xr.world_size()), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=os.environ["DECNODE_XLA_PORT"])
+    return open_fabric(cfg.env.n_agents, 0, cfg.run.timeout_s)
 
 
 def run_on_devices(cfg_dict: dict, run_dir: str, resume: bool, devices: int) -> None:
     """Train on `devices` XLA devices; the first exception of a device thread reaches the caller."""
     xla_environment(devices)
     import torch_xla
+
+    from .launch import _free_port as free_port
+    os.environ.setdefault("DECNODE_XLA_PORT", str(free_port()))  # for host_fabric, in the processes spawned below
 
     torch_xla.launch(device_main, args=(cfg_dict, run_dir, resume, devices))
