@@ -371,8 +371,7 @@ def resolve(cfg: Config, n_procs: int) -> Config:
         raise ConfigError(f"train.chunk_length must divide env.episode_length={env.episode_length}, "
                           f"got {tr.chunk_length}")
     if cfg.run.device == "xla":  # what the XLA placement does not have (yet): refused, not ignored
-        unsupported = [what for what, bad in (("algo.critic=local", algo.critic == "local"),
-                                              (f"net.profile={cfg.net.profile}", cfg.net.profile != "loopback"),
+        unsupported = [what for what, bad in ((f"net.profile={cfg.net.profile}", cfg.net.profile != "loopback"),
                                               ("faults", bool(cfg.faults))) if bad]
         if unsupported:
             raise ConfigError(f"run.device=xla does not support {', '.join(unsupported)} (the CPU placement does)")

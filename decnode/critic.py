@@ -28,27 +28,36 @@ class ValueNet:
     """A RecurrentNet with `rows` agent rows and `heads` values per state, its flat parameters and its return
     statistics (per row for local critics; pooled for the central one)."""
 
-    def __init__(self, rows: int, state_dim: int, heads: int, hidden: int, seed: int, per_row_norm: bool):
+    def __init__(self, rows: int, state_dim: int, heads: int, hidden: int, seed: int, per_row_norm: bool,
+                 fabric=None):
         self.rows, self.heads = rows, heads
+        # On an XLA device (local critics with run.device: xla) the parameters, the hidden state and the epochs
+        # live on the device; the values come back to the host for GAE and the return statistics.
+        self.fabric = fabric
+        self.device = fabric.device if fabric is not None else torch.device("cpu")
         self.net = RecurrentNet(rows, state_dim, heads, hidden, out_gain=1.0,
-                                generator=torch.Generator().manual_seed(seed + 1))
+                                generator=torch.Generator().manual_seed(seed + 1)).to(self.device)
         self.params, self.grads = flatten_parameters(self.net, rows)
         self.value_norm = ValueNorm((rows,) if per_row_norm else ())
         self.h = self.net.initial_state(0)
 
     def start(self, n_envs: int) -> None:
-        self.h = self.net.initial_state(n_envs)
+        self.h = self.net.initial_state(n_envs).to(self.device)
 
     @torch.no_grad()
     def values(self, states: torch.Tensor, reset: torch.Tensor):
         """states [rows, T+1, B, S], reset [T+1, B] -> normalised values [rows, T+1, B, heads] and the hidden
         state entering each of the first T steps (for chunked training). Carries its hidden state on."""
         T = states.shape[1] - 1
+        states, reset = states.to(self.device), reset.to(self.device)
         v, hs = self.net(states[:, :T], self.h, reset[:T], return_hiddens=True)
         h_before = torch.cat([self.h.unsqueeze(1), hs[:, :-1]], dim=1)
         self.h = hs[:, -1].clone()
         v_last, _ = self.net.step(states[:, T], self.h, reset[T])
-        return torch.cat([v, v_last.unsqueeze(1)], dim=1), h_before
+        values = torch.cat([v, v_last.unsqueeze(1)], dim=1)
+        if self.device.type == "cpu":
+            return values, h_before
+        return self.fabric.to_host(values), h_before.cpu()  # (to_host ran the graph: a plain copy)
 
     def advantages(self, values_norm: torch.Tensor, rewards: torch.Tensor, dones: torch.Tensor,
                    gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,11 +69,12 @@ class ValueNet:
         return back(adv), back(ret)
 
     def state_dict(self) -> dict:
-        return {"params": self.params.clone(), "h": self.h.clone(), "value_norm": self.value_norm.state_dict()}
+        return {"params": self.params.cpu().clone(), "h": self.h.cpu().clone(),
+                "value_norm": self.value_norm.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.params.copy_(state["params"])
-        self.h = state["h"].clone()
+        self.h = state["h"].clone().to(self.device)
         self.value_norm.load_state_dict(state["value_norm"])
 
 
@@ -117,6 +127,8 @@ class _Placement:
         if self.net is None:
             return
         net, combiner = self.net, self.combiner
+        if batch.chunks[0].device != net.device:  # once per iteration: the epochs' data onto the device
+            batch.chunks = tuple(x.to(net.device) for x in batch.chunks)
         x, h0, reset, old_v, target = batch.chunks
         combiner.before_backward(net.params, mix)
         net.grads.zero_()
@@ -186,7 +198,7 @@ class LocalCritics(_Placement):
         # MAPPO's agent-specific state: a per-agent critic may also see a one-hot agent id.
         self.id_dim = self.n if agent_id else 0
         self.input_dim = state_dim + self.id_dim
-        self.net = ValueNet(fabric.per_process, self.input_dim, 1, self.hidden, seed, per_row_norm=True)
+        self.net = ValueNet(fabric.per_process, self.input_dim, 1, self.hidden, seed, per_row_norm=True, fabric=fabric)
         self.net.start(self.B)
         self.combiner = make_combiner(algo, fabric, critic=True)
         self.state_dim = state_dim

@@ -12,7 +12,6 @@ XLA = ["--nproc", "4", "--k", "2", "--set", "run.device=xla"]
 
 @pytest.mark.parametrize("args,needle", [
     (["--set", "run.device=tpu"], "run.device must be cpu or xla, got 'tpu'"),
-    ([*XLA, "--critic", "local"], "run.device=xla does not support algo.critic=local"),
     ([*XLA, "--net", "wan"], "run.device=xla does not support net.profile=wan"),
     ([*XLA, "--set", "faults=[{kind: stall, rank: 1, iteration: 1, seconds: 1}]"], "does not support faults"),
     ([*XLA, "--max-restarts", "1"], "without --max-restarts"),
