@@ -361,8 +361,8 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
             print(f"peak memory per process: rank 0 {memory[0]:.0f} MB, others up to {max(memory[1:], default=0):.0f} "
                   f"MB; sum over processes {sum(memory):.0f} MB (an upper bound on the job's peak)", flush=True)
         else:  # the device threads share one process
-            print(f"peak memory of the process holding the {fabric.world} device threads: {memory[0]:.0f} MB",
-                  flush=True)
+            threads = f"{fabric.world} device thread" + ("s" if fabric.world > 1 else "")
+            print(f"peak memory of the process holding the {threads}: {memory[0]:.0f} MB", flush=True)
         if "generalisation" in summary:
             g = summary["generalisation"]
             print(f"averaged model, deterministic: train {g['train']['return']:.3f} ({g['train']['episodes']} episodes)"

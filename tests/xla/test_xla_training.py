@@ -24,12 +24,16 @@ SMALL = ["--iterations", "2", "--set", "env.n_envs=4", "--set", "env.episode_len
          "--set", "eval.episodes=4", "--set", "eval.test_episodes=4", "--set", "run.tensorboard=false"]
 
 
-def run_job(out, n, extra, xla: bool) -> dict:
-    placement = ["--nproc", "4", "--set", "run.device=xla"] if xla else ["--nproc", "1", "--agents-per-process", str(n)]
-    cmd = [sys.executable, "-m", "decnode.run", *placement, "--set", f"env.n_agents={n}", *SMALL, *extra,
-           "--out", str(out)]
+def decnode_run(*args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "decnode.run", *map(str, args)]
     proc = subprocess.run(cmd, env=xla_env(4), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd[2:])} failed:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def run_job(out, n, extra, xla: bool) -> dict:
+    placement = ["--nproc", "4", "--set", "run.device=xla"] if xla else ["--nproc", "1", "--agents-per-process", str(n)]
+    proc = decnode_run(*placement, "--set", f"env.n_agents={n}", *SMALL, *extra, "--out", out)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"models": torch.load(out / "models.pt", weights_only=False), "metrics": lines, "stdout": proc.stdout}
 
@@ -70,3 +74,18 @@ def test_nproc_sets_the_number_of_cpu_devices(tmp_path):
     procs = json.loads((tmp_path / "run" / "processes.json").read_text())
     assert [p["rank"] for p in procs] == [0, 1] and len({p["pid"] for p in procs}) == 1  # threads of one process
     assert torch.load(tmp_path / "run" / "models.pt", weights_only=False)["actor_rows"].shape[0] == 4
+
+
+@pytest.mark.timeout(900)
+def test_a_run_stopped_on_4_devices_resumes_on_2_and_ends_as_the_cpu_reference(tmp_path):
+    """The checkpoint holds host tensors by agent id: a resume may change the device count, as the process count."""
+    extra = ["--algo", "decpg", "--k", "2"]
+    out = tmp_path / "xla"
+    decnode_run("--nproc", "4", "--set", "run.device=xla", "--set", "env.n_agents=4", *SMALL, *extra,
+                "--set", "run.stop_after=1", "--out", out)
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["iteration"] == 1
+    decnode_run("--nproc", "2", "--resume", out)  # run.device=xla comes from the run's config
+    ref = run_job(tmp_path / "cpu", 4, extra, xla=False)
+    resumed = torch.load(out / "models.pt", weights_only=False)
+    assert resumed["iteration"] == 2
+    torch.testing.assert_close(resumed["actor_rows"], ref["models"]["actor_rows"], atol=ATOL, rtol=0)
