@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from decnode.gru import gru_reference, gru_sequence
 from decnode.models import (
     AgentGRU,
     RecurrentNet,
@@ -184,6 +185,62 @@ def test_flatten_parameters_views_and_grads() -> None:
     after, _ = net(x, h0, reset)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(net.fc1.bias.reshape(A, -1), params[:, IN * H : IN * H + H])
+
+
+@pytest.mark.parametrize("A", [1, 3])
+def test_gru_kernel_matches_step_loop(A: int) -> None:
+    """The hand-written backward against autograd of the plain step loop: outputs, h_T and every gradient,
+    with episode starts at t = 0 and mid-sequence (a zeroed state passes no gradient back)."""
+    T, M = 9, 5
+    g = torch.Generator().manual_seed(11)
+
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
+
+    gi, h0, w_hh, b_hh = rand(A, T, M, 3 * H), rand(A, M, H), rand(A, H, 3 * H, scale=0.3), rand(A, 1, 3 * H)
+    reset = random_resets(T, M, 5)
+    reset[0, 0] = reset[4, 1] = reset[T - 1, 2] = True
+    keep = (~reset).double().unsqueeze(-1)
+    w_out, w_last = torch.randn(A, T, M, H, generator=g, dtype=torch.float64), torch.randn(A, M, H, generator=g, dtype=torch.float64)
+    results = []
+    for run in (gru_reference, gru_sequence):
+        hs = run(gi, h0, keep, w_hh, b_hh)
+        loss = (hs * w_out).sum() + (hs[:, -1] * w_last).sum()
+        results.append((hs.detach(), *torch.autograd.grad(loss, (gi, h0, w_hh, b_hh))))
+        with torch.no_grad():
+            torch.testing.assert_close(run(gi, h0, keep, w_hh, b_hh), hs, rtol=0, atol=1e-12)
+    for name, ref, ours in zip(["h", "gi", "h0", "w_hh", "b_hh"], *results):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract")
+def test_gru_kernel_gradients_accumulate_into_flat_grads() -> None:
+    """Through the whole net: the kernel's parameter gradients equal the step loop's, land in the flat grads
+    buffer's views and add up over two backward passes."""
+    A, T, M = 3, 10, 4
+    x = torch.randn(A, T, M, IN, dtype=torch.float64)
+    h0 = torch.randn(A, M, H, dtype=torch.float64)
+    reset = random_resets(T, M, 8)
+    reset[0] = True
+    flat = {}
+    for impl in ("reference", "kernel"):
+        net = make_net(A)
+        params, grads = flatten_parameters(net, A)
+        with torch.no_grad():  # rows differ, the same way for both
+            params.add_(0.1 * torch.randn(params.shape, generator=torch.Generator().manual_seed(7), dtype=params.dtype))
+        net.gru.impl = impl
+        for _ in range(2):
+            out, hT = net(x, h0, reset)
+            ((out**2).sum() + hT.sum()).backward()
+        for p in net.parameters():
+            assert p.grad.untyped_storage().data_ptr() == grads.untyped_storage().data_ptr()
+        flat[impl] = grads.clone()
+        # one pass of autograd through the step loop, for the same parameters
+        net.gru.impl = "reference"
+        out, hT = net(x, h0, reset)
+        once = torch.autograd.grad((out**2).sum() + hT.sum(), list(net.parameters()))
+        torch.testing.assert_close(grads, 2 * torch.cat([g.reshape(A, -1) for g in once], dim=1), rtol=0, atol=1e-10)
+    torch.testing.assert_close(flat["kernel"], flat["reference"], rtol=0, atol=1e-10)
 
 
 def test_categorical_sample_masks_and_matches_softmax() -> None:
