@@ -39,7 +39,7 @@ def gru_reference(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tens
 def _forward(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tensor, resets: list[bool], coef: Tensor | None):
     """The recurrence under no_grad -> hs [A, T+1, M, H] (slot 0: h0 after its reset, slot t+1: h after step t).
 
-    With `coef` [A, T, M, 5, H], also fills in each step's local derivatives of h while that step's values are
+    With `coef` [T, A, M, 5, H], also fills in each step's local derivatives of h while that step's values are
     still in cache (bulk passes over all T afterwards cost more than the whole step loop: memory bound)."""
     A, T, M, H3 = gi.shape
     H = H3 // 3
@@ -47,7 +47,7 @@ def _forward(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tensor, r
     h = torch.mul(h0, keep[0], out=hs[:, 0]) if resets[0] else hs[:, 0].copy_(h0)
     # per-step views made once, in C++ (slicing in the loop costs more Python than some of the ops)
     steps = zip(gi[..., : 2 * H].unbind(1), gi[..., 2 * H :].unbind(1), hs[:, 1:].unbind(1),
-                *([c.unbind(1) for c in coef.unbind(3)] + [coef[..., 2:4, :].unbind(1)] if coef is not None else []))
+                *([c.unbind(0) for c in coef.unbind(3)] + [coef[..., 2:4, :].unbind(0)] if coef is not None else []))
     one = gi.new_ones(())
     for t, (gi_rz, gi_n, h_out, *c) in enumerate(steps):
         hp = h * keep[t] if resets[t] and t > 0 else h  # (a multiply by ones is skipped: same value)
@@ -74,7 +74,8 @@ class _GRUSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gi, h0, keep, w_hh, b_hh, resets):
         A, T, M, H3 = gi.shape
-        coef = gi.new_empty(A, T, M, 5, H3 // 3)
+        # step-major, so that each step's block is contiguous: written once in the forward, read once in the backward
+        coef = gi.new_empty(T, A, M, 5, H3 // 3)
         hs = _forward(gi, h0, keep, w_hh, b_hh, resets, coef)
         ctx.save_for_backward(keep, w_hh)
         ctx.hs, ctx.coef, ctx.resets = hs, coef, resets  # hs whole: the caller only sees hs[:, 1:]
@@ -84,32 +85,27 @@ class _GRUSequence(torch.autograd.Function):
     def backward(ctx, dhs):
         keep, w_hh = ctx.saved_tensors
         hs, coef, resets = ctx.hs, ctx.coef, ctx.resets
-        A, T, M, _, H = coef.shape
-        # gh's gradient is slots 1:4 of `grads` (order n, r, z), gi's slots 2:5 (order r, z, n)
-        grads = torch.empty_like(coef)
-        w_nrz = torch.cat([w_hh[..., 2 * H :], w_hh[..., : 2 * H]], dim=-1).transpose(1, 2)
+        T, A, M, _, H = coef.shape
+        w_nrz = torch.cat([w_hh[..., 2 * H :], w_hh[..., : 2 * H]], dim=-1).transpose(1, 2)  # rows n, r, z
+        d_gi = dhs.new_empty(A, T, M, 3 * H)
+        # ∂W_hh, ∂b_hh (columns n, r, z) accumulate step by step while each step's gradient is still in cache:
+        # one bmm over all steps at the end reads everything back from memory and was slower in the whole net
+        d_w = dhs.new_zeros(A, H, 3 * H)
+        d_b = dhs.new_zeros(A, 1, 3 * H)
         carry = None
         for t in range(T - 1, -1, -1):
             dh = dhs[:, t] if carry is None else dhs[:, t] + carry
-            g = torch.mul(dh.unsqueeze(-2), coef[:, t], out=grads[:, t]).view(A, M, 5 * H)
+            # gradients of [hp (direct), gh_n, pre-σ r, pre-σ z, pre-tanh n]: gh's are slots 1:4, gi's 2:5
+            g = torch.mul(dh.unsqueeze(-2), coef[t]).view(A, M, 5 * H)
             carry = torch.baddbmm(g[..., :H], g[..., H : 4 * H], w_nrz)  # ∂hp
+            hp = hs[:, t] * keep[t] if resets[t] and t > 0 else hs[:, t]
+            d_w.baddbmm_(hp.transpose(1, 2), g[..., H : 4 * H])
+            d_b.add_(g[..., H : 4 * H].sum(1, keepdim=True))
+            d_gi[:, t] = g[..., 2 * H :]
             if resets[t]:
                 carry = carry * keep[t]  # nothing flows through a zeroed state
-        flat = grads.view(A, T * M, 5 * H)
-        d_gi = grads.view(A, T, M, 5 * H)[..., 2 * H :] if ctx.needs_input_grad[0] else None
-        d_w = d_b = None
-        if ctx.needs_input_grad[3]:
-            hp = hs[:, :T]
-            if any(resets[1:]):
-                hp = hp.clone()
-                for t in range(1, T):
-                    if resets[t]:
-                        hp[:, t] *= keep[t]
-            d = torch.bmm(hp.reshape(A, T * M, H).transpose(1, 2), flat[..., H : 4 * H])
-            d_w = torch.cat([d[..., H:], d[..., :H]], dim=-1)
-        if ctx.needs_input_grad[4]:
-            d = flat[..., H : 4 * H].sum(1, keepdim=True)
-            d_b = torch.cat([d[..., H:], d[..., :H]], dim=-1)
+        d_w = torch.cat([d_w[..., H:], d_w[..., :H]], dim=-1) if ctx.needs_input_grad[3] else None
+        d_b = torch.cat([d_b[..., H:], d_b[..., :H]], dim=-1) if ctx.needs_input_grad[4] else None
         d_h0 = carry if ctx.needs_input_grad[1] else None
         return d_gi, d_h0, None, d_w, d_b, None
 
