@@ -70,12 +70,28 @@ def _forward(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tensor, r
     return hs
 
 
+# Saved-derivative buffers (10 MB at N = 10) handed back after each backward: a fresh one per forward is fresh
+# pages from the OS, ~2500 page faults per forward+backward, which cost more than the step loop saved.
+_free: dict[tuple, list[Tensor]] = {}
+
+
+def _take(shape: tuple, like: Tensor) -> Tensor:
+    pool = _free.get((shape, like.dtype, like.device))
+    return pool.pop() if pool else like.new_empty(shape)
+
+
+def _give(buf: Tensor) -> None:
+    pool = _free.setdefault((tuple(buf.shape), buf.dtype, buf.device), [])
+    if len(pool) < 2:  # (a graph never backpropagated just lets its buffer go)
+        pool.append(buf)
+
+
 class _GRUSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gi, h0, keep, w_hh, b_hh, resets):
         A, T, M, H3 = gi.shape
         # step-major, so that each step's block is contiguous: written once in the forward, read once in the backward
-        coef = gi.new_empty(T, A, M, 5, H3 // 3)
+        coef = _take((T, A, M, 5, H3 // 3), gi)
         hs = _forward(gi, h0, keep, w_hh, b_hh, resets, coef)
         ctx.save_for_backward(keep, w_hh)
         ctx.hs, ctx.coef, ctx.resets = hs, coef, resets  # hs whole: the caller only sees hs[:, 1:]
@@ -85,6 +101,8 @@ class _GRUSequence(torch.autograd.Function):
     def backward(ctx, dhs):
         keep, w_hh = ctx.saved_tensors
         hs, coef, resets = ctx.hs, ctx.coef, ctx.resets
+        if coef is None:
+            raise RuntimeError("the GRU's saved derivatives went to an earlier backward: retain_graph is not supported")
         T, A, M, _, H = coef.shape
         w_nrz = torch.cat([w_hh[..., 2 * H :], w_hh[..., : 2 * H]], dim=-1).transpose(1, 2)  # rows n, r, z
         d_gi = dhs.new_empty(A, T, M, 3 * H)
@@ -104,6 +122,8 @@ class _GRUSequence(torch.autograd.Function):
             d_gi[:, t] = g[..., 2 * H :]
             if resets[t]:
                 carry = carry * keep[t]  # nothing flows through a zeroed state
+        _give(coef)
+        ctx.coef = None
         d_w = torch.cat([d_w[..., H:], d_w[..., :H]], dim=-1) if ctx.needs_input_grad[3] else None
         d_b = torch.cat([d_b[..., H:], d_b[..., :H]], dim=-1) if ctx.needs_input_grad[4] else None
         d_h0 = carry if ctx.needs_input_grad[1] else None
