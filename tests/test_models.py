@@ -213,6 +213,16 @@ def test_gru_kernel_matches_step_loop(A: int) -> None:
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_gru_kernel_refuses_a_second_backward_through_one_graph() -> None:
+    """Its saved derivatives are recycled after the first backward: a second one must fail loudly, not reuse them."""
+    A, T, M = 2, 4, 3
+    gi = torch.randn(A, T, M, 3 * H, requires_grad=True)
+    hs = gru_sequence(gi, torch.zeros(A, M, H), torch.ones(T, M, 1), torch.randn(A, H, 3 * H), torch.zeros(A, 1, 3 * H))
+    hs.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        hs.sum().backward()
+
+
 @pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract")
 def test_gru_kernel_gradients_accumulate_into_flat_grads() -> None:
     """Through the whole net: the kernel's parameter gradients equal the step loop's, land in the flat grads
