@@ -39,34 +39,38 @@ def gru_reference(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tens
 def _forward(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tensor, resets: list[bool], coef: Tensor | None):
     """The recurrence under no_grad -> hs [A, T+1, M, H] (slot 0: h0 after its reset, slot t+1: h after step t).
 
-    With `coef` [T, A, M, 5, H], also fills in each step's local derivatives of h while that step's values are
-    still in cache (bulk passes over all T afterwards cost more than the whole step loop: memory bound)."""
+    With `coef` [T, A, M, 6, H], also fills in each step's local derivatives of h while that step's values are
+    still in cache (bulk passes over all T afterwards cost more than the whole step loop: memory bound):
+    slots [r, z = ∂h/∂hp directly, ∂h/∂gh_n, ∂h/∂(pre-σ r), ∂h/∂(pre-σ z), ∂h/∂(pre-tanh n)]; r and z are
+    the gates themselves, written there by the sigmoid (slot 0 is not needed by the backward)."""
     A, T, M, H3 = gi.shape
     H = H3 // 3
     hs = gi.new_empty(A, T + 1, M, H)
     h = torch.mul(h0, keep[0], out=hs[:, 0]) if resets[0] else hs[:, 0].copy_(h0)
     # per-step views made once, in C++ (slicing in the loop costs more Python than some of the ops)
+    if coef is not None:
+        slots = [coef[..., :2, :].flatten(3).unbind(0), coef[..., 3:5, :].unbind(0)]
+        slots += [c.unbind(0) for c in coef[..., 2:, :].unbind(3)]
     steps = zip(gi[..., : 2 * H].unbind(1), gi[..., 2 * H :].unbind(1), hs[:, 1:].unbind(1),
-                *([c.unbind(0) for c in coef.unbind(3)] + [coef[..., 2:4, :].unbind(0)] if coef is not None else []))
+                *(slots if coef is not None else []))
     one = gi.new_ones(())
     for t, (gi_rz, gi_n, h_out, *c) in enumerate(steps):
         hp = h * keep[t] if resets[t] and t > 0 else h  # (a multiply by ones is skipped: same value)
         gh = torch.baddbmm(b_hh, hp, w_hh)
-        rz = torch.add(gi_rz, gh[..., : 2 * H]).sigmoid_()
+        rz = torch.add(gi_rz, gh[..., : 2 * H], out=c[0] if c else None).sigmoid_()
         r, z, h_n = rz[..., :H], rz[..., H:], gh[..., 2 * H :]
         # tanh(a) = 2σ(2a) − 1: torch's CPU tanh is ~6x slower than its sigmoid (72 vs 12 µs a step here)
         n = torch.addcmul(gi_n, r, h_n).mul_(2.0).sigmoid_()
         n = torch.add(n, n).sub_(1.0)
         h = torch.lerp(n, hp, z, out=h_out)  # n + z (hp − n) = (1 − z) n + z hp
         if c:
-            # ∂h/∂· for [hp (direct), gh_n, pre-σ r, pre-σ z, pre-tanh n]
-            c[0].copy_(z)
+            rz_pair, gh_n, pre_r, pre_z, pre_n = c[1:]
             dn = torch.addcmul(one, n, n, value=-1.0)  # 1 − n²
-            dn = torch.addcmul(dn, z, dn, value=-1.0, out=c[4])  # (1 − z)(1 − n²)
-            torch.mul(dn, r, out=c[1])
-            torch.mul(dn, h_n, out=c[2])
-            torch.sub(hp, n, out=c[3])
-            c[5].mul_(torch.addcmul(rz, rz, rz, value=-1.0).view(A, M, 2, H))  # σ' = σ (1 − σ)
+            dn = torch.addcmul(dn, z, dn, value=-1.0, out=pre_n)  # (1 − z)(1 − n²)
+            torch.mul(dn, r, out=gh_n)
+            torch.mul(dn, h_n, out=pre_r)
+            torch.sub(hp, n, out=pre_z)
+            rz_pair.mul_(torch.addcmul(rz, rz, rz, value=-1.0).view(A, M, 2, H))  # σ' = σ (1 − σ)
     return hs
 
 
@@ -91,7 +95,7 @@ class _GRUSequence(torch.autograd.Function):
     def forward(ctx, gi, h0, keep, w_hh, b_hh, resets):
         A, T, M, H3 = gi.shape
         # step-major, so that each step's block is contiguous: written once in the forward, read once in the backward
-        coef = _take((T, A, M, 5, H3 // 3), gi)
+        coef = _take((T, A, M, 6, H3 // 3), gi)
         hs = _forward(gi, h0, keep, w_hh, b_hh, resets, coef)
         ctx.save_for_backward(keep, w_hh)
         ctx.hs, ctx.coef, ctx.resets = hs, coef, resets  # hs whole: the caller only sees hs[:, 1:]
@@ -103,7 +107,7 @@ class _GRUSequence(torch.autograd.Function):
         hs, coef, resets = ctx.hs, ctx.coef, ctx.resets
         if coef is None:
             raise RuntimeError("the GRU's saved derivatives went to an earlier backward: retain_graph is not supported")
-        T, A, M, _, H = coef.shape
+        T, A, M, _, H = coef.shape  # (slot 0, r, only served the forward)
         w_nrz = torch.cat([w_hh[..., 2 * H :], w_hh[..., : 2 * H]], dim=-1).transpose(1, 2)  # rows n, r, z
         d_gi = dhs.new_empty(A, T, M, 3 * H)
         # ∂W_hh, ∂b_hh (columns n, r, z) accumulate step by step while each step's gradient is still in cache:
@@ -114,7 +118,7 @@ class _GRUSequence(torch.autograd.Function):
         for t in range(T - 1, -1, -1):
             dh = dhs[:, t] if carry is None else dhs[:, t] + carry
             # gradients of [hp (direct), gh_n, pre-σ r, pre-σ z, pre-tanh n]: gh's are slots 1:4, gi's 2:5
-            g = torch.mul(dh.unsqueeze(-2), coef[t]).view(A, M, 5 * H)
+            g = torch.mul(dh.unsqueeze(-2), coef[t, :, :, 1:]).view(A, M, 5 * H)
             carry = torch.baddbmm(g[..., :H], g[..., H : 4 * H], w_nrz)  # ∂hp
             hp = hs[:, t] * keep[t] if resets[t] and t > 0 else hs[:, t]
             d_w.baddbmm_(hp.transpose(1, 2), g[..., H : 4 * H])
