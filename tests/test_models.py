@@ -292,7 +292,8 @@ def test_step_shapes(A: int) -> None:
     assert o.shape == (A, 7, OUT) and h.shape == (A, 7, H)
 
 
-def test_gru_backward_work_grows_linearly_with_the_sequence() -> None:
+@pytest.mark.parametrize("impl", ["reference", "kernel"])
+def test_gru_backward_work_grows_linearly_with_the_sequence(impl: str) -> None:
     """The step loop's backward must not materialise a full-size gradient per step (indexing gi[:, t] did: T
     zero-filled copies of gi's gradient, O(T²) work that made the actors' update 2-3× slower). Counted, not timed:
     the elements zero-filled in one backward over T = 25 steps, against the size of gi = x W_ih."""
@@ -303,6 +304,7 @@ def test_gru_backward_work_grows_linearly_with_the_sequence() -> None:
     A, T, M = 3, 25, 4
     gru = AgentGRU(A, H, H)
     gru.reset_parameters()
+    gru.impl = impl
     x = torch.randn(A, T, M, H, requires_grad=True)
     out, _ = gru(x, torch.zeros(A, M, H), random_resets(T, M, 1))
     with profile(record_shapes=True) as prof:
