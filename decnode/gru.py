@@ -1,11 +1,12 @@
 """The per-agent GRU recurrence as ONE autograd node, with its backward written out.
 
 Autograd of the plain step loop records ~15 nodes per step and runs each step's small elementwise ops one by
-one in both directions. Here the forward runs under no_grad (6 ops a step), and the backward precomputes,
-in bulk over all T steps, every factor that does not depend on the incoming gradient, so a backward step is
-one broadcast multiply (all four gate gradients and the direct path at once), one baddbmm and one add.
-∂W_hh and ∂b_hh are one bmm / one sum over all steps; ∂W_ih, ∂b_ih and ∂x come from the caller's single
-input-projection baddbmm through the returned ∂gi.
+one in both directions. Here the forward runs under no_grad and, while each step's values are in cache, stores
+the step's local derivatives (step-major, in a buffer reused across calls); a backward step is then one
+broadcast multiply (all gate gradients and the direct path at once), one baddbmm for ∂h_{t-1} and one that
+accumulates ∂W_hh while the step's gradient is still hot. ∂W_ih, ∂b_ih and ∂x come from the caller's single
+input-projection baddbmm through the returned ∂gi. Bulk passes over all T steps were tried and lost: this is
+memory-bound, not dispatch-bound (README, "Speed").
 
 Equations (nn.GRU's, gate order r, z, n), with hp = h_{t-1} zeroed where an episode starts:
     gh = hp W_hh + b_hh;  r, z = σ(gi_rz + gh_rz);  n = tanh(gi_n + r ⊙ gh_n);  h = n + z ⊙ (hp − n)
