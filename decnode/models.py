@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .gru import gru_reference, gru_sequence
+
 MASKED_LOGIT = -1e10  # what on-policy MAPPO writes into unavailable actions' logits
 
 # Our .grad views are strided by D across the agent axis by design; autograd still accumulates into
@@ -57,8 +59,12 @@ class AgentGRU(nn.Module):
     """Single-layer GRU with per-agent weights; exactly nn.GRU's equations (gate order r, z, n).
 
     Hand-written because nn.GRU has no agent axis. Weights are stored transposed for bmm:
-    w_ih [A, in, 3H], w_hh [A, H, 3H], biases [A, 1, 3H].
+    w_ih [A, in, 3H], w_hh [A, H, 3H], biases [A, 1, 3H]. The recurrence is decnode.gru's single autograd node
+    for every A (also A = 1: it is as fast as torch's own GRU kernel there, so all placements run the same code);
+    impl = "reference" runs the plain step loop left to autograd instead (tests compare the two).
     """
+
+    impl = "kernel"
 
     def __init__(self, A: int, in_dim: int, hidden: int) -> None:
         super().__init__()
@@ -83,38 +89,14 @@ class AgentGRU(nn.Module):
         """
         A, T, M, _ = x.shape
         H = self.hidden
-        # (for A > 1 the batched loop below is faster; on an XLA device torch's GRU kernel has no lowering)
-        if A == 1 and x.device.type == "cpu" and (T == 1 or not reset[1:].any()):
-            return self._fused(x, h0 * (~reset[0].bool()).to(x.dtype).unsqueeze(-1))
         # input projections do not depend on h: one bmm for all T steps
         gi = torch.baddbmm(self.b_ih, x.reshape(A, T * M, -1), self.w_ih).view(A, T, M, 3 * H)
         keep = (~reset.bool()).to(x.dtype).unsqueeze(-1)  # [T, M, 1]
-        h = h0
-        outs = []
-        # unbind once: indexing gi[:, t] in the loop makes autograd add T zero-padded copies of gi's full gradient
-        for t, gi_t in enumerate(gi.unbind(1)):
-            h = h * keep[t]
-            gh = torch.baddbmm(self.b_hh, h, self.w_hh)
-            i_r, i_z, i_n = gi_t.chunk(3, dim=-1)
-            h_r, h_z, h_n = gh.chunk(3, dim=-1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)  # b_hn sits inside the reset product, as in nn.GRU
-            h = (1.0 - z) * n + z * h
-            outs.append(h)
-        return torch.stack(outs, dim=1), h
-
-
-    def _fused(self, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
-        """No episode starts inside the sequence: run torch's own GRU kernel per agent (about 2x faster than
-        the step loop above, which is still needed when hidden states must be zeroed mid-sequence)."""
-        outs, last = [], []
-        for a in range(x.shape[0]):
-            weights = [self.w_ih[a].t(), self.w_hh[a].t(), self.b_ih[a, 0], self.b_hh[a, 0]]
-            out, h = torch._VF.gru(x[a], h0[a].unsqueeze(0), weights, True, 1, 0.0, self.training, False, False)
-            outs.append(out)
-            last.append(h[0])
-        return torch.stack(outs), torch.stack(last)
+        # The kernel is a CPU cache optimisation with buffers reused across calls; on an XLA device (a lazy graph,
+        # one per device thread) the step loop left to autograd is what the compiler should see.
+        run = gru_reference if self.impl == "reference" or x.device.type != "cpu" else gru_sequence
+        hs = run(gi, h0, keep, self.w_hh, self.b_hh)
+        return hs, hs[:, -1]
 
 
 class RecurrentNet(nn.Module):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from decnode.gru import gru_reference, gru_sequence
 from decnode.models import (
     AgentGRU,
     RecurrentNet,
@@ -186,6 +187,72 @@ def test_flatten_parameters_views_and_grads() -> None:
     torch.testing.assert_close(net.fc1.bias.reshape(A, -1), params[:, IN * H : IN * H + H])
 
 
+@pytest.mark.parametrize("A", [1, 3])
+def test_gru_kernel_matches_step_loop(A: int) -> None:
+    """The hand-written backward against autograd of the plain step loop: outputs, h_T and every gradient,
+    with episode starts at t = 0 and mid-sequence (a zeroed state passes no gradient back)."""
+    T, M = 9, 5
+    g = torch.Generator().manual_seed(11)
+
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
+
+    gi, h0, w_hh, b_hh = rand(A, T, M, 3 * H), rand(A, M, H), rand(A, H, 3 * H, scale=0.3), rand(A, 1, 3 * H)
+    reset = random_resets(T, M, 5)
+    reset[0, 0] = reset[4, 1] = reset[T - 1, 2] = True
+    keep = (~reset).double().unsqueeze(-1)
+    w_out, w_last = torch.randn(A, T, M, H, generator=g, dtype=torch.float64), torch.randn(A, M, H, generator=g, dtype=torch.float64)
+    results = []
+    for run in (gru_reference, gru_sequence):
+        hs = run(gi, h0, keep, w_hh, b_hh)
+        loss = (hs * w_out).sum() + (hs[:, -1] * w_last).sum()
+        results.append((hs.detach(), *torch.autograd.grad(loss, (gi, h0, w_hh, b_hh))))
+        with torch.no_grad():
+            torch.testing.assert_close(run(gi, h0, keep, w_hh, b_hh), hs, rtol=0, atol=1e-12)
+    for name, ref, ours in zip(["h", "gi", "h0", "w_hh", "b_hh"], *results):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_gru_kernel_refuses_a_second_backward_through_one_graph() -> None:
+    """Its saved derivatives are recycled after the first backward: a second one must fail loudly, not reuse them."""
+    A, T, M = 2, 4, 3
+    gi = torch.randn(A, T, M, 3 * H, requires_grad=True)
+    hs = gru_sequence(gi, torch.zeros(A, M, H), torch.ones(T, M, 1), torch.randn(A, H, 3 * H), torch.zeros(A, 1, 3 * H))
+    hs.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        hs.sum().backward()
+
+
+@pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract")
+def test_gru_kernel_gradients_accumulate_into_flat_grads() -> None:
+    """Through the whole net: the kernel's parameter gradients equal the step loop's, land in the flat grads
+    buffer's views and add up over two backward passes."""
+    A, T, M = 3, 10, 4
+    x = torch.randn(A, T, M, IN, dtype=torch.float64)
+    h0 = torch.randn(A, M, H, dtype=torch.float64)
+    reset = random_resets(T, M, 8)
+    reset[0] = True
+    flat = {}
+    for impl in ("reference", "kernel"):
+        net = make_net(A)
+        params, grads = flatten_parameters(net, A)
+        with torch.no_grad():  # rows differ, the same way for both
+            params.add_(0.1 * torch.randn(params.shape, generator=torch.Generator().manual_seed(7), dtype=params.dtype))
+        net.gru.impl = impl
+        for _ in range(2):
+            out, hT = net(x, h0, reset)
+            ((out**2).sum() + hT.sum()).backward()
+        for p in net.parameters():
+            assert p.grad.untyped_storage().data_ptr() == grads.untyped_storage().data_ptr()
+        flat[impl] = grads.clone()
+        # one pass of autograd through the step loop, for the same parameters
+        net.gru.impl = "reference"
+        out, hT = net(x, h0, reset)
+        once = torch.autograd.grad((out**2).sum() + hT.sum(), list(net.parameters()))
+        torch.testing.assert_close(grads, 2 * torch.cat([g.reshape(A, -1) for g in once], dim=1), rtol=0, atol=1e-10)
+    torch.testing.assert_close(flat["kernel"], flat["reference"], rtol=0, atol=1e-10)
+
+
 def test_categorical_sample_masks_and_matches_softmax() -> None:
     A, M, K = 2, 4000, 5
     g = torch.Generator().manual_seed(123)
@@ -225,7 +292,8 @@ def test_step_shapes(A: int) -> None:
     assert o.shape == (A, 7, OUT) and h.shape == (A, 7, H)
 
 
-def test_gru_backward_work_grows_linearly_with_the_sequence() -> None:
+@pytest.mark.parametrize("impl", ["reference", "kernel"])
+def test_gru_backward_work_grows_linearly_with_the_sequence(impl: str) -> None:
     """The step loop's backward must not materialise a full-size gradient per step (indexing gi[:, t] did: T
     zero-filled copies of gi's gradient, O(T²) work that made the actors' update 2-3× slower). Counted, not timed:
     the elements zero-filled in one backward over T = 25 steps, against the size of gi = x W_ih."""
@@ -236,6 +304,7 @@ def test_gru_backward_work_grows_linearly_with_the_sequence() -> None:
     A, T, M = 3, 25, 4
     gru = AgentGRU(A, H, H)
     gru.reset_parameters()
+    gru.impl = impl
     x = torch.randn(A, T, M, H, requires_grad=True)
     out, _ = gru(x, torch.zeros(A, M, H), random_resets(T, M, 1))
     with profile(record_shapes=True) as prof:
