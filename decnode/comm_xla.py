@@ -46,11 +46,20 @@ class HostBoard:
         self.world, self.timeout_s = world, timeout_s
         self.barrier = threading.Barrier(world, timeout=timeout_s)
         self.slots: dict[str, object] = {}
+        self.failure: str | None = None  # the first device thread's error, said by every thread that waited on it
+
+    def fail(self, rank: int, err: BaseException) -> None:
+        """A device thread gives up: the others stop at their next wait, naming it, instead of timing out."""
+        if self.failure is None:
+            self.failure = f"device thread {rank} failed: {str(err) or type(err).__name__}"
+        self.barrier.abort()
 
     def wait(self, rank: int, what: str, context: str) -> None:
         try:
             self.barrier.wait()
         except threading.BrokenBarrierError:
+            if self.failure is not None:
+                raise CommError(f"rank {rank}: stopped in {what} during {context}: {self.failure}") from None
             raise CommError(f"rank {rank}: {what} timed out after {self.timeout_s:.0f}s during {context} "
                             "(a device thread stopped or is stuck)") from None
 

@@ -9,6 +9,7 @@ as rank 0 is in the CPU placement. torch_xla is imported only here, inside funct
 from __future__ import annotations
 
 import os
+import traceback
 from pathlib import Path
 
 # Set before torch_xla is imported, where the user did not: the Makefile's test-xla target says why each one
@@ -30,10 +31,12 @@ def device_main(index: int, cfg_dict: dict, run_dir: str, resume: bool, devices:
     import torch
 
     from . import checkpoint as ckpt
+    from .collectives import CommError
     from .comm_xla import XlaFabric
     from .config import from_dict
     from .logger import RunLogger
-    from .trainer import train
+    from .rundir import RunDirWriteError
+    from .trainer import NonFiniteError, train
 
     cfg = from_dict(cfg_dict, "launcher")
     # The host's work (environments, the central critic, the host side of acting) may use every core.
@@ -47,7 +50,11 @@ def device_main(index: int, cfg_dict: dict, run_dir: str, resume: bool, devices:
         state = ckpt.load(Path(run_dir)) if resume else None
         try:
             train(cfg, fabric, Path(run_dir), state)
-        except BaseException:
+        except BaseException as err:
+            if not isinstance(err, CommError):  # the cause, not a thread that stopped because another failed
+                fabric.board.fail(fabric.rank, err)
+                if not isinstance(err, (NonFiniteError, RunDirWriteError)):  # a bug: its traceback, once
+                    traceback.print_exc()
             fabric.board.barrier.abort()  # the other threads stop at their next host wait, not after the timeout
             if fabric.rank == 0:
                 RunLogger.abandon()

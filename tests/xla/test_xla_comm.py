@@ -86,6 +86,26 @@ def xla_host_exchange(n: int) -> tuple:
     return out, gathered, fabric.broadcast(value).clone()
 
 
+def xla_one_thread_fails(n: int) -> str:
+    """Device thread 2 gives up (launch_xla.device_main does this on any error); the others are in a host wait."""
+    import time
+
+    from decnode.collectives import CommError
+    from decnode.comm_xla import XlaFabric
+    fabric = XlaFabric(n, 0, timeout_s=120)
+    fabric.barrier()
+    start = time.perf_counter()
+    if fabric.rank == 2:
+        time.sleep(0.5)  # the others are waiting by now
+        fabric.board.fail(2, ValueError("disk on fire"))
+        return "failed"
+    try:
+        fabric.gather_objects(fabric.rank)
+    except CommError as err:
+        return f"{err} after {time.perf_counter() - start:.1f}s"
+    return "no error"
+
+
 # ---- tests --------------------------------------------------------------------------------------------------
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("n,ks", CASES)
@@ -137,3 +157,13 @@ def test_xla_host_exchange_scatters_gathers_and_broadcasts():
     torch.testing.assert_close(gathered, torch.arange(DEVICES, dtype=torch.float32).repeat_interleave(2).view(-1, 2))
     for r in results:
         torch.testing.assert_close(r[2], torch.full((2,), 7.0))
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_device_thread_stops_the_others_at_once_naming_it():
+    results = run_on_devices("test_xla_comm:xla_one_thread_fails", 4, devices=DEVICES)
+    assert results[2] == "failed"
+    for rank in (0, 1, 3):
+        message, seconds = results[rank].rsplit(" after ", 1)
+        assert message.startswith(f"rank {rank}: stopped in gather during setup: device thread 2 failed: disk on fire")
+        assert float(seconds.rstrip("s")) < 30  # not the 120 s timeout
