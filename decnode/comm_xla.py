@@ -95,11 +95,11 @@ class XlaFabric:
     def __init__(self, n_agents: int, k: int, timeout_s: float = 300.0, recorder: Recorder | None = None,
                  host=None):
         import torch_xla
+        import torch_xla.core.xla_model as xm
         import torch_xla.runtime as xr
         self.rank, self.world = xr.global_ordinal(), xr.world_size()
         if n_agents % self.world:
             raise ValueError(f"{n_agents} agents cannot be split evenly over {self.world} XLA devices")
-        import torch_xla.core.xla_model as xm
         self.device = torch_xla.device()
         self._real_device = xm.xla_real_devices([self.device])  # e.g. CPU:2: what wait_device_ops names
         self.host = host

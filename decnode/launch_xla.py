@@ -51,11 +51,12 @@ def device_main(index: int, cfg_dict: dict, run_dir: str, resume: bool, devices:
         try:
             train(cfg, fabric, Path(run_dir), state)
         except BaseException as err:
-            if not isinstance(err, CommError):  # the cause, not a thread that stopped because another failed
+            if isinstance(err, CommError):  # a thread that stopped because another failed, or a host-side timeout
+                fabric.board.barrier.abort()
+            else:  # the cause: the other threads stop at their next host wait, naming it, not after the timeout
                 fabric.board.fail(fabric.rank, err)
                 if not isinstance(err, (NonFiniteError, RunDirWriteError)):  # a bug: its traceback, once
                     traceback.print_exc()
-            fabric.board.barrier.abort()  # the other threads stop at their next host wait, not after the timeout
             if fabric.rank == 0:
                 RunLogger.abandon()
             raise

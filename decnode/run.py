@@ -308,20 +308,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"decnode-run: {note}", flush=True)
     payload = (cfg.to_dict(), str(run_dir), bool(args.resume))
     restarts = args.max_restarts or 0
-    if cfg.run.device == "xla":  # one process, a thread per XLA device (launch_xla.py)
+    xla = cfg.run.device == "xla"  # one process, a thread per XLA device (launch_xla.py)
+    if xla or env is not None or (n_procs == 1 and not restarts):  # one process that nothing restarts runs here
         from .collectives import CommError
-        from .launch_xla import run_on_devices
         from .trainer import NonFiniteError
         try:
-            run_on_devices(*payload, devices=n_procs)
+            if xla:
+                from .launch_xla import run_on_devices
+                run_on_devices(*payload, devices=n_procs)
+            else:
+                worker(*payload)
         except (NonFiniteError, rundir.RunDirWriteError, CommError) as err:
-            fail(str(err), code=1)
-        return
-    if env is not None or (n_procs == 1 and not restarts):  # one process that nothing restarts runs right here
-        from .trainer import NonFiniteError
-        try:
-            worker(*payload)
-        except (NonFiniteError, rundir.RunDirWriteError) as err:
             if env is not None:
                 raise  # the launcher reports it
             fail(str(err), code=1)

@@ -124,12 +124,14 @@ class Trainer:
         self.env_steps += self.T * self.B
         # Host copies of what the statistics read (on the CPU: the same tensors, no copy).
         first, stats = ({key: x.cpu() for key, x in d.items()} for d in (first, stats))
+        if critic_batch.losses:  # (the statistics read the first epoch's value loss)
+            critic_batch.losses[0] = critic_batch.losses[0].cpu()
         return self._iteration_stats(first, stats, critic_batch, theta_start, actor.params.cpu(), coord, lr)
 
     def _nonfinite(self, first: dict, critic_batch, params: torch.Tensor) -> tuple[int, int]:
         """(index into WATCHED + 1, local row) of the first NaN/inf on this rank; (0, 0) if all is finite."""
         watched = [first["policy_loss"], params,
-                   critic_batch.losses[0].cpu() if critic_batch.losses else None,
+                   critic_batch.losses[0] if critic_batch.losses else None,
                    self.critic.net.params.cpu() if self.critic.net is not None else None]
         for code, x in enumerate(watched, start=1):
             if x is not None:
@@ -146,7 +148,7 @@ class Trainer:
         scalars = {"policy_loss": first["policy_loss"].sum().item(), "entropy": first["entropy"].sum().item(),
                    "grad_norm": first["grad"].norm(dim=1).sum().item(), "approx_kl": last["approx_kl"].sum().item(),
                    "clip_fraction": last["clip_fraction"].sum().item(),
-                   "value_loss": critic_batch.losses[0].cpu().sum().item() if critic_batch.losses else 0.0,
+                   "value_loss": critic_batch.losses[0].sum().item() if critic_batch.losses else 0.0,
                    "explained_variance": ev.sum().item() if ev is not None else 0.0, "stop": float(self.stop.flag)}
         # Which rank saw a NaN/inf, and where: one slot per rank, so every rank can name the culprit.
         code, row = self._nonfinite(first, critic_batch, params)
