@@ -115,7 +115,7 @@ class Collectives:
             try:
                 ok = work.wait(self.timeout)
             except RuntimeError as err:
-                if "Timed out" in str(err):  # gloo's way of saying ok is False
+                if "timed out" in str(err).lower():  # gloo's way of saying ok is False ("Operation timed out!" too)
                     raise CommError(self._timed_out(what, peer)) from None
                 known = watch.awaited_verdict() if watch is not None else None  # a peer left diagnosing a hang?
                 raise CommError(known or f"rank {self.rank}: {what}{with_peer} failed during {self.context} "
