@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 is pinned in pyproject.toml: the CPU wheel, not a multi-GB CUDA build
 	$(PY) -m pip install -q -e '.[smax,test]'
+	# the C++ GRU kernel, compiled once here (~11 s) rather than by the first job's processes
+	$(PY) -m decnode.native
 	touch $(STAMP)
 
 # The XLA placement (issue #15) lives in its own venv: torch_xla 2.9.0 loads only with torch 2.9.0, and the main
@@ -29,7 +31,8 @@ $(XSTAMP): pyproject.toml
 	$(XPY) -c "import importlib.metadata as m; print('\\n'.join(r for r in m.requires('torch') \
 		if 'extra ==' not in r and not r.startswith('triton')))" > $(XVENV)/torch-deps.txt
 	$(XPY) -m pip install -q -r $(XVENV)/torch-deps.txt torch_xla==2.9.0 \
-		'numpy>=1.26' 'pyyaml>=6.0' 'tqdm>=4.66' 'tensorboard>=2.16' 'matplotlib>=3.8' 'pytest>=8' 'pytest-timeout>=2.3'
+		'numpy>=1.26' 'pyyaml>=6.0' 'tqdm>=4.66' 'tensorboard>=2.16' 'matplotlib>=3.8' 'pytest>=8' 'pytest-timeout>=2.3' \
+		'ninja>=1.11'
 	$(XPY) -m pip install -q --no-deps -e .
 	touch $(XSTAMP)
 

@@ -10,13 +10,19 @@ memory-bound, not dispatch-bound (README, "Speed").
 
 Equations (nn.GRU's, gate order r, z, n), with hp = h_{t-1} zeroed where an episode starts:
     gh = hp W_hh + b_hh;  r, z = σ(gi_rz + gh_rz);  n = tanh(gi_n + r ⊙ gh_n);  h = n + z ⊙ (hp − n)
-`gru_reference` is the step loop left to autograd; tests hold the two equal.
+`gru_reference` is the step loop left to autograd; tests hold the others equal to it.
+
+`gru_native` runs the same recurrence in C++ (gru_native.cpp, built by decnode.native): one baddbmm and one fused,
+vectorised pass per step instead of ~12 eager ops behind Python calls. It is what CPU placements run; this
+file's Python kernel (`gru_sequence`) is the fallback where no C++ compiler is found.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from . import native
 
 
 def gru_reference(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
@@ -141,3 +147,52 @@ def gru_sequence(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tenso
     if torch.is_grad_enabled() and any(x.requires_grad for x in (gi, h0, w_hh, b_hh)):
         return _GRUSequence.apply(gi, h0, keep, w_hh, b_hh, resets)
     return _forward(gi, h0, keep, w_hh, b_hh, resets, None)[:, 1:]
+
+
+class _NativeGRU(torch.autograd.Function):
+    """gru_native.cpp's forward (which saves each step's local derivatives) and backward, as one autograd node."""
+
+    @staticmethod
+    def forward(ctx, gi, h0, keep, w_hh, b_hh):
+        A, T, M, H3 = gi.shape
+        keep = keep.reshape(T, M).contiguous()
+        hps, coef = _take((T, A, M, H3 // 3), gi), _take((T, A, M, 5, H3 // 3), gi)
+        out = native.gru_ops().forward(gi.contiguous(), h0.contiguous(), keep, w_hh, b_hh, hps, coef)
+        ctx.save_for_backward(keep, w_hh)
+        ctx.buffers = (hps, coef)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        if ctx.buffers is None:
+            raise RuntimeError("the GRU's saved derivatives went to an earlier backward: retain_graph is not supported")
+        keep, w_hh = ctx.saved_tensors
+        hps, coef = ctx.buffers
+        d_gi, d_h0, d_w, d_b = native.gru_ops().backward(dout, hps, coef, keep, w_hh)
+        _give(hps)
+        _give(coef)
+        ctx.buffers = None
+        return d_gi, d_h0 if ctx.needs_input_grad[1] else None, None, d_w, d_b
+
+
+def gru_native(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+    """Same contract as `gru_reference`, in C++ (needs `native.gru_ops()`, i.e. a compiler on first use)."""
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (gi, h0, w_hh, b_hh)):
+        return _NativeGRU.apply(gi, h0, keep, w_hh, b_hh)
+    A, T, M, H3 = gi.shape
+    hps = _take((T, A, M, H3 // 3), gi)
+    out = native.gru_ops().forward(gi.contiguous(), h0.contiguous(), keep.reshape(T, M).contiguous(), w_hh, b_hh,
+                                   hps, gi.new_empty(0))
+    _give(hps)
+    return out
+
+
+def recurrence(impl: str, device: torch.device):
+    """The recurrence to run: "native" (C++, falling back to "kernel" where it cannot be built), "kernel" (this
+    file's Python kernel) or "reference" (the step loop). Off the CPU (an XLA device's lazy graph) always the step
+    loop: the kernels are CPU cache optimisations, and XLA fuses the loop itself."""
+    if impl == "reference" or device.type != "cpu":
+        return gru_reference
+    if impl == "native" and native.gru_ops() is not None:
+        return gru_native
+    return gru_sequence

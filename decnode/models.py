@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .gru import gru_reference, gru_sequence
+from .gru import recurrence
 
 MASKED_LOGIT = -1e10  # what on-policy MAPPO writes into unavailable actions' logits
 
@@ -59,12 +59,13 @@ class AgentGRU(nn.Module):
     """Single-layer GRU with per-agent weights; exactly nn.GRU's equations (gate order r, z, n).
 
     Hand-written because nn.GRU has no agent axis. Weights are stored transposed for bmm:
-    w_ih [A, in, 3H], w_hh [A, H, 3H], biases [A, 1, 3H]. The recurrence is decnode.gru's single autograd node
-    for every A (also A = 1: it is as fast as torch's own GRU kernel there, so all placements run the same code);
-    impl = "reference" runs the plain step loop left to autograd instead (tests compare the two).
+    w_ih [A, in, 3H], w_hh [A, H, 3H], biases [A, 1, 3H]. The recurrence is one autograd node for every A (also
+    A = 1, where it beats torch's own GRU kernel, so all placements run the same code): decnode.gru's C++ kernel,
+    or its Python kernel where no compiler is found. impl = "kernel" forces the Python kernel and "reference" the
+    plain step loop left to autograd (tests compare them).
     """
 
-    impl = "kernel"
+    impl = "native"
 
     def __init__(self, A: int, in_dim: int, hidden: int) -> None:
         super().__init__()
@@ -92,10 +93,7 @@ class AgentGRU(nn.Module):
         # input projections do not depend on h: one bmm for all T steps
         gi = torch.baddbmm(self.b_ih, x.reshape(A, T * M, -1), self.w_ih).view(A, T, M, 3 * H)
         keep = (~reset.bool()).to(x.dtype).unsqueeze(-1)  # [T, M, 1]
-        # The kernel is a CPU cache optimisation with buffers reused across calls; on an XLA device (a lazy graph,
-        # one per device thread) the step loop left to autograd is what the compiler should see.
-        run = gru_reference if self.impl == "reference" or x.device.type != "cpu" else gru_sequence
-        hs = run(gi, h0, keep, self.w_hh, self.b_hh)
+        hs = recurrence(self.impl, x.device)(gi, h0, keep, self.w_hh, self.b_hh)
         return hs, hs[:, -1]
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from decnode.gru import gru_reference, gru_sequence
+from decnode import native
+from decnode.gru import gru_native, gru_reference, gru_sequence
 from decnode.models import (
     AgentGRU,
     RecurrentNet,
@@ -187,9 +188,18 @@ def test_flatten_parameters_views_and_grads() -> None:
     torch.testing.assert_close(net.fc1.bias.reshape(A, -1), params[:, IN * H : IN * H + H])
 
 
+def test_the_cpp_kernel_builds_here() -> None:
+    """Every machine this project runs on has a compiler: a kernel that silently fell back would hide here."""
+    assert native.gru_ops() is not None, native.build_error
+
+
+KERNELS = {"python": gru_sequence, "c++": gru_native}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("A", [1, 3])
-def test_gru_kernel_matches_step_loop(A: int) -> None:
-    """The hand-written backward against autograd of the plain step loop: outputs, h_T and every gradient,
+def test_gru_kernel_matches_step_loop(A: int, kernel: str) -> None:
+    """The hand-written backwards against autograd of the plain step loop: outputs, h_T and every gradient,
     with episode starts at t = 0 and mid-sequence (a zeroed state passes no gradient back)."""
     T, M = 9, 5
     g = torch.Generator().manual_seed(11)
@@ -203,7 +213,7 @@ def test_gru_kernel_matches_step_loop(A: int) -> None:
     keep = (~reset).double().unsqueeze(-1)
     w_out, w_last = torch.randn(A, T, M, H, generator=g, dtype=torch.float64), torch.randn(A, M, H, generator=g, dtype=torch.float64)
     results = []
-    for run in (gru_reference, gru_sequence):
+    for run in (gru_reference, KERNELS[kernel]):
         hs = run(gi, h0, keep, w_hh, b_hh)
         loss = (hs * w_out).sum() + (hs[:, -1] * w_last).sum()
         results.append((hs.detach(), *torch.autograd.grad(loss, (gi, h0, w_hh, b_hh))))
@@ -213,11 +223,67 @@ def test_gru_kernel_matches_step_loop(A: int) -> None:
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def test_gru_kernel_refuses_a_second_backward_through_one_graph() -> None:
+@pytest.mark.parametrize("A", [1, 10])
+def test_cpp_kernel_in_float32_is_as_close_to_float64_as_the_step_loop(A: int) -> None:
+    """The C++ kernel's float32 exp is its own polynomial: its error against the float64 recurrence must stay at
+    the float32 step loop's (a bad coefficient shows up here). T = 25, as in training."""
+    T, M = 25, 32
+    g = torch.Generator().manual_seed(3)
+    gi64, h0 = 2 * torch.randn(A, T, M, 3 * H, generator=g, dtype=torch.float64), torch.randn(A, M, H, generator=g, dtype=torch.float64)
+    w64, b64 = 0.5 * torch.randn(A, H, 3 * H, generator=g, dtype=torch.float64), torch.randn(A, 1, 3 * H, generator=g, dtype=torch.float64)
+    reset = random_resets(T, M, 2)
+    keep64 = (~reset).double().unsqueeze(-1)
+    w_out = torch.randn(A, T, M, H, generator=g, dtype=torch.float64)
+
+    def run(fn, dtype):
+        args = [x.to(dtype).requires_grad_() for x in (gi64, h0, w64, b64)]
+        hs = fn(args[0], args[1], keep64.to(dtype), args[2], args[3])
+        return [hs, *torch.autograd.grad((hs * w_out.to(dtype)).sum(), args)]
+
+    exact = run(gru_reference, torch.float64)
+    for name, ref, loop, ours in zip(["h", "gi", "h0", "w_hh", "b_hh"], exact, run(gru_reference, torch.float32),
+                                     run(gru_native, torch.float32)):
+        loop_err, our_err = ((x.double() - ref).abs().max().item() for x in (loop, ours))
+        scale = ref.abs().max().item()
+        # (2e-6 relative: ∂b_hh sums T·M = 800 terms one after another, where torch sums pairwise)
+        assert our_err <= max(4 * loop_err, 2e-6 * scale), f"{name}: c++ {our_err:.2e}, step loop {loop_err:.2e}"
+
+
+def test_cpp_kernel_propagates_nan() -> None:
+    """The trainer stops on a NaN loss or parameter: the kernel's exp clamp must not turn a NaN into a number."""
+    A, T, M = 2, 3, 4
+    gi = torch.randn(A, T, M, 3 * H)
+    gi[1, 0, 2, 5] = float("nan")
+    hs = gru_native(gi, torch.zeros(A, M, H), torch.ones(T, M, 1), torch.randn(A, H, 3 * H), torch.zeros(A, 1, 3 * H))
+    assert hs[1, :, 2].isnan().any() and not hs[0].isnan().any()
+
+
+def test_without_a_compiler_the_python_kernel_runs_after_one_warning(tmp_path) -> None:
+    """A machine without a working C++ compiler still trains: one warning naming the cause, then the Python kernel."""
+    import subprocess
+    import sys
+
+    code = ("import warnings, torch\n"
+            "from decnode import native\n"
+            "from decnode.gru import recurrence, gru_sequence\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    assert recurrence('native', torch.device('cpu')) is gru_sequence\n"
+            "    assert recurrence('native', torch.device('cpu')) is gru_sequence\n"
+            "print(len(w), w[0].message)\n")
+    env = {**__import__("os").environ, "CXX": "/bin/false", "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    count, message = out.stdout.split(" ", 1)
+    assert count == "1" and "C++ GRU kernel could not be built" in message and "Python kernel" in message
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gru_kernel_refuses_a_second_backward_through_one_graph(kernel: str) -> None:
     """Its saved derivatives are recycled after the first backward: a second one must fail loudly, not reuse them."""
     A, T, M = 2, 4, 3
     gi = torch.randn(A, T, M, 3 * H, requires_grad=True)
-    hs = gru_sequence(gi, torch.zeros(A, M, H), torch.ones(T, M, 1), torch.randn(A, H, 3 * H), torch.zeros(A, 1, 3 * H))
+    hs = KERNELS[kernel](gi, torch.zeros(A, M, H), torch.ones(T, M, 1), torch.randn(A, H, 3 * H), torch.zeros(A, 1, 3 * H))
     hs.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="retain_graph"):
         hs.sum().backward()
@@ -233,7 +299,7 @@ def test_gru_kernel_gradients_accumulate_into_flat_grads() -> None:
     reset = random_resets(T, M, 8)
     reset[0] = True
     flat = {}
-    for impl in ("reference", "kernel"):
+    for impl in ("reference", "kernel", "native"):
         net = make_net(A)
         params, grads = flatten_parameters(net, A)
         with torch.no_grad():  # rows differ, the same way for both
@@ -251,6 +317,7 @@ def test_gru_kernel_gradients_accumulate_into_flat_grads() -> None:
         once = torch.autograd.grad((out**2).sum() + hT.sum(), list(net.parameters()))
         torch.testing.assert_close(grads, 2 * torch.cat([g.reshape(A, -1) for g in once], dim=1), rtol=0, atol=1e-10)
     torch.testing.assert_close(flat["kernel"], flat["reference"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(flat["native"], flat["reference"], rtol=0, atol=1e-10)
 
 
 def test_categorical_sample_masks_and_matches_softmax() -> None:

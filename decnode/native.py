@@ -1,0 +1,78 @@
+"""decnode's C++ kernels (decnode/*.cpp), compiled on first use by torch's extension builder and then cached.
+
+torch.utils.cpp_extension builds with ninja and the system's C++ compiler: about 11 s once per machine, torch
+version and source, then a load in milliseconds. The cache is $TORCH_EXTENSIONS_DIR (default
+~/.cache/torch_extensions). Where no compiler is found, the caller falls back to its Python form after one
+warning; DECNODE_NATIVE=0 asks for that fallback directly.
+
+    python -m decnode.native      # build now (make install does), and say where and how long it took
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+STALE_LOCK_S = 600  # a build takes ~11 s; a lock this old was left by a killed build and would block every load
+
+build_error: str | None = None  # why the last build failed, for tests and `python -m decnode.native`
+
+
+def _flags() -> list[str]:
+    # -fno-trapping-math lets the compiler turn the exp's range clamp into blends, i.e. vectorise the step loops
+    flags = ["-O3", "-fno-trapping-math"]
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma"]
+    return flags
+
+
+def _build_dir() -> Path:
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    return root / f"decnode-torch{torch.__version__}"
+
+
+@functools.cache
+def gru_ops():
+    """torch.ops.decnode_gru (forward, backward; see gru_native.cpp), or None where it cannot be built."""
+    global build_error
+    if os.environ.get("DECNODE_NATIVE", "1") == "0":
+        build_error = "DECNODE_NATIVE=0"
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        build = _build_dir()
+        build.mkdir(parents=True, exist_ok=True)
+        lock = build / "lock"
+        # torch's builder waits for its lock file forever; one left by a killed build would hang every process
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink(missing_ok=True)
+        load(name="decnode_gru", sources=[str(HERE / "gru_native.cpp")], extra_cflags=_flags(),
+             build_directory=str(build), is_python_module=False, verbose=False)
+    except Exception as err:  # no compiler, no ninja, a failed compile: the Python kernel still works
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        build_error = f"{type(err).__name__}: {lines[0] if lines else ''}"
+        warnings.warn(f"decnode: the C++ GRU kernel could not be built ({build_error}); using the slower Python "
+                      f"kernel (python -m decnode.native shows the build)", stacklevel=2)
+        return None
+    return torch.ops.decnode_gru
+
+
+def main() -> None:
+    start = time.perf_counter()
+    ok = gru_ops() is not None
+    took = time.perf_counter() - start
+    if ok:
+        print(f"decnode C++ kernels: ready in {took:.1f} s ({_build_dir()})")
+    else:
+        print(f"decnode C++ kernels: not built ({build_error}); the Python kernels will be used")
+
+
+if __name__ == "__main__":
+    main()
