@@ -6,7 +6,8 @@
 1. The peer (benchmarks/peer_jax.py, in its own process, both cores, per-agent and shared weights) is measured
    before and after decnode's jobs; the reference is the faster of its two modes, averaged over the two
    measurements (both are printed, so drift of the machine shows).
-2. decnode, per algorithm, in each placement: 1 process holding all N agents (intra-op threads = the cores),
+2. decnode, per algorithm, in each placement: 1 process holding all N agents (its actors' backward in one row-block
+   thread per core, one intra-op thread each),
    blocks (2 processes of N/2) and N processes (one thread each): a real `decnode.run` job with evaluation,
    TensorBoard and checkpoints off (benchmarks/jobs.py reads the figures back). Rank 0's breakdown per iteration
    and the communication share (over ranks) are printed.
@@ -79,8 +80,8 @@ def main() -> None:
             r = checked(jobs.run(job_args(n, nproc, algo, args.iterations) + jobs.BARE, args.warmup),
                         f"{algo} in {nproc} processes")
             results["jobs"][f"{algo}/{nproc}x{n // nproc}"] = r
-            print(f"{algo:6} {nproc:>2} × {n // nproc:<2}: {r['seconds_per_iteration']:.3f} s/it  threads "
-                  f"{r['threads'][0]}  comm {100 * r['comm_share']:.0f}%", flush=True)
+            print(f"{algo:6} {nproc:>2} × {n // nproc:<2}: {r['seconds_per_iteration']:.3f} s/it  row threads "
+                  f"{r['row_threads'][0]} × intra-op {r['threads'][0]}  comm {100 * r['comm_share']:.0f}%", flush=True)
     if not args.no_overhead:
         for mode, extra in (("bare", jobs.BARE), ("default", [])):
             results[f"overhead/{mode}"] = r = checked(

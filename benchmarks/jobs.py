@@ -71,5 +71,5 @@ def run(args: list[str], warmup: int, timeout: float = 1800) -> dict:
                   mean_seconds_per_iteration=statistics.mean(per_iteration), iterations_measured=len(kept),
                   breakdown=breakdown, sections=sections, comm_share=statistics.mean(shares),
                   peak_rss_mib=timing["peak_rss_mb"], cpu_seconds=timing["cpu_seconds"],
-                  threads=[p.get("threads") for p in procs])
+                  threads=[p.get("threads") for p in procs], row_threads=[p.get("row_threads", 1) for p in procs])
     return result

@@ -1,16 +1,18 @@
 """A process's block of actors: acting with per-agent randomness, and the PPO loss of their own parameters.
 
-The epoch loop (backward, combine, step) is the trainer's; this block only computes losses and gradients."""
+The epoch loop (backward, combine, step) is the trainer's; this block only computes losses and gradients.
+Rows are independent, so a block may compute them as `threads` row blocks in as many threads (see ActorBlock)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 
 import torch
 
 from .mappo import normalize_advantages, ppo_policy_loss
 from .models import (RecurrentNet, chunk_resets, chunk_sequences, chunk_start_states,
-                     entropy, flatten_parameters, log_prob, masked_logits)
+                     entropy, flatten_parameters, log_prob, masked_logits, share_rows)
 
 
 def sampler_seed(seed: int, agent: int) -> int:
@@ -40,20 +42,43 @@ class PPOBatch:
     old_logp: torch.Tensor
     adv: torch.Tensor
     h0: torch.Tensor
-    reset: torch.Tensor
+    reset: torch.Tensor  # [chunk, sequences]: shared by all rows
+
+    def rows(self, part: slice) -> PPOBatch:
+        return PPOBatch(**{f.name: getattr(self, f.name) if f.name == "reset" else getattr(self, f.name)[part]
+                           for f in fields(self)})
+
+
+def row_blocks(a: int, threads: int) -> list[slice]:
+    """a rows in min(threads, a) contiguous blocks whose sizes differ by at most one."""
+    parts = max(1, min(threads, a))
+    bounds = [round(i * a / parts) for i in range(parts + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 
 
 class ActorBlock:
+    """`threads` > 1 (CPU only): the PPO backward runs as that many row blocks, one per thread. A process's cores
+    are then busy through the small ops between the GEMMs too, which one block on several intra-op threads leaves
+    to one core; each row's arithmetic is the same either way (tests compare the gradients bit for bit)."""
+
     def __init__(self, agents: range, obs_dim: int, n_actions: int, hidden: int, seed: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", threads: int = 1):
         self.agents, self.a = agents, len(agents)
         self.n_actions = n_actions
+        self.device = torch.device(device)
         # Same θ₀ for every agent, whatever the block size: the init draws from one seeded generator (on the host,
         # then moved: the same θ₀ on an XLA device).
-        self.net = RecurrentNet(self.a, obs_dim, n_actions, hidden, out_gain=0.01,
-                                generator=torch.Generator().manual_seed(seed)).to(device)
-        self.device = torch.device(device)
+        make = lambda rows: RecurrentNet(rows, obs_dim, n_actions, hidden, out_gain=0.01,  # noqa: E731
+                                         generator=torch.Generator().manual_seed(seed)).to(device)
+        self.net = make(self.a)  # all rows: acting, and the backward when there is one block
         self.params, self.grads = flatten_parameters(self.net, self.a)
+        self.blocks = row_blocks(self.a, threads if self.device.type == "cpu" else 1)
+        self.parts = [self.net] if len(self.blocks) == 1 else [make(b.stop - b.start) for b in self.blocks]
+        if len(self.parts) > 1:
+            for part, rows in zip(self.parts, self.blocks):
+                share_rows(part, self.net, rows)
+        # the caller's thread computes the first block; the pool the others
+        self.pool = ThreadPoolExecutor(len(self.parts) - 1, "decnode-rows") if len(self.parts) > 1 else None
         self.samplers = [torch.Generator().manual_seed(sampler_seed(seed, i)) for i in agents]
 
     def ppo_batch(self, batch: ActorBatch, advantages: torch.Tensor, chunk: int) -> PPOBatch:
@@ -73,7 +98,17 @@ class ActorBlock:
         the clipped fraction, which only say something after the policy moved (the trainer asks on the last epoch).
         """
         self.grads.zero_()
-        logits, _ = self.net(b.obs, b.h0, b.reset)
+        if self.pool is None:
+            return self._backward(self.net, b, clip, entropy_coef, health)
+        others = [self.pool.submit(self._backward, net, b.rows(rows), clip, entropy_coef, health)
+                  for net, rows in zip(self.parts[1:], self.blocks[1:])]
+        first = self._backward(self.parts[0], b.rows(self.blocks[0]), clip, entropy_coef, health)
+        stats = [first, *(f.result() for f in others)]
+        return {key: torch.cat([s[key] for s in stats]) for key in first}
+
+    @staticmethod
+    def _backward(net: RecurrentNet, b: PPOBatch, clip: float, entropy_coef: float, health: bool) -> dict:
+        logits, _ = net(b.obs, b.h0, b.reset)
         logits = masked_logits(logits, b.avail)
         new_logp = log_prob(logits, b.actions)
         policy_loss = ppo_policy_loss(new_logp, b.old_logp, b.adv, clip)

@@ -19,6 +19,8 @@ file's Python kernel (`gru_sequence`) is the fallback where no C++ compiler is f
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
@@ -84,17 +86,22 @@ def _forward(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tensor, r
 # Saved-derivative buffers (10 MB at N = 10) handed back after each backward: a fresh one per forward is fresh
 # pages from the OS, ~2500 page faults per forward+backward, which cost more than the step loop saved.
 _free: dict[tuple, list[Tensor]] = {}
+_free_lock = threading.Lock()  # an actor block's row blocks run in threads (actor.py)
 
 
 def _take(shape: tuple, like: Tensor) -> Tensor:
-    pool = _free.get((shape, like.dtype, like.device))
-    return pool.pop() if pool else like.new_empty(shape)
+    with _free_lock:
+        pool = _free.get((shape, like.dtype, like.device))
+        if pool:
+            return pool.pop()
+    return like.new_empty(shape)
 
 
 def _give(buf: Tensor) -> None:
-    pool = _free.setdefault((tuple(buf.shape), buf.dtype, buf.device), [])
-    if len(pool) < 2:  # (a graph never backpropagated just lets its buffer go)
-        pool.append(buf)
+    with _free_lock:
+        pool = _free.setdefault((tuple(buf.shape), buf.dtype, buf.device), [])
+        if len(pool) < 2:  # (a graph never backpropagated just lets its buffer go)
+            pool.append(buf)
 
 
 class _GRUSequence(torch.autograd.Function):

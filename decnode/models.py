@@ -176,6 +176,13 @@ def flatten_parameters(module: nn.Module, A: int) -> tuple[Tensor, Tensor]:
     return params, grads
 
 
+def share_rows(part: nn.Module, whole: nn.Module, rows: slice) -> None:
+    """Make `part` (the same architecture with fewer agent rows) train rows `rows` of `whole` in place: each of its
+    parameters and gradients becomes a view of those rows of whole's, which flatten_parameters put in one [A, D]."""
+    for p, w in zip(part.parameters(), whole.parameters(), strict=True):
+        p.data, p.grad = w.data[rows], w.grad[rows]
+
+
 def masked_logits(logits: Tensor, avail: Tensor | None) -> Tensor:
     """Unavailable actions get a huge negative logit (MAPPO's -1e10), so they get probability 0."""
     if avail is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 STALE_LOCK_S = 600  # a build takes ~11 s; a lock this old was left by a killed build and would block every load
 
 build_error: str | None = None  # why the last build failed, for tests and `python -m decnode.native`
+_building = threading.Lock()  # an actor block's row threads may ask at once: build and load once
 
 
 def _flags() -> list[str]:
@@ -37,9 +39,14 @@ def _build_dir() -> Path:
     return root / f"decnode-torch{torch.__version__}"
 
 
-@functools.cache
 def gru_ops():
     """torch.ops.decnode_gru (forward, backward; see gru_native.cpp), or None where it cannot be built."""
+    with _building:
+        return _gru_ops()
+
+
+@functools.cache
+def _gru_ops():
     global build_error
     if os.environ.get("DECNODE_NATIVE", "1") == "0":
         build_error = "DECNODE_NATIVE=0"

@@ -74,7 +74,13 @@ class Trainer:
         self.mix_epochs = (range(tr.ppo_epochs) if cfg.algo.mix_every == "step"  # DecPG: which epochs gossip
                            else range(tr.ppo_epochs - 1, tr.ppo_epochs))
 
-        self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed, fabric.device)
+        # Several agents and c ≥ 2 cores for this process: their PPO backward runs as c row blocks in c threads with
+        # one intra-op thread each, which keeps every core busy between the GEMMs too (README, "Speed").
+        cores = torch.get_num_threads()
+        self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed, fabric.device,
+                                threads=cores)
+        if len(self.actor.parts) > 1:
+            torch.set_num_threads(max(1, cores // len(self.actor.parts)))
         self.actor_combiner = make_combiner(cfg.algo.name, fabric)
         self.critic = make_critic(cfg.algo.critic, fabric, algo=cfg.algo.name, state_dim=state_dim,
                                   agent_id=env_cfg.state_agent_id, seed=tr.seed, T=self.T, B=self.B, hidden=tr.hidden,
@@ -294,7 +300,8 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     # Which process is which rank: for whoever has to inspect or stop one of them. netns: the network namespace
     # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
     procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
-                                   "netns": _netns(), "threads": torch.get_num_threads()})
+                                   "netns": _netns(), "threads": torch.get_num_threads(),
+                                   "row_threads": len(trainer.actor.parts)})
     if logger is not None:
         with trainer.writing("processes.json"):
             (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))

@@ -1,5 +1,7 @@
 """Training over real processes equals the single-process reference; PS replicas stay identical."""
 
+import json
+
 import pytest
 import torch
 
@@ -19,18 +21,19 @@ def small_config(algo: str, critic: str, n_procs: int, out: str, iterations: int
     return resolve(cfg, n_procs)
 
 
-def _train_cases(root: str, n_procs: int):
-    """Every case in one process group (spawning is the slow part); rank 0 returns each case's models.pt."""
+def _train_cases(root: str, n_procs: int, threads: int = 1):
+    """Every case in one process group (spawning is the slow part); rank 0 returns each case's models.pt.
+    threads = 2 in one process: the actors' backward runs as two row blocks in two threads (actor.py)."""
     from pathlib import Path
 
     from decnode.comm import Fabric, open_fabric
     from decnode.trainer import train
 
-    torch.set_num_threads(1)
     results = {}
     with open_fabric(N, 1, timeout_s=120) as fabric:
         for algo, critic in CASES:
-            cfg = small_config(algo, critic, n_procs, f"{root}/{algo}-{critic}-{n_procs}")
+            torch.set_num_threads(threads)  # (the trainer lowers it to one per row thread)
+            cfg = small_config(algo, critic, n_procs, f"{root}/{algo}-{critic}-{n_procs}-{threads}")
             run_dir = Path(cfg.run.out)
             run_dir.mkdir(parents=True, exist_ok=True)
             case_fabric = Fabric(N, 1, fabric.rank, fabric.world, 120)  # fresh buffers and timings
@@ -38,6 +41,8 @@ def _train_cases(root: str, n_procs: int):
             if fabric.rank == 0:  # rank 0 times every kind of section (it also steps the environments)
                 results[(algo, critic)] = torch.load(run_dir / "models.pt", weights_only=False)
                 results[(algo, critic)]["sections"] = set(case_fabric.recorder.tallies)
+                processes = json.loads((run_dir / "processes.json").read_text())
+                results[(algo, critic)]["row_threads"] = processes[0]["row_threads"]
     return results
 
 
@@ -46,12 +51,13 @@ def trained(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("equiv"))
     distributed = run_ranks(_train_cases, N, root, N, timeout=400)[0]
     single = _train_cases(root, 1)
-    return distributed, single
+    rows = _train_cases(root, 1, threads=2)
+    return distributed, single, rows
 
 
 @pytest.mark.parametrize("algo,critic", CASES)
 def test_three_processes_equal_one_process_holding_three_agents(trained, algo, critic):
-    distributed, single = trained
+    distributed, single, _ = trained
     dist_run, single_run = distributed[(algo, critic)], single[(algo, critic)]
     torch.testing.assert_close(dist_run["actor_rows"], single_run["actor_rows"], atol=1e-5, rtol=0)
     torch.testing.assert_close(dist_run["critic"], single_run["critic"], atol=1e-5, rtol=0)
@@ -61,9 +67,47 @@ def test_three_processes_equal_one_process_holding_three_agents(trained, algo, c
     assert (dist_run["actor_rows"] - start).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("algo,critic", CASES)
+def test_one_process_with_two_row_threads_equals_three_processes(trained, algo, critic):
+    """Rows [0, 2) in the trainer's thread and row 2 in a pool thread: every row as the processes computed it."""
+    distributed, single, rows = trained
+    assert rows[(algo, critic)]["row_threads"] == 2 and single[(algo, critic)]["row_threads"] == 1
+    torch.testing.assert_close(rows[(algo, critic)]["actor_rows"], distributed[(algo, critic)]["actor_rows"],
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(rows[(algo, critic)]["critic"], distributed[(algo, critic)]["critic"], atol=1e-5, rtol=0)
+    if algo == "ps":
+        assert all(torch.equal(rows[(algo, critic)]["actor_rows"][0], r) for r in rows[(algo, critic)]["actor_rows"])
+
+
+def test_row_threads_compute_the_same_gradients_bit_for_bit():
+    """The same rollout through one block and through row blocks in threads: equal gradients and statistics."""
+    from decnode.actor import ActorBlock, PPOBatch
+
+    a, T, M, obs, K = 5, 6, 4, 7, 3
+    g = torch.Generator().manual_seed(5)
+    batch = PPOBatch(obs=torch.randn(a, T, M, obs, generator=g), avail=torch.rand(a, T, M, K, generator=g) > 0.2,
+                     actions=torch.randint(0, K, (a, T, M), generator=g), old_logp=-torch.rand(a, T, M, generator=g),
+                     adv=torch.randn(a, T, M, generator=g), h0=torch.randn(a, M, 64, generator=g),
+                     reset=torch.rand(T, M, generator=g) < 0.2)
+    batch.avail[..., 0] = True
+    batch.actions[~batch.avail.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)] = 0
+    results = []
+    for threads in (1, 2, 3):
+        actor = ActorBlock(range(a), obs, K, 64, seed=3, threads=threads)
+        assert len(actor.parts) == threads
+        with torch.no_grad():  # rows that differ, as after some DecPG steps
+            actor.params.add_(0.05 * torch.randn(actor.params.shape, generator=torch.Generator().manual_seed(9)))
+        stats = actor.backward(batch, clip=0.2, entropy_coef=0.01, health=True)
+        results.append((actor.grads.clone(), stats))
+    for grads, stats in results[1:]:
+        assert torch.equal(grads, results[0][0])
+        assert all(torch.equal(stats[k], results[0][1][k]) for k in stats)
+    assert results[0][0].abs().sum() > 0
+
+
 @pytest.mark.parametrize("critic", ["central", "local"])
 def test_ps_replicas_bit_identical_decpg_replicas_differ(trained, critic):
-    distributed, single = trained
+    distributed, single, _ = trained
     ps = distributed[("ps", critic)]["actor_rows"]
     assert all(torch.equal(ps[0], row) for row in ps), "PS replicas drifted apart"
     dec = distributed[("decpg", critic)]["actor_rows"]
@@ -110,6 +154,6 @@ def test_a_nonfinite_update_stops_every_rank_and_keeps_the_last_good_checkpoint(
 def test_every_timed_section_is_grouped(trained):
     """Sections are named by timing.Section constants, each folded into a column of the timing table."""
     from decnode.timing import GROUPS
-    distributed, single = trained
+    distributed, single, _ = trained
     for run in (*distributed.values(), *single.values()):
         assert run["sections"] <= set(GROUPS), run["sections"] - set(GROUPS)
