@@ -11,6 +11,7 @@ warning; DECNODE_NATIVE=0 asks for that fallback directly.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 import time
@@ -35,8 +36,10 @@ def _flags() -> list[str]:
 
 
 def _build_dir() -> Path:
+    # one directory per source, flags and torch: a built library there is current, and loads without a ninja check
+    key = hashlib.sha256((HERE / "gru_native.cpp").read_bytes() + " ".join(_flags()).encode()).hexdigest()[:12]
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    return root / f"decnode-torch{torch.__version__}"
+    return root / f"decnode-torch{torch.__version__}-{key}"
 
 
 def gru_ops():
@@ -52,9 +55,12 @@ def _gru_ops():
         build_error = "DECNODE_NATIVE=0"
         return None
     try:
+        build = _build_dir()
+        if (build / "decnode_gru.so").exists():  # built before: milliseconds (the builder's import alone takes 0.15 s)
+            torch.ops.load_library(str(build / "decnode_gru.so"))
+            return torch.ops.decnode_gru
         from torch.utils.cpp_extension import load
 
-        build = _build_dir()
         build.mkdir(parents=True, exist_ok=True)
         lock = build / "lock"
         # torch's builder waits for its lock file forever; one left by a killed build would hang every process
@@ -65,8 +71,9 @@ def _gru_ops():
     except Exception as err:  # no compiler, no ninja, a failed compile: the Python kernel still works
         lines = [line for line in str(err).splitlines() if line.strip()]
         build_error = f"{type(err).__name__}: {lines[0] if lines else ''}"
-        warnings.warn(f"decnode: the C++ GRU kernel could not be built ({build_error}); using the slower Python "
-                      f"kernel (python -m decnode.native shows the build)", stacklevel=2)
+        warnings.warn(f"decnode: the C++ GRU kernel could not be built or loaded ({build_error}); using the slower "
+                      f"Python kernel (python -m decnode.native retries; a damaged build: delete {_build_dir()})",
+                      stacklevel=2)
         return None
     return torch.ops.decnode_gru
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import native
 from .rundir import writing
 from .actor import ActorBlock
 from .algos import make_combiner
@@ -82,6 +83,7 @@ class Trainer:
         if len(self.actor.parts) > 1:
             torch.set_num_threads(max(1, cores // len(self.actor.parts)))
         self.actor_combiner = make_combiner(cfg.algo.name, fabric)
+        native.gru_ops()  # load (or build) the C++ GRU now: in the first rollout step it would delay iteration 1
         self.critic = make_critic(cfg.algo.critic, fabric, algo=cfg.algo.name, state_dim=state_dim,
                                   agent_id=env_cfg.state_agent_id, seed=tr.seed, T=self.T, B=self.B, hidden=tr.hidden,
                                   chunk=self.chunk, gamma=tr.gamma, lam=tr.gae_lambda, clip=tr.clip,

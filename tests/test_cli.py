@@ -53,11 +53,13 @@ def test_torchrun_spelling(tmp_path):
 
 @pytest.mark.parametrize("extra,threads", [([], CORES), (["--set", "run.threads=1"], 1)])
 def test_one_process_uses_every_core_unless_told(tmp_path, extra, threads):
+    """Its 3 agents' backward in min(cores, 3) row threads of one intra-op thread each (one block on one core)."""
     out = tmp_path / "run"
     res = run([sys.executable, "-m", "decnode.run", "--nproc", "1", "--set", "env.n_agents=3", "--k", "1",
                "--out", str(out), *SMALL, *extra])
     assert res.returncode == 0, res.stderr[-3000:]
-    assert threads_of(out) == [threads]
+    (process,) = json.loads((out / "processes.json").read_text())
+    assert process["row_threads"] == min(threads, 3) and process["threads"] == max(1, threads // min(threads, 3))
 
 
 @pytest.mark.parametrize("args,needle", [
