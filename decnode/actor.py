@@ -1,11 +1,11 @@
 """A process's block of actors: acting with per-agent randomness, and the PPO loss of their own parameters.
 
 The epoch loop (backward, combine, step) is the trainer's; this block only computes losses and gradients.
-Rows are independent, so a block may compute them as `threads` row blocks in as many threads (see ActorBlock)."""
+Rows are independent, so a block may compute them as several row blocks on a thread pool (see ActorBlock)."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, fields
 
 import torch
@@ -49,20 +49,21 @@ class PPOBatch:
                            for f in fields(self)})
 
 
-def row_blocks(a: int, threads: int) -> list[slice]:
-    """a rows in min(threads, a) contiguous blocks whose sizes differ by at most one."""
-    parts = max(1, min(threads, a))
+def row_blocks(a: int, blocks: int) -> list[slice]:
+    """a rows in min(blocks, a) contiguous blocks whose sizes differ by at most one."""
+    parts = max(1, min(blocks, a))
     bounds = [round(i * a / parts) for i in range(parts + 1)]
     return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 
 
 class ActorBlock:
-    """`threads` > 1 (CPU only): the PPO backward runs as that many row blocks, one per thread. A process's cores
-    are then busy through the small ops between the GEMMs too, which one block on several intra-op threads leaves
-    to one core; each row's arithmetic is the same either way (tests compare the gradients bit for bit)."""
+    """`blocks` > 1 (CPU only): the PPO backward may run as that many row blocks on a thread pool (the trainer's,
+    one intra-op thread per pool thread). A process's cores are then busy through the small ops between the GEMMs
+    too, which one block on several intra-op threads leaves to one core; each row's arithmetic is the same either
+    way (tests compare the gradients bit for bit)."""
 
     def __init__(self, agents: range, obs_dim: int, n_actions: int, hidden: int, seed: int,
-                 device: torch.device | str = "cpu", threads: int = 1):
+                 device: torch.device | str = "cpu", blocks: int = 1):
         self.agents, self.a = agents, len(agents)
         self.n_actions = n_actions
         self.device = torch.device(device)
@@ -72,13 +73,11 @@ class ActorBlock:
                                          generator=torch.Generator().manual_seed(seed)).to(device)
         self.net = make(self.a)  # all rows: acting, and the backward when there is one block
         self.params, self.grads = flatten_parameters(self.net, self.a)
-        self.blocks = row_blocks(self.a, threads if self.device.type == "cpu" else 1)
+        self.blocks = row_blocks(self.a, blocks if self.device.type == "cpu" else 1)
         self.parts = [self.net] if len(self.blocks) == 1 else [make(b.stop - b.start) for b in self.blocks]
         if len(self.parts) > 1:
             for part, rows in zip(self.parts, self.blocks):
                 share_rows(part, self.net, rows)
-        # the caller's thread computes the first block; the pool the others
-        self.pool = ThreadPoolExecutor(len(self.parts) - 1, "decnode-rows") if len(self.parts) > 1 else None
         self.samplers = [torch.Generator().manual_seed(sampler_seed(seed, i)) for i in agents]
 
     def ppo_batch(self, batch: ActorBatch, advantages: torch.Tensor, chunk: int) -> PPOBatch:
@@ -91,20 +90,21 @@ class ActorBlock:
                         adv=chunk_sequences(normalize_advantages(advantages), chunk).to(d),
                         h0=chunk_start_states(batch.h_before, chunk).to(d), reset=chunk_resets(batch.reset, chunk).to(d))
 
-    def backward(self, b: PPOBatch, *, clip: float, entropy_coef: float, health: bool = False) -> dict:
+    def backward(self, b: PPOBatch, *, clip: float, entropy_coef: float, health: bool = False,
+                 pool: Executor | None = None) -> dict:
         """The PPO loss of every row on the full batch; leaves ∇Lᵢ(θᵢ) in `grads` (rows are independent).
 
         Returns per-row statistics [a]; with `health` also PPO's health metrics, approx-KL (k3 estimator) and
         the clipped fraction, which only say something after the policy moved (the trainer asks on the last epoch).
+        With several row blocks and a `pool`, the blocks are its tasks (queued behind whatever it already holds).
         """
         self.grads.zero_()
-        if self.pool is None:
+        if len(self.parts) == 1:
             return self._backward(self.net, b, clip, entropy_coef, health)
-        others = [self.pool.submit(self._backward, net, b.rows(rows), clip, entropy_coef, health)
-                  for net, rows in zip(self.parts[1:], self.blocks[1:])]
-        first = self._backward(self.parts[0], b.rows(self.blocks[0]), clip, entropy_coef, health)
-        stats = [first, *(f.result() for f in others)]
-        return {key: torch.cat([s[key] for s in stats]) for key in first}
+        args = [(net, b.rows(rows), clip, entropy_coef, health) for net, rows in zip(self.parts, self.blocks)]
+        stats = ([f.result() for f in [pool.submit(self._backward, *a) for a in args]] if pool is not None
+                 else [self._backward(*a) for a in args])
+        return {key: torch.cat([s[key] for s in stats]) for key in stats[0]}
 
     @staticmethod
     def _backward(net: RecurrentNet, b: PPOBatch, clip: float, entropy_coef: float, health: bool) -> dict:

@@ -13,6 +13,7 @@ import resource
 import signal
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -75,19 +76,25 @@ class Trainer:
         self.mix_epochs = (range(tr.ppo_epochs) if cfg.algo.mix_every == "step"  # DecPG: which epochs gossip
                            else range(tr.ppo_epochs - 1, tr.ppo_epochs))
 
-        # Several agents and c ≥ 2 cores for this process: their PPO backward runs as c row blocks in c threads with
-        # one intra-op thread each, which keeps every core busy between the GEMMs too (README, "Speed").
-        cores = torch.get_num_threads()
-        self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed, fabric.device,
-                                threads=cores)
-        if len(self.actor.parts) > 1:
-            torch.set_num_threads(max(1, cores // len(self.actor.parts)))
         self.actor_combiner = make_combiner(cfg.algo.name, fabric)
         native.gru_ops()  # load (or build) the C++ GRU now: in the first rollout step it would delay iteration 1
         self.critic = make_critic(cfg.algo.critic, fabric, algo=cfg.algo.name, state_dim=state_dim,
                                   agent_id=env_cfg.state_agent_id, seed=tr.seed, T=self.T, B=self.B, hidden=tr.hidden,
                                   chunk=self.chunk, gamma=tr.gamma, lam=tr.gae_lambda, clip=tr.clip,
                                   huber_delta=tr.huber_delta, value_coef=tr.value_coef, max_grad_norm=tr.max_grad_norm)
+        # Several agents and c ≥ 2 cores for this process: their PPO backward runs as row blocks on c threads of one
+        # intra-op thread each, which keeps every core busy between the GEMMs too (README, "Speed"). A central critic
+        # here (rank 0) sends no messages in its epoch: that epoch is one more task, queued first, and the actor gets
+        # one block more than threads, so whichever thread takes the critic's epoch takes a smaller share of rows.
+        cores, a = torch.get_num_threads(), len(fabric.agents)
+        threads = min(cores, a) if fabric.device.type == "cpu" and a > 1 else 1
+        self.overlap_critic = threads > 1 and self.critic.net is not None and not self.critic.per_agent
+        self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed, fabric.device,
+                                blocks=threads + self.overlap_critic if threads > 1 else 1)
+        self.row_threads = threads
+        self.pool = ThreadPoolExecutor(threads, "decnode-work") if threads > 1 else None
+        if self.pool is not None:
+            torch.set_num_threads(max(1, cores // threads))
         self.rollout = Rollout(fabric, self.actor, env, T=self.T, B=self.B, obs_dim=self.obs_dim,
                                state_dim=state_dim, n_actions=self.n_actions, hidden=tr.hidden)
         self.evaluator = Evaluator(fabric, env_factory(env_cfg.name, n, **self.env_kwargs), n_agents=n,
@@ -117,13 +124,18 @@ class Trainer:
             mix = epoch in self.mix_epochs
             with rec.section(Section.ACTOR_UPDATE):
                 combiner.before_backward(actor.params, mix)  # DecPG posts the gossip of θ here...
+                # (overlapped: the central critic's epoch inside this section, on the row threads' pool)
+                critic = self.pool.submit(self.critic.epoch, critic_batch, lr, mix) if self.overlap_critic else None
                 stats = actor.backward(ppo, clip=tr.clip, entropy_coef=tr.entropy_coef,
-                                       health=epoch == tr.ppo_epochs - 1)
+                                       health=epoch == tr.ppo_epochs - 1, pool=self.pool)
+                if critic is not None:
+                    critic.result()
                 if epoch == 0:  # the noise metrics use the gradient at θₘ
                     first = {**stats, "grad": actor.grads.clone()}
                 combiner.after_backward(actor.grads)  # ...and PS the all-reduce of ∇ here
-            with rec.section(Section.CRITIC):
-                self.critic.epoch(critic_batch, lr, mix)  # while the actor's message is in flight
+            if critic is None:
+                with rec.section(Section.CRITIC):
+                    self.critic.epoch(critic_batch, lr, mix)  # while the actor's message is in flight
             with rec.section(Section.ACTOR_UPDATE):
                 combiner.step(actor.params, actor.grads, lr, tr.max_grad_norm)
             self.fabric.sync()  # XLA: one graph per epoch, run by every device together (nothing on the CPU)
@@ -303,7 +315,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
     procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
                                    "netns": _netns(), "threads": torch.get_num_threads(),
-                                   "row_threads": len(trainer.actor.parts)})
+                                   "row_threads": trainer.row_threads})
     if logger is not None:
         with trainer.writing("processes.json"):
             (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))

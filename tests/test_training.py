@@ -69,7 +69,8 @@ def test_three_processes_equal_one_process_holding_three_agents(trained, algo, c
 
 @pytest.mark.parametrize("algo,critic", CASES)
 def test_one_process_with_two_row_threads_equals_three_processes(trained, algo, critic):
-    """Rows [0, 2) in the trainer's thread and row 2 in a pool thread: every row as the processes computed it."""
+    """Two threads share the critic's epoch and the actor's rows, one row per block: every row as the processes
+    computed it."""
     distributed, single, rows = trained
     assert rows[(algo, critic)]["row_threads"] == 2 and single[(algo, critic)]["row_threads"] == 1
     torch.testing.assert_close(rows[(algo, critic)]["actor_rows"], distributed[(algo, critic)]["actor_rows"],
@@ -81,6 +82,8 @@ def test_one_process_with_two_row_threads_equals_three_processes(trained, algo, 
 
 def test_row_threads_compute_the_same_gradients_bit_for_bit():
     """The same rollout through one block and through row blocks in threads: equal gradients and statistics."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from decnode.actor import ActorBlock, PPOBatch
 
     a, T, M, obs, K = 5, 6, 4, 7, 3
@@ -92,12 +95,13 @@ def test_row_threads_compute_the_same_gradients_bit_for_bit():
     batch.avail[..., 0] = True
     batch.actions[~batch.avail.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)] = 0
     results = []
-    for threads in (1, 2, 3):
-        actor = ActorBlock(range(a), obs, K, 64, seed=3, threads=threads)
-        assert len(actor.parts) == threads
+    pool = ThreadPoolExecutor(2)
+    for blocks in (1, 2, 3):
+        actor = ActorBlock(range(a), obs, K, 64, seed=3, blocks=blocks)
+        assert len(actor.parts) == blocks
         with torch.no_grad():  # rows that differ, as after some DecPG steps
             actor.params.add_(0.05 * torch.randn(actor.params.shape, generator=torch.Generator().manual_seed(9)))
-        stats = actor.backward(batch, clip=0.2, entropy_coef=0.01, health=True)
+        stats = actor.backward(batch, clip=0.2, entropy_coef=0.01, health=True, pool=pool)
         results.append((actor.grads.clone(), stats))
     for grads, stats in results[1:]:
         assert torch.equal(grads, results[0][0])
