@@ -34,6 +34,7 @@ $(XSTAMP): pyproject.toml
 		'numpy>=1.26' 'pyyaml>=6.0' 'tqdm>=4.66' 'tensorboard>=2.16' 'matplotlib>=3.8' 'pytest>=8' 'pytest-timeout>=2.3' \
 		'ninja>=1.11'
 	$(XPY) -m pip install -q --no-deps -e .
+	$(XPY) -m decnode.native
 	touch $(XSTAMP)
 
 .PHONY: install run test bench install-xla test-xla
