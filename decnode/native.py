@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import threading
 import time
 import warnings
@@ -61,6 +62,9 @@ def _gru_ops():
             return torch.ops.decnode_gru
         from torch.utils.cpp_extension import load
 
+        if os.environ.get("RANK", "0") == "0":  # (every process of a first job builds or waits; one says so)
+            print(f"decnode: building the C++ GRU kernel, once for this machine and torch {torch.__version__} "
+                  f"(~11 s; make install does it ahead)", file=sys.stderr, flush=True)
         build.mkdir(parents=True, exist_ok=True)
         lock = build / "lock"
         # torch's builder waits for its lock file forever; one left by a killed build would hang every process
