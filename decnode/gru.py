@@ -156,15 +156,23 @@ def gru_sequence(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tenso
     return _forward(gi, h0, keep, w_hh, b_hh, resets, None)[:, 1:]
 
 
+def _native_forward(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tensor, coef: Tensor):
+    """gru_native.cpp's forward -> (h per step, the states entering each step (pooled), keep as [T, M]); it fills
+    `coef` with each step's local derivatives unless coef is empty."""
+    A, T, M, H3 = gi.shape
+    hps, keep = _take((T, A, M, H3 // 3), gi), keep.reshape(T, M).contiguous()
+    out = native.gru_ops().forward(gi.contiguous(), h0.contiguous(), keep, w_hh, b_hh, hps, coef)
+    return out, hps, keep
+
+
 class _NativeGRU(torch.autograd.Function):
     """gru_native.cpp's forward (which saves each step's local derivatives) and backward, as one autograd node."""
 
     @staticmethod
     def forward(ctx, gi, h0, keep, w_hh, b_hh):
         A, T, M, H3 = gi.shape
-        keep = keep.reshape(T, M).contiguous()
-        hps, coef = _take((T, A, M, H3 // 3), gi), _take((T, A, M, 5, H3 // 3), gi)
-        out = native.gru_ops().forward(gi.contiguous(), h0.contiguous(), keep, w_hh, b_hh, hps, coef)
+        coef = _take((T, A, M, 5, H3 // 3), gi)
+        out, hps, keep = _native_forward(gi, h0, keep, w_hh, b_hh, coef)
         ctx.save_for_backward(keep, w_hh)
         ctx.buffers = (hps, coef)
         return out
@@ -186,10 +194,7 @@ def gru_native(gi: Tensor, h0: Tensor, keep: Tensor, w_hh: Tensor, b_hh: Tensor)
     """Same contract as `gru_reference`, in C++ (needs `native.gru_ops()`, i.e. a compiler on first use)."""
     if torch.is_grad_enabled() and any(x.requires_grad for x in (gi, h0, w_hh, b_hh)):
         return _NativeGRU.apply(gi, h0, keep, w_hh, b_hh)
-    A, T, M, H3 = gi.shape
-    hps = _take((T, A, M, H3 // 3), gi)
-    out = native.gru_ops().forward(gi.contiguous(), h0.contiguous(), keep.reshape(T, M).contiguous(), w_hh, b_hh,
-                                   hps, gi.new_empty(0))
+    out, hps, _ = _native_forward(gi, h0, keep, w_hh, b_hh, gi.new_empty(0))
     _give(hps)
     return out
 

@@ -10,7 +10,6 @@ warning; DECNODE_NATIVE=0 asks for that fallback directly.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import sys
@@ -25,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 STALE_LOCK_S = 600  # a build takes ~11 s; a lock this old was left by a killed build and would block every load
 
 build_error: str | None = None  # why the last build failed, for tests and `python -m decnode.native`
+_decided: list = []  # [the ops, or None] once the first call has loaded, built or given up
 _building = threading.Lock()  # an actor block's row threads may ask at once: build and load once
 
 
@@ -44,12 +44,15 @@ def _build_dir() -> Path:
 
 
 def gru_ops():
-    """torch.ops.decnode_gru (forward, backward; see gru_native.cpp), or None where it cannot be built."""
-    with _building:
-        return _gru_ops()
+    """torch.ops.decnode_gru (forward, backward; see gru_native.cpp), or None where it cannot be built. Called on
+    every recurrence (each acting step too): after the first call, a list lookup without the lock."""
+    if not _decided:
+        with _building:
+            if not _decided:
+                _decided.append(_gru_ops())
+    return _decided[0]
 
 
-@functools.cache
 def _gru_ops():
     global build_error
     if os.environ.get("DECNODE_NATIVE", "1") == "0":
