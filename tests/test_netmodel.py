@@ -37,7 +37,7 @@ def test_the_prediction_counts_each_call_the_trainer_makes():
     assert predict_iteration_comm(cfg, PRESETS["loopback"], 4)["total"] == 0.0
 
 
-def test_the_prediction_matches_the_simulated_clock_of_a_real_tiny_job(tmp_path):
+def test_the_prediction_matches_the_simulated_clock_of_a_real_tiny_job(tmp_path, measured):
     # 3 processes on a slow network: 10 ms, 20 Mbit/s, no jitter; the job is small, so communication dominates
     profile = tmp_path / "slow.yaml"
     profile.write_text("preset: ethernet\nlatency_s: 0.01\nbandwidth_bit_s: 20000000\n")
@@ -45,6 +45,8 @@ def test_the_prediction_matches_the_simulated_clock_of_a_real_tiny_job(tmp_path)
     cfg = job_config(3, "decpg", 2, None, None, sets)
     args = ["--algo", "decpg", "--k", "2", *(x for s in sets for x in ("--set", s))]
     result = compare(cfg, str(profile), 3, 3, args)
+    measured(f"simulated/predicted communication {result['ratio']:.3f} (predicted {result['predicted']['total']:.4f} s, "
+             f"simulated {result['simulated_comm']:.4f} s per iteration)")
     assert result["predicted"]["total"] > 0.15
     assert result["ratio"] == pytest.approx(1.0, abs=0.15), result
 
