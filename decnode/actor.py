@@ -59,8 +59,9 @@ def row_blocks(a: int, blocks: int) -> list[slice]:
 class ActorBlock:
     """`blocks` > 1 (CPU only): the PPO backward may run as that many row blocks on a thread pool (the trainer's,
     one intra-op thread per pool thread). A process's cores are then busy through the small ops between the GEMMs
-    too, which one block on several intra-op threads leaves to one core; each row's arithmetic is the same either
-    way (tests compare the gradients bit for bit)."""
+    too, which one block on several intra-op threads leaves to one core; each row's ops run on the same shapes
+    either way, so the gradients agree to float32 rounding (bit for bit where the math library blocks a batched
+    GEMM alike for every row count)."""
 
     def __init__(self, agents: range, obs_dim: int, n_actions: int, hidden: int, seed: int,
                  device: torch.device | str = "cpu", blocks: int = 1):

@@ -80,8 +80,13 @@ def test_one_process_with_two_row_threads_equals_three_processes(trained, algo, 
         assert all(torch.equal(rows[(algo, critic)]["actor_rows"][0], r) for r in rows[(algo, critic)]["actor_rows"])
 
 
-def test_row_threads_compute_the_same_gradients_bit_for_bit():
-    """The same rollout through one block and through row blocks in threads: equal gradients and statistics."""
+def test_row_threads_compute_the_same_gradients(measured):
+    """The same rollout through one block and through row blocks in threads: equal gradients and statistics.
+
+    Every block runs each row's ops on that row's own shapes, so a row's arithmetic does not depend on its block;
+    only the math library may block a batched GEMM differently for another row count. What is guaranteed is
+    therefore equality to float32 rounding; bit-identity holds where the library rounds every shape alike (the
+    measured line says which it was here)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from decnode.actor import ActorBlock, PPOBatch
@@ -96,6 +101,8 @@ def test_row_threads_compute_the_same_gradients_bit_for_bit():
     batch.actions[~batch.avail.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)] = 0
     results = []
     pool = ThreadPoolExecutor(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trainer runs row threads: one intra-op thread each
     for blocks in (1, 2, 3):
         actor = ActorBlock(range(a), obs, K, 64, seed=3, blocks=blocks)
         assert len(actor.parts) == blocks
@@ -103,10 +110,17 @@ def test_row_threads_compute_the_same_gradients_bit_for_bit():
             actor.params.add_(0.05 * torch.randn(actor.params.shape, generator=torch.Generator().manual_seed(9)))
         stats = actor.backward(batch, clip=0.2, entropy_coef=0.01, health=True, pool=pool)
         results.append((actor.grads.clone(), stats))
+    torch.set_num_threads(threads)
+    ref_grads, ref_stats = results[0]
+    assert ref_grads.abs().sum() > 0
     for grads, stats in results[1:]:
-        assert torch.equal(grads, results[0][0])
-        assert all(torch.equal(stats[k], results[0][1][k]) for k in stats)
-    assert results[0][0].abs().sum() > 0
+        # a lost, doubled or misplaced row differs by the gradient's own size; rounding by ~1e-7 of it
+        torch.testing.assert_close(grads, ref_grads, rtol=1e-5, atol=1e-6 * ref_grads.abs().max().item())
+        for k in stats:
+            torch.testing.assert_close(stats[k], ref_stats[k], rtol=1e-5, atol=1e-6)
+    bitwise = all(torch.equal(g, ref_grads) and all(torch.equal(st[k], ref_stats[k]) for k in st)
+                  for g, st in results[1:])
+    measured(f"1, 2 and 3 row blocks: gradients {'bit-identical' if bitwise else 'equal to float32 rounding'}")
 
 
 @pytest.mark.parametrize("critic", ["central", "local"])
