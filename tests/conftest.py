@@ -3,8 +3,9 @@ import sys
 
 import pytest
 
-# Tests import the helpers module `multiproc` that sits beside them.
+# Tests import the helpers modules `multiproc` and `figcheck` that sit beside them.
 sys.path.insert(0, os.path.dirname(__file__))
+pytest.register_assert_rewrite("figcheck")  # its failures show the values, as a test's own asserts do
 
 
 @pytest.fixture
@@ -37,3 +38,23 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section(f"measured on {cpu} ({os.cpu_count()} cores)")
     for nodeid, text in _MEASURED:
         terminalreporter.write_line(f"{nodeid}: {text}")
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """{file name: Figure} of every figure decnode saves in this process (all go through plots.save_figure), so a
+    test reads what a figure shows (axes, series, the numbers plotted) instead of trusting a file's size. The
+    file is still written, unchanged."""
+    from pathlib import Path
+
+    from decnode import plots
+
+    figures = {}
+    save = plots.save_figure
+
+    def keep(fig, path):
+        figures[Path(path).name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    return figures

@@ -13,6 +13,7 @@ from decnode import analysis, landscape, plots
 from decnode.analysis import MODES, evaluate_run, load_models
 from decnode.collectives import Collectives
 from decnode.evaluate import Evaluator
+from figcheck import assert_curve, bar_series, bars
 
 N = 3
 
@@ -128,15 +129,33 @@ def test_loss_batch_advantage_sources(run_dir):
     assert landscape.collect_batch(models).advantage_source == "discounted_returns"
 
 
-def test_landscape(run_dir):
+def test_landscape(run_dir, tmp_path, saved_figures):
     landscape.main([str(run_dir), "--grid", "3", "--episodes", "2", "--nproc", "2"])
     data = np.load(run_dir / "landscape.npz")
     assert data["reward"].shape == (3, 3) and data["loss"].shape == (3, 3)
     assert np.isfinite(data["reward"]).all() and np.isfinite(data["loss"]).all()
     assert list(data["alphas"]) == [-1.0, 0.0, 1.0]
-    for name in ("reward", "reward_hist", "loss", "loss_hist"):
-        assert (run_dir / f"landscape_{name}.png").stat().st_size > 1000
     models = load_models(run_dir)
+    # Rank 0's worker process drew the figures; drawn again here from the saved grid they are the same files
+    # (Agg renders deterministically), so the figures inspected below are the ones the run wrote.
+    landscape.save(tmp_path, dict(data), models)
+    for key, name in (("reward", "average episode reward"), ("loss", "policy loss")):
+        for png in (f"landscape_{key}.png", f"landscape_{key}_hist.png"):
+            assert (tmp_path / png).read_bytes() == (run_dir / png).read_bytes(), png
+        values, label = data[key], "DecPG k=1, iteration 2"
+        surface = saved_figures[f"landscape_{key}.png"].axes[0]
+        assert (surface.get_xlabel(), surface.get_ylabel(), surface.get_zlabel()) == (r"$\alpha$", r"$\beta$", name)
+        assert surface.get_title() == f"{name} landscape\n{label}"
+        assert list(surface.xy_dataLim.intervalx) == [-1.0, 1.0] and list(surface.xy_dataLim.intervaly) == [-1.0, 1.0]
+        assert list(surface.zz_dataLim.intervalx) == [values.min(), values.max()]  # the surface spans the grid's values
+        hist = saved_figures[f"landscape_{key}_hist.png"].axes[0]
+        assert (hist.get_xlabel(), hist.get_ylabel()) == (name, "grid points")
+        assert hist.get_title() == f"{name} histogram\n{label}"
+        counts, edges = np.histogram(values.ravel(), bins=5)  # 9 points: max(5, 9 // 3) bins
+        assert [p.get_height() for p in hist.patches] == list(counts)
+        assert [p.get_x() for p in hist.patches] == pytest.approx(edges[:-1], rel=1e-12, abs=1e-12)
+        [centre] = hist.get_lines()  # θ̄'s value, marked on the histogram
+        assert list(centre.get_xdata()) == [values[1, 1]] * 2 and centre.get_label() == r"$\bar\theta$ (centre)"
     cfg = models["config"]
     direct = Evaluator(Collectives(), analysis.env_factory(cfg, N), n_agents=N, episodes=2,
                        obs_dim=models["obs_dim"], n_actions=models["n_actions"], hidden=cfg["train"]["hidden"])
@@ -145,7 +164,9 @@ def test_landscape(run_dir):
     assert abs(data["loss"][1, 1]) < 1e-5  # ratio 1 and normalised advantages: ≈ −mean(adv) = 0
 
 
-def test_plots_two_seeds(run_dir, tmp_path):
+def test_plots_two_seeds(run_dir, tmp_path, saved_figures):
+    from decnode.timing import GROUPS
+
     other = tmp_path / "s2"
     _train(other, seed=2)
     analysis.main([str(other), "--mode", "average"])
@@ -153,16 +174,86 @@ def test_plots_two_seeds(run_dir, tmp_path):
     assert [(label, len(runs)) for label, runs in groups] == [("DecPG k=1", 2)]
     out = tmp_path / "plots"
     plots.main([str(run_dir), str(other), "--out", str(out)])
+    runs, label = [run_dir, other], "DecPG k=1 (2 seeds)"
     for name in ("reward", "entropy", "noise", "consensus", "timing", "generalisation"):
-        assert (out / f"{name}.png").stat().st_size > 1000, name
+        assert (out / f"{name}.png").is_file(), name
+    for name, key, ylabel, title, log in (
+            ("reward", "eval_reward", "average episode reward (θ̄, deterministic)", "training curves", False),
+            ("entropy", "entropy", "policy entropy", "policy entropy", False),
+            ("consensus", "consensus_distance", r"$\frac{1}{n}\sum_i\|\theta_i-\bar\theta\|^2$ (log scale)",
+             "consensus distance", True)):
+        [ax] = saved_figures[f"{name}.png"].axes
+        assert (ax.get_ylabel(), ax.get_title()) == (ylabel, title), name
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [label]
+        assert_curve(ax, label, runs, key, log)
+    noise = saved_figures["noise.png"].axes
+    assert [ax.get_ylabel() for ax in noise] == ["grad disagreement (log scale)", "update variance (log scale)"]
+    assert [ax.get_title() for ax in noise] == [r"inter-agent gradient disagreement $\mathcal{D}_m$",
+                                                r"inter-agent update variance $\mathcal{V}_m$"]
+    for ax, key in zip(noise, ("grad_disagreement", "update_variance")):
+        assert_curve(ax, label, runs, key, log=True)
+
+    # timing: one stacked bar per run; a category's segment is its sections' seconds summed over the run's ranks
+    # (timing.json), 'other' the rest of the ranks' summed wall-clock
+    [ax] = saved_figures["timing.png"].axes
+    assert ax.get_title() == "where the time goes" and ax.get_xlabel().startswith("seconds, summed over ranks")
+    assert [t.get_text().split(" · ")[-1] for t in ax.get_yticklabels()] == ["s1", "s2"]
+    widths = {c.get_label(): [b.get_width() for b in c] for c in ax.containers}
+    assert list(widths)[-1] == "other (untimed)"
+    for i, run in enumerate(runs):
+        ranks = json.loads((run / "timing.json").read_text())["ranks"]
+        expected: dict[str, float] = {}
+        for snap in ranks:
+            for section, tally in snap.items():
+                if section != "wall":
+                    cat = plots.CATEGORY_NAMES[GROUPS.get(section, section)]
+                    expected[cat] = expected.get(cat, 0.0) + tally["seconds"]
+        wall = sum(snap["wall"]["seconds"] for snap in ranks)
+        expected["other (untimed)"] = max(wall - sum(expected.values()), 0.0)
+        assert {cat for cat, seconds in expected.items() if seconds > 0} <= widths.keys()
+        for cat, w in widths.items():
+            assert w[i] == pytest.approx(expected.get(cat, 0.0), rel=1e-9, abs=1e-12), (run.name, cat)
+
+    # generalisation: the median over seeds of eval.json's average-model returns, and their std as error bars
+    evals = [json.loads((run / "eval.json").read_text())["modes"]["average"] for run in runs]
+    table = np.array([[e["train"]["return"], e["test"]["return"], e["gap"]] for e in evals])
+    left, right = saved_figures["generalisation.png"].axes
+    assert [c.get_label() for c in bar_series(left)] == ["train", "test"] and len(bar_series(right)) == 1
+    assert [t.get_text() for t in left.get_xticklabels()] == ["DecPG k=1\n(2 seeds)"]
+    assert (left.get_title(), right.get_title()) == ("average episode reward (θ̄, deterministic)",
+                                                     "generalisation gap (test − train)")
+    series = bar_series(left) + bar_series(right)
+    for j, container in enumerate(series):  # train, test, gap
+        heights, errors = bars(container)
+        assert heights == pytest.approx([np.median(table[:, j])], rel=1e-12), j
+        assert errors == pytest.approx([table[:, j].std()], rel=1e-9, abs=1e-12), j
 
 
 def test_median_band():
-    values = np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 9.0]])
+    """The band's ends against the exact bootstrap distribution of a median. Seeds x₁ < … < xₙ resampled with
+    replacement: for n = 2 the median is x₁ with probability 1/4 (both draws x₁), and for n = 3 with 7/27 (at
+    least two of three draws), so the 2.5% and 97.5% points are x₁ and xₙ; for n = 7 it is x₁ with probability
+    P(Bin(7, 1/7) ≥ 4) = 1.0% and at most x₂ with P(Bin(7, 2/7) ≥ 4) = 10.8%, so the ends are x₂ and x₆. Of
+    2000 resamples that is ~20 and ~216 against the 2.5% point's ~50: far from the edge for a fixed generator."""
+    x = np.array([-3.0, 0.5, 1.0, 4.0, 4.5, 7.0, 30.0])
+    for n, (low, high) in ((2, (0, 1)), (3, (0, 2)), (7, (1, 5))):
+        # columns: the seeds in order, reversed, and other values in another order (all resampled alike)
+        values = np.stack([x[:n], x[:n][::-1], 10 * x[:n] ** 2], axis=1)
+        median, lo, hi = plots.median_band(values)
+        assert list(median) == [np.median(values[:, j]) for j in range(3)]
+        for j in range(3):
+            ordered = np.sort(values[:, j])
+            assert (lo[j], hi[j]) == (ordered[low], ordered[high]), (n, j)
+    # equal seeds: a zero-width band at their value
+    median, lo, hi = plots.median_band(np.full((5, 2), 2.5))
+    assert list(median) == list(lo) == list(hi) == [2.5, 2.5]
+    # equivariant under y → a·y + b (a < 0 swaps the ends): the band is a property of the values, not their units
+    values = np.random.default_rng(1).normal(size=(6, 4))
     median, lo, hi = plots.median_band(values)
-    assert list(median) == [1.0, 2.0]
-    assert (lo <= median).all() and (median <= hi).all() and lo[0] >= 0.0 and hi[1] <= 9.0
-    assert plots.median_band(values[:1])[1] is None
+    m2, lo2, hi2 = plots.median_band(-3.0 * values + 7.0)
+    assert m2 == pytest.approx(-3.0 * median + 7.0) and lo2 == pytest.approx(-3.0 * hi + 7.0)
+    assert hi2 == pytest.approx(-3.0 * lo + 7.0)
+    assert plots.median_band(values[:1])[1] is None  # one seed: no band
 
 
 @pytest.mark.parametrize("cli", ["eval", "landscape", "plot"])

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from decnode import analysis, config, report, report_text
+import figcheck
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = {"ps-s1": ("ps", 1, 1), "ps-s2": ("ps", 1, 2), "ps-s3": ("ps", 1, 3), "decpg-k1-s1": ("decpg", 1, 1),
@@ -66,8 +67,57 @@ def made(sweep, tmp_path_factory) -> Path:
 
 
 def test_writes_every_file(made):
-    for name in FILES:
+    for name in FILES:  # what the figures show: test_figures_show_the_runs_numbers
         assert (made / name).stat().st_size > (1000 if name.endswith(".png") else 50), name
+
+
+def test_figures_show_the_runs_numbers(sweep, made, tmp_path, saved_figures):
+    """The report's figures, drawn again in this process so the test can read them: the same files as the command
+    line wrote (Agg renders deterministically), whose curves are the medians of the runs' metrics.jsonl per group
+    and whose bars are groups.csv's medians and stds."""
+    report.main([str(sweep), "--out", str(tmp_path)])
+    for name in (n for n in FILES if n.endswith(".png")):
+        assert (tmp_path / name).read_bytes() == (made / name).read_bytes(), name
+    cells = sweep / "cells"
+    members = {"PS": ["ps-s1", "ps-s2", "ps-s3"], "DecPG k=2 (gap 1.00)": ["decpg-k2-s1"],
+               "DecPG k=1 (gap 0.50)": ["decpg-k1-s1", "decpg-k1-s2"]}  # the paper's order: PS, dense → sparse
+    seeds = [f"({len(m)} seed{'s' if len(m) > 1 else ''})" for m in members.values()]
+    labels = [f"{group} {n}" for group, n in zip(members, seeds)]
+    cfg = yaml.safe_load((cells / "ps-s1" / "config.yaml").read_text())
+    title = f"{cfg['env']['name']}, n={cfg['env']['n_agents']}"
+
+    def curves(ax, key, log=False):
+        shown = [figcheck.assert_curve(ax, label, [cells / n for n in names], key, log)
+                 for label, names in zip(labels, members.values())]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == shown
+
+    evaluation, rollouts = saved_figures["train_reward.png"].axes
+    assert (evaluation.get_title(), rollouts.get_title()) == (f"{title}: evaluation (paper Fig. 2)",
+                                                              f"{title}: training rollouts")
+    assert evaluation.get_ylabel() == "average episode reward (θ̄, deterministic, train env)"
+    assert rollouts.get_ylabel() == "training rollouts' episode reward"
+    curves(evaluation, "eval_reward")
+    curves(rollouts, "train_reward")
+    [ax] = saved_figures["entropy.png"].axes
+    assert (ax.get_ylabel(), ax.get_title()) == ("policy entropy", f"{title}: policy entropy (paper Fig. 7)")
+    curves(ax, "entropy")
+    for ax, key in zip(saved_figures["noise.png"].axes, ("grad_disagreement", "update_variance")):
+        assert ax.get_ylabel() == key.replace("_", " ") + " (log scale)"
+        curves(ax, key, log=True)
+
+    groups = {g["legend"]: g for g in _csv(made / "groups.csv")}
+    for png, metric, ylabel, what in (
+            ("test_reward.png", "average_test", "test average episode reward (θ̄, deterministic)",
+             "test reward, perturbed env (paper Fig. 3; median ± std over seeds)"),
+            ("generalisation_gap.png", "average_gap", "test − train episode reward",
+             "generalisation gap (paper Fig. 4; median ± std over seeds)")):
+        [ax] = saved_figures[png].axes
+        assert (ax.get_ylabel(), ax.get_title()) == (ylabel, f"{title}: {what}")
+        assert [t.get_text() for t in ax.get_xticklabels()] == [f"{group}\n{n}" for group, n in zip(members, seeds)]
+        [series] = figcheck.bar_series(ax)
+        heights, errors = figcheck.bars(series)
+        assert heights == [_num(groups[g][f"{metric}_median"]) for g in members], png
+        assert errors == pytest.approx([_num(groups[g][f"{metric}_std"]) for g in members], rel=1e-9, abs=1e-12), png
 
 
 def test_runs_csv_matches_each_run(sweep, made):
