@@ -81,16 +81,34 @@ def load_runs(root: Path, include_unfinished: bool) -> tuple[list[plots.Run], li
             notes.append(f"skipped {rel}: config.yaml is not a resolved decnode config")
             continue
         if not run.metrics:
-            notes.append(f"skipped {rel}: no iteration logged (failed during setup?)")
+            why = last_error(path)
+            notes.append(f"skipped {rel}: no iteration logged; " + (f"its last attempt ended: {why}" if why else
+                         "it stopped before its first iteration ended (its output says why)"))
             continue
         if len(run.metrics) < planned:
             if not include_unfinished:
+                why = last_error(path)
                 notes.append(f"skipped {rel}: unfinished ({len(run.metrics)} of {planned} iterations logged; "
-                             "--include-unfinished reports it)")
+                             + (f"its last attempt ended: {why}; " if why else "") + "--include-unfinished reports it)")
                 continue
             notes.append(f"included unfinished {rel} ({len(run.metrics)} of {planned} iterations logged)")
         runs.append(run)
     return runs, notes, len(paths)
+
+
+def last_error(run_dir: Path) -> str | None:
+    """How the last attempt of a sweep cell ended, when it failed: decnode-run's error line in the sweep's
+    logs/<cell>.log (e.g. a NaN in iteration 1, which leaves no line in metrics.jsonl); None otherwise."""
+    log = run_dir.parent.parent / "logs" / f"{run_dir.name}.log"
+    if run_dir.parent.name != "cells" or not log.is_file():
+        return None
+    try:
+        attempt = log.read_text(errors="replace").rsplit("\n=== ", 1)[-1]  # the sweep starts each attempt so
+    except OSError:
+        return None
+    marker = "decnode-run: error: "
+    errors = [line.rpartition(marker)[2].strip() for line in attempt.splitlines() if marker in line]
+    return errors[-1] if errors else None
 
 
 def topology_gap(cfg: dict) -> float | None:

@@ -80,13 +80,14 @@ def _cli_layers(args: argparse.Namespace) -> list[tuple[str, dict]]:
 
 
 def prepare(args: argparse.Namespace, n_procs: int, run_id: str | None = None,
-            restarted: bool = False) -> tuple[Config, Path, dict | None, list[str]]:
+            restarted: bool = False, config: dict | None = None) -> tuple[Config, Path, dict | None, list[str]]:
     """Config, run directory, checkpoint and notes for stdout; raises ConfigError/CheckpointError.
-    `restarted`: torchrun started this command again after a failure (its checkpoint may be the last one)."""
+    `restarted`: torchrun started this command again after a failure (its checkpoint may be the last one).
+    `config`: the --config file's content, given by a caller that has not written the file yet."""
     if args.resume:
         return _prepare_resume(args, n_procs, restarted)
     path = Path(args.config) if args.config else DEFAULT_CONFIG
-    cfg = compose([(str(path), read_file(path))], _cli_layers(args))
+    cfg = compose([(str(path), read_file(path) if config is None else config)], _cli_layers(args))
     resolve(cfg, n_procs)
     run_dir = Path(cfg.run.out) if cfg.run.out is not None else default_run_dir(cfg, run_id)
     cfg.run.out = str(run_dir)
@@ -252,7 +253,8 @@ def fail(message: str, code: int = 2) -> None:
     _fail("decnode-run", message, code)
 
 
-def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Path, list[str], int]:
+def _check(args: argparse.Namespace, env: WorkerEnv | None,
+           config: dict | None = None) -> tuple[Config, Path, list[str], int]:
     """Everything that can be refused, in the order a user would fix it; the run directory is touched last."""
     if args.max_restarts is not None and args.max_restarts < 0:
         raise ConfigError(f"--max-restarts must be ≥ 0, got {args.max_restarts}")
@@ -268,7 +270,7 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Pat
         if n_procs < 1:
             raise ConfigError(f"--nproc must be ≥ 1, got {n_procs}")
     restarted = env is not None and attempt() > 0
-    cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None, restarted)
+    cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None, restarted, config)
     del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
     if cfg.run.device == "xla" and (env is not None or args.max_restarts):
         raise ConfigError("run.device=xla starts its own device threads (--nproc devices): run it with decnode-run "
@@ -285,6 +287,17 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Pat
     if env is None or env.rank == 0:  # once per job, whoever launched it; the other workers wait in the rendezvous
         notes += set_up_run_dir(cfg, run_dir, bool(args.resume), args.overwrite)
     return cfg, run_dir, notes, n_procs
+
+
+def check_command(argv: list[str], config: dict | None = None) -> Config:
+    """What `decnode-run ARGV` refuses before it starts (ConfigError, CheckpointError, OSError), writing nothing;
+    `config`: its --config file's content when that is not written yet. decnode-sweep checks every cell it will
+    start with this, so that neither its dry run nor its run promises a cell that decnode-run then refuses."""
+    args = build_parser().parse_args([*argv, "--print-config"])
+    cfg, run_dir, _, _ = _check(args, None, config)
+    if not args.resume:
+        rundir.prepare(run_dir, args.overwrite)  # what set_up_run_dir() checks first; it only reads
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:

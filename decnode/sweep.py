@@ -4,7 +4,9 @@
 
 The sweep file (YAML): `config` (base config, required), `overlays`, `out`, `processes`, `set`, `grid`, `seeds`;
 paths are relative to the sweep file (configs/sweeps/*.yaml show every key). Every cell is composed and validated
-with decnode's own config machinery before anything starts; bad input is one line on stderr and exit code 2.
+with decnode's own config machinery, and every command the sweep will start is checked by decnode-run's own checks
+(sweepplan.py), before anything is written; bad input is one line on stderr and exit code 2, and --dry-run refuses
+exactly what the run would. A cell name longer than the filesystem takes is shortened (its start and a digest).
 
 The sweep directory holds sweep.yaml (the file as given and the resolved cells), configs/<cell>.yaml (the cell's
 resolved config: `decnode-run --config` it to rerun by hand), cells/<cell>/ (a normal run directory),
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import json
 import os
 import signal
@@ -28,17 +29,16 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from . import rundir
 from .cli import OneLineParser, fail
-from .config import ConfigError, read_file
+from .config import ConfigError
 from .sweepfile import Cell, load_sweep
+from .sweepplan import command, config_text, cores, info, logged, plan, state, take_lock
 
 PROG = "decnode-sweep"
 STOP_WAIT_S = 120.0  # a cell finishes its iteration and checkpoints; beyond this it is killed
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # ---- what a cell's directory says ---------------------------------------------------------------------------------
@@ -47,31 +47,6 @@ def _metrics(run_dir: Path) -> list[dict]:
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
         return []
-
-
-def _logged(run_dir: Path) -> int:
-    try:
-        return (run_dir / "metrics.jsonl").read_bytes().count(b"\n")
-    except OSError:
-        return 0
-
-
-def _info(out: Path, cell: Cell) -> dict:
-    try:
-        return json.loads((out / "logs" / f"{cell.name}.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def state(out: Path, cell: Cell, retry_failed: bool = False) -> str:
-    d = cell.run_dir
-    # A finished run leaves models.pt and every iteration in metrics.jsonl (a stop also writes models.pt).
-    if (d / "models.pt").exists() and _logged(d) >= cell.cfg.train.iterations:
-        return "done"
-    info = _info(out, cell)
-    if not retry_failed and info.get("exit") not in (None, 0) and not info.get("interrupted"):
-        return "failed"
-    return "stopped" if (d / "checkpoint.pt").exists() else "pending"
 
 
 def csv_row(out: Path, cell: Cell, status: str) -> dict:
@@ -91,7 +66,7 @@ def csv_row(out: Path, cell: Cell, status: str) -> dict:
             "env_steps": m[-1]["env_steps"] if m else 0,
             "train_reward": sum(last10) / len(last10) if last10 else "", "eval_reward": evals[-1] if evals else "",
             "gen_train": gen["train"]["return"] if gen else "", "gen_test": gen["test"]["return"] if gen else "",
-            "gen_gap": gen["gap"] if gen else "", "wall_s": round(_info(out, cell).get("wall_s", 0.0), 1),
+            "gen_gap": gen["gap"] if gen else "", "wall_s": round(info(out, cell).get("wall_s", 0.0), 1),
             "git_commit": ";".join(c for c in commits if c), "run_dir": str(d)}
 
 
@@ -108,44 +83,24 @@ def write_csv(out: Path, cells: list[Cell], states: dict) -> None:
 
 
 # ---- running --------------------------------------------------------------------------------------------------------
-def _dump(cfg_dict: dict) -> str:
-    import yaml
-    return yaml.safe_dump(cfg_dict, sort_keys=False)
-
-
-def _same_config(path: Path, cfg_dict: dict) -> bool:
-    try:
-        old = read_file(path)
-    except ConfigError:
-        return False
-    strip = lambda d: {**d, "run": {k: v for k, v in d.get("run", {}).items() if k != "out"}}  # noqa: E731
-    return strip(old) == strip(cfg_dict)
-
-
-def prepare_dir(path: Path, out: Path, cells: list[Cell], states: dict) -> None:
-    """Write sweep.yaml and each cell's config; a trained cell whose config changed is refused (its run would
-    no longer be the one the sweep file describes)."""
-    for c in cells:
-        if states[c.name] != "pending" and c.config_file.exists() and not _same_config(c.config_file, c.cfg.to_dict()):
-            raise ConfigError(f"{path}: cell {c.name} already ran with another config ({c.config_file}); use another "
-                              "out: or delete the cell's files")
+def prepare_dir(path: Path, out: Path, cells: list[Cell]) -> None:
+    """Write sweep.yaml and each cell's config (plan() has checked that everything may be written)."""
     (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     summary = {"sweep_file": str(path.resolve()), "given": path.read_text(),
                "cells": [{"name": c.name, "values": c.values, "processes": c.procs, "config": str(c.config_file),
                           "run_dir": str(c.run_dir)} for c in cells]}
-    (out / "sweep.yaml").write_text(_dump(summary))
+    (out / "sweep.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     for c in cells:
-        text = _dump(c.cfg.to_dict())
+        text = config_text(c)
         if not c.config_file.exists() or c.config_file.read_text().split("\n", 1)[-1] != text:
             c.config_file.write_text(f"# cell {c.name} of {path}: decnode-run --config {c.config_file} "
                                      f"--nproc {c.procs} --out {c.run_dir}\n{text}")
 
 
 class Sweep:
-    def __init__(self, path: Path, out: Path, cells: list[Cell], jobs: int, retry_failed: bool):
-        self.path, self.out, self.cells, self.jobs, self.retry = path, out, cells, jobs, retry_failed
-        self.states = {c.name: state(out, c, retry_failed) for c in cells}
+    def __init__(self, path: Path, out: Path, cells: list[Cell], jobs: int, states: dict):
+        self.path, self.out, self.cells, self.jobs, self.states = path, out, cells, jobs, dict(states)
         self.signum = None
 
     def log(self, text: str) -> None:
@@ -153,13 +108,8 @@ class Sweep:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
 
     def start(self, c: Cell) -> None:
-        threads = max(1, _cores() // (self.jobs * c.procs))  # J cells side by side share the cores
-        cmd = [sys.executable, "-m", "decnode.run", "--nproc", str(c.procs), "--set", f"run.threads={threads}"]
         how = self.states[c.name]
-        if how == "stopped":
-            cmd += ["--resume", str(c.run_dir)]
-        else:  # --overwrite clears only decnode's own files: a failed or killed attempt of this very cell
-            cmd += ["--config", str(c.config_file), "--out", str(c.run_dir)] + (["--overwrite"] * c.run_dir.exists())
+        cmd = [sys.executable, "-m", "decnode.run", *command(c, how, self.jobs)]  # the command plan() checked
         self.log(f"start {c.name} ({'resume' if how == 'stopped' else 'from scratch'}): {' '.join(cmd)}")
         with open(self.out / "logs" / f"{c.name}.log", "a") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n")
@@ -173,13 +123,13 @@ class Sweep:
 
     def finish(self, c: Cell, interrupted: bool = False) -> None:
         rc = c.proc.returncode
-        info = _info(self.out, c)
-        info = {"attempts": info.get("attempts", 0) + 1, "exit": rc, "interrupted": interrupted,
-                "wall_s": info.get("wall_s", 0.0) + time.time() - c.started}
-        (self.out / "logs" / f"{c.name}.json").write_text(json.dumps(info) + "\n")
+        last = info(self.out, c)
+        record = {"attempts": last.get("attempts", 0) + 1, "exit": rc, "interrupted": interrupted,
+                  "wall_s": last.get("wall_s", 0.0) + time.time() - c.started}
+        (self.out / "logs" / f"{c.name}.json").write_text(json.dumps(record) + "\n")
         c.proc = None
         self.states[c.name] = st = state(self.out, c)
-        self.log(f"{st} {c.name} (exit {rc}, {info['wall_s']:.0f} s)")
+        self.log(f"{st} {c.name} (exit {rc}, {record['wall_s']:.0f} s)")
         if st == "failed":
             tail = (self.out / "logs" / f"{c.name}.log").read_text(errors="replace").strip().splitlines()[-1:]
             self._write(f"{PROG}: cell {c.name} failed (exit {rc}): {tail[0] if tail else ''} "
@@ -194,7 +144,7 @@ class Sweep:
         total = 0
         for c in self.cells:
             if c.proc is not None or c.name not in cache:
-                cache[c.name] = min(_logged(c.run_dir), c.cfg.train.iterations)
+                cache[c.name] = min(logged(c.run_dir), c.cfg.train.iterations)
             total += cache[c.name]
         return total
 
@@ -280,30 +230,25 @@ def main(argv: list[str] | None = None) -> None:
         if args.jobs is not None and args.jobs < 1:
             raise ConfigError(f"--jobs must be ≥ 1, got {args.jobs}")
         out, cells = load_sweep(path, Path(args.out) if args.out else None)
-        jobs = args.jobs or max(1, _cores() // max(c.procs for c in cells))
-        if not args.dry_run:  # two sweeps in one directory would start the same cells twice
-            out.mkdir(parents=True, exist_ok=True)
-            lock = open(out / ".sweep.lock", "w")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConfigError(f"another decnode-sweep is running in {out}") from None
-        sweep = Sweep(path, out, cells, jobs, args.retry_failed)
+        jobs = args.jobs or max(1, cores() // max(c.procs for c in cells))
+        states = plan(path, out, cells, jobs, args.retry_failed)  # all a run checks, before it writes anything
         if args.dry_run:
             for c in cells:
-                print(f"{c.name:<44} processes {c.procs:<3} {sweep.states[c.name]:<8} "
-                      f"{min(_logged(c.run_dir), c.cfg.train.iterations)}/{c.cfg.train.iterations} it")
-            counts = ", ".join(f"{sum(s == k for s in sweep.states.values())} {k}"
-                               for k in ("done", "stopped", "failed", "pending"))
+                print(f"{c.name:<44} processes {c.procs:<3} {states[c.name]:<8} "
+                      f"{min(logged(c.run_dir), c.cfg.train.iterations)}/{c.cfg.train.iterations} it")
+            counts = ", ".join(f"{sum(s == k for s in states.values())} {k}" for k in ("done", "stopped", "failed",
+                                                                                          "pending"))
             print(f"{len(cells)} cells ({counts}), {sum(c.cfg.train.iterations for c in cells)} iterations; "
                   f"--jobs {jobs}; sweep directory {out}")
             return
-        prepare_dir(path, out, cells, sweep.states)
+        lock = take_lock(out)  # noqa: F841 - held until we exit: two sweeps would start the same cells twice
+        states = plan(path, out, cells, jobs, args.retry_failed, locked=True)  # again: another sweep may have run
+        prepare_dir(path, out, cells)
     except ConfigError as err:
         fail(PROG, str(err))
     except OSError as err:
         fail(PROG, f"{err.filename or 'I/O'}: {err.strerror or err}")
-    sys.exit(sweep.run())
+    sys.exit(Sweep(path, out, cells, jobs, states).run())
 
 
 if __name__ == "__main__":

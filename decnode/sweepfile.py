@@ -3,8 +3,11 @@ machinery before anything runs (bad input is one line). decnode-sweep (sweep.py)
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
 import re
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,10 @@ from .config import ConfigError, compose, read_file, resolve
 from .smac_maps import N_AGENTS as SMAC_MAPS
 
 KEYS = ("config", "overlays", "out", "processes", "set", "grid", "seeds")
+# A cell's name is a file name (configs/<name>.yaml, logs/<name>.log, cells/<name>/): longer names are shortened
+# to this, or to what the filesystem allows with room for those suffixes.
+NAME_MAX = 245
+SUFFIX_ROOM = 10
 
 
 @dataclass
@@ -51,8 +58,52 @@ def _label(value) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
 
 
-def cell_name(values: dict) -> str:
-    return "_".join(f"{_label(k.split('.')[-1])}-{_label(v)}" for k, v in values.items())
+def cell_name(values: dict, limit: int = NAME_MAX) -> str:
+    """key-value_key-value… of the grid values; beyond `limit` characters (ASCII: bytes), its start and a digest of
+    the whole, so that names that differ only past the limit stay apart."""
+    name = "_".join(f"{_label(k.split('.')[-1])}-{_label(v)}" for k, v in values.items())
+    if len(name) <= limit:
+        return name
+    return f"{name[:limit - 17].rstrip('._-')}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
+def fs_limits(out: Path) -> tuple[int, int]:
+    """(NAME_MAX, PATH_MAX) in bytes of the filesystem the sweep directory is (or will be) made on."""
+    here = next(p for p in (out, *out.parents) if os.path.exists(p))  # os.path: False for a name too long
+    try:
+        return os.pathconf(here, "PC_NAME_MAX"), os.pathconf(here, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 255, 4096  # Linux's
+
+
+def _run_file_bytes() -> int:
+    """The longest path decnode writes below a run directory (rundir.WRITES): TensorBoard's
+    tb/events.out.tfevents.<time>.<host>.<pid>.<n>, with room for its numbers; the others are shorter."""
+    return len("tb/events.out.tfevents.") + len(os.fsencode(socket.gethostname())) + 40
+
+
+def check_dir_name(path: Path, out: Path) -> None:
+    """The sweep directory's path is one the filesystem takes: each part within NAME_MAX, the whole within PATH_MAX."""
+    name_max, path_max = fs_limits(out)
+    size = len(os.fsencode(str(out)))
+    if size >= path_max:
+        raise ConfigError(f"{path}: sweep directory {str(out)[:40]}…: its path is {size} bytes, beyond this "
+                          f"filesystem's {path_max - 1}; choose a shorter out: or --out")
+    long = [part for part in out.parts if len(os.fsencode(part)) > name_max]
+    if long:
+        raise ConfigError(f"{path}: sweep directory {out}: the name {long[0][:40]}… is {len(os.fsencode(long[0]))} "
+                          f"bytes, beyond this filesystem's {name_max}; choose a shorter out: or --out")
+
+
+def check_paths(path: Path, out: Path, names: list[str]) -> None:
+    """Every file a cell writes fits within the filesystem's PATH_MAX (its names were shortened to fit NAME_MAX);
+    checked before anything is written, where a run would fail midway."""
+    path_max = fs_limits(out)[1]
+    for name in names:
+        deepest = len(os.fsencode(str(out / "cells" / name))) + 1 + _run_file_bytes()
+        if deepest >= path_max:  # PATH_MAX counts the terminating NUL
+            raise ConfigError(f"{path}: cell {name}: its run directory's files would have paths of up to {deepest} "
+                              f"bytes, beyond this filesystem's {path_max - 1}; choose a shorter out: or --out")
 
 
 def _grid_values(path: Path, data: dict) -> list[dict]:
@@ -112,6 +163,7 @@ def load_sweep(path: Path, out: Path | None = None) -> tuple[Path, list[Cell]]:
             raise ConfigError(f"{path}: out must be a directory path, got {given!r:.40}")
         out = here / given if given else Path("runs") / "sweeps" / path.stem
     out = out.resolve()
+    check_dir_name(path, out)
     try:
         check_output(out, "directory")
     except ValueError as err:
@@ -121,14 +173,16 @@ def load_sweep(path: Path, out: Path | None = None) -> tuple[Path, list[Cell]]:
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     set_layer = _layer(fixed, f"{path}: set")
+    limit = min(NAME_MAX, fs_limits(out)[0] - SUFFIX_ROOM)
     cells, seen = [], {}
     for values in _grid_values(path, data):
-        name = cell_name(values)
+        name = cell_name(values, limit)
         key = frozenset((k, repr(v)) for k, v in values.items())
         if key in seen or name in (c.name for c in cells):
             raise ConfigError(f"{path}: cell {name} appears twice in the grid (duplicate cell or colliding names)")
         seen[key] = name
         cells.append(_make_cell(path, out, name, values, lower, set_layer, procs_spec))
+    check_paths(path, out, [c.name for c in cells])
     return out, cells
 
 

@@ -1,0 +1,159 @@
+"""A sweep's plan: each cell's state and the decnode-run command that runs it, with everything the sweep or that
+command would refuse checked first, writing nothing. `decnode-sweep --dry-run` prints the plan; a real sweep makes
+the same plan before it writes anything, and again once it holds the directory's lock, so a dry run cannot promise
+what the run then refuses, and a refused sweep leaves its directory as it was."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from . import checkpoint, yamlio
+from .cli import check_output
+from .config import ConfigError, from_dict, read_file
+from .run import check_command  # decnode-run's own checks, not a copy of them
+from .sweepfile import Cell
+
+LOCK = ".sweep.lock"
+# What a cell's decnode-run sets in its config.yaml beyond the cell's config: not a difference of the run.
+OWN_RUN_KEYS = ("out", "threads")
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ---- what a cell's directory says ---------------------------------------------------------------------------------
+def logged(run_dir: Path) -> int:
+    try:
+        return (run_dir / "metrics.jsonl").read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def info(out: Path, cell: Cell) -> dict:
+    try:
+        return json.loads((out / "logs" / f"{cell.name}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def state(out: Path, cell: Cell, retry_failed: bool = False) -> str:
+    d = cell.run_dir
+    # A finished run leaves models.pt and every iteration in metrics.jsonl (a stop also writes models.pt).
+    if (d / "models.pt").exists() and logged(d) >= cell.cfg.train.iterations:
+        return "done"
+    last = info(out, cell)
+    if not retry_failed and last.get("exit") not in (None, 0) and not last.get("interrupted"):
+        return "failed"
+    return "stopped" if (d / checkpoint.CHECKPOINT).exists() else "pending"
+
+
+# ---- the command --------------------------------------------------------------------------------------------------
+def threads(jobs: int, cell: Cell) -> int:
+    return max(1, cores() // (jobs * cell.procs))  # J cells side by side share the cores
+
+
+def command(cell: Cell, how: str, jobs: int) -> list[str]:
+    """decnode-run's arguments for a cell in state `how`: a stopped cell resumes, any other starts from scratch
+    (--overwrite clears only decnode's own files: a failed or killed attempt of this very cell)."""
+    args = ["--nproc", str(cell.procs), "--set", f"run.threads={threads(jobs, cell)}"]
+    if how == "stopped":
+        return args + ["--resume", str(cell.run_dir)]
+    fresh = ["--config", str(cell.config_file), "--out", str(cell.run_dir)]
+    return args + fresh + ["--overwrite"] * cell.run_dir.exists()
+
+
+def config_text(cell: Cell) -> str:
+    """configs/<cell>.yaml below its comment line: the cell's resolved config."""
+    import yaml
+    return yaml.safe_dump(cell.cfg.to_dict(), sort_keys=False)
+
+
+# ---- checks -------------------------------------------------------------------------------------------------------
+def _comparable(data: dict, source: str) -> dict:
+    cfg = from_dict(data, source).to_dict()  # every key, whichever decnode wrote it
+    cfg["run"] = {k: v for k, v in cfg["run"].items() if k not in OWN_RUN_KEYS}
+    return cfg
+
+
+def _ran_with(cell: Cell) -> Path | None:
+    """The file recording another config this cell trained with (its configs/ entry, or the run directory's own
+    config.yaml, which says what really trained), or None."""
+    new = _comparable(cell.cfg.to_dict(), "the sweep")
+    for old in (cell.config_file, cell.run_dir / "config.yaml"):
+        if not old.exists():
+            continue
+        try:
+            if _comparable(read_file(old), str(old)) != new:
+                return old
+        except ConfigError:
+            return old
+    return None
+
+
+def check_lock(out: Path) -> None:
+    """Refuse while another decnode-sweep holds the directory; probed without creating anything."""
+    try:
+        fd = os.open(out / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"another decnode-sweep is running in {out}") from None
+    finally:
+        os.close(fd)  # and with it the probe's own lock
+
+
+def take_lock(out: Path):
+    """The sweep directory, made if need be, and its lock, held while the returned file stays open."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / LOCK, "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(f"another decnode-sweep is running in {out}") from None
+    return lock
+
+
+def _check_layout(path: Path, out: Path, cells: list[Cell]) -> None:
+    """The sweep's own folders can be made and written, and no folder sits where it writes a file."""
+    for sub in ("configs", "logs", "cells"):
+        try:
+            check_output(out / sub, "directory")
+        except ValueError as err:
+            raise ConfigError(f"{path}: sweep directory: {err}") from None
+    files = [out / "sweep.yaml", out / "runs.csv", out / "runs.csv.tmp", out / "sweep.log"]
+    files += [f for c in cells for f in (c.config_file, *(out / "logs" / f"{c.name}{x}" for x in (".log", ".json")))]
+    for f in files:
+        if f.is_dir():
+            raise ConfigError(f"{path}: sweep directory: {f} is a directory where the sweep writes a file")
+
+
+def plan(path: Path, out: Path, cells: list[Cell], jobs: int, retry_failed: bool, locked: bool = False) -> dict:
+    """{cell name: state}; ConfigError (one line naming the sweep file and the cell) for anything the sweep or a
+    cell's decnode-run would refuse. Writes nothing. `locked`: this process holds the directory's lock."""
+    if not locked:
+        check_lock(out)
+    _check_layout(path, out, cells)
+    states = {c.name: state(out, c, retry_failed) for c in cells}
+    for c in cells:
+        how = states[c.name]
+        # A cell that trained keeps its config: another one would no longer be the run the sweep file describes.
+        ran = _ran_with(c) if how != "pending" else None
+        if ran is not None:
+            raise ConfigError(f"{path}: cell {c.name} already ran with another config ({ran}); use another out: or "
+                              "delete the cell's files")
+        if how not in ("pending", "stopped"):
+            continue  # done or failed: skipped, nothing starts
+        try:
+            check_command(command(c, how, jobs), yamlio.parse(config_text(c), str(c.config_file)))
+        except (ConfigError, checkpoint.CheckpointError, yamlio.YamlError) as err:
+            raise ConfigError(f"{path}: cell {c.name}: {err}") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cell {c.name}: {err.filename or 'I/O'}: {err.strerror or err}") from None
+    return states
