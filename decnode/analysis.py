@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import envs
+from .checkpoint import CheckpointError, load_file
 from .cli import check_output
 from .collectives import Collectives
 from .envs.perturb import test_env_wrapper
@@ -55,7 +56,8 @@ def fail(prog: str, message: str) -> None:
 
 # ---- run directory -------------------------------------------------------------------------------------------
 def load_models(run_dir: str | Path) -> dict:
-    """models.pt of a finished run; AnalysisError (one line) when it is missing or unreadable."""
+    """models.pt of a finished run, verified (checkpoint.load_file); AnalysisError (one line) when it is missing
+    or corrupt."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AnalysisError(f"run directory not found: {run_dir}")
@@ -63,9 +65,11 @@ def load_models(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise AnalysisError(f"no models.pt in {run_dir} (is the run finished?)")
     try:
-        models = torch.load(path, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise AnalysisError(f"{path} is corrupt or unreadable: {str(err).splitlines()[0][:120]}") from None
+        models = load_file(path)
+    except CheckpointError as err:
+        raise AnalysisError(str(err)) from None
+    if not isinstance(models, dict):
+        raise AnalysisError(f"{path} is not a decnode models.pt")
     missing = {"actor_rows", "actor_mean", "config", "obs_dim", "n_actions", "obs_std"} - set(models)
     if missing:
         raise AnalysisError(f"{path} lacks {', '.join(sorted(missing))} (written by an older decnode?)")
