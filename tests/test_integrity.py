@@ -1,7 +1,7 @@
-"""Issue 23, class 2: a run file that is damaged or changed is refused in one line.
+"""Issue 23, classes 2 and 9: a run file that is damaged, changed or not the run's own is refused in one line.
 
 checkpoint.pt and models.pt are read only through checkpoint.load_file: every zip entry's CRC-32, the sha256 in
-the digest file written with them.
+the digest file written with them, and, for models.pt, the run's config.yaml (decnode-eval, decnode-landscape).
 Every refusal goes through the real command: exit code 2, one stderr line naming the file, no traceback, and no
 file anywhere in the sandbox changed (eval.json keeps its bytes). Two tiny runs are trained once (about 5 s each);
 each refused command takes about a second.
@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_inputs import ROOT, cli, one_line, snapshot
 
 from decnode import checkpoint as ckpt
+from decnode.models import RecurrentNet
 
 TINY = ["--nproc", "1", "--k", "1", "--iterations", "2", "--set", "env.n_envs=2", "--set", "env.episode_length=5",
         "--set", "train.hidden=16", "--set", "eval.episodes=2", "--set", "eval.test_episodes=2",
@@ -160,6 +162,55 @@ def test_eval_on_several_processes_refuses_before_launching(box, run):
     flip_tensor_bit(run / "models.pt", fix_crc=True)
     module, prog, args = TOOLS["eval"]
     refused(box, module, prog, [run, *args, "--nproc", "2"], ["differs from the", run / "models.pt"])
+
+
+# ---- class 9: models.pt that is not this run's --------------------------------------------------------------------
+def _rewrite_models(path: Path, change) -> None:
+    """models.pt changed and written back as decnode writes it (digest included), so only the shapes can tell."""
+    models = ckpt.load_file(path)
+    change(models)
+    ckpt.atomic_save({k: v for k, v in models.items() if k != ckpt.DIGESTED}, path)
+
+
+def _other_obs_dim(models):
+    od = models["obs_dim"] + 2
+    d = sum(p.numel() for p in RecurrentNet(1, od, models["n_actions"], 16).parameters())
+    models.update(obs_dim=od, actor_rows=torch.zeros(2, d), actor_mean=torch.zeros(d), obs_std=torch.ones(od))
+
+
+def _edit_yaml(key, value):
+    def edit(run):
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        section, name = key.split(".")
+        cfg[section][name] = value
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return edit
+
+
+MISMATCHES = {
+    "another run's models.pt with its digest": (
+        lambda run, other: [shutil.copy(other / n, run / n) for n in ("models.pt", "models.pt.sha256")],
+        ["env.n_agents=3", "env.n_agents=2", "config.yaml"]),
+    "config.yaml says 3 agents": (lambda run, other: _edit_yaml("env.n_agents", 3)(run),
+                                  ["env.n_agents=2", "env.n_agents=3"]),
+    "config.yaml says hidden 32": (lambda run, other: _edit_yaml("train.hidden", 32)(run),
+                                   ["train.hidden=16", "train.hidden=32"]),
+    "an extra actor row": (lambda run, other: _rewrite_models(run / "models.pt", lambda m: m.update(
+        actor_rows=torch.cat([m["actor_rows"], m["actor_rows"][:1]]))), ["actor_rows [3,", "env.n_agents=2"]),
+    "obs_dim without its parameters": (lambda run, other: _rewrite_models(run / "models.pt", lambda m: m.update(
+        obs_dim=m["obs_dim"] + 2)), ["actor parameters per agent"]),
+    "parameters for another observation": (lambda run, other: _rewrite_models(run / "models.pt", _other_obs_dim),
+                                           ["simple_spread with 2 agents has obs_dim="]),
+}
+
+
+@pytest.mark.parametrize("tool", list(TOOLS))
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_tools_refuse_models_that_disagree_with_the_runs_config(box, run, runs, tool, case):
+    change, needles = MISMATCHES[case]
+    change(run, runs[1])
+    module, prog, args = TOOLS[tool]
+    refused(box, module, prog, [run, *args], [run / "models.pt", *needles])
 
 
 # ---- what is accepted ---------------------------------------------------------------------------------------------
