@@ -106,9 +106,9 @@ def check_models(models: dict, path: Path) -> None:
     if rows.shape[1] != D or list(getattr(models["actor_mean"], "shape", ())) != [D]:
         raise AnalysisError(f"{path} holds {rows.shape[1]} actor parameters per agent, but obs_dim={od}, "
                             f"n_actions={K} and train.hidden={hidden} ({source}) make {D}")
-    if getattr(models["obs_std"], "shape", None) is not None and models["obs_std"].shape[-1] != od:
-        raise AnalysisError(f"{path} holds obs_std for {models['obs_std'].shape[-1]} observation entries, not "
-                            f"obs_dim={od}")
+    shape = list(np.shape(models["obs_std"]))  # a numpy array (or a tensor)
+    if shape[-1:] != [od]:
+        raise AnalysisError(f"{path} holds obs_std {shape}, not one entry per observation (obs_dim={od})")
     make = env_factory(ours, n)
     if make.cls.splittable:  # cheap to build (no JIT, no game): the environment says what the actor reads
         env = make(1)

@@ -199,6 +199,8 @@ MISMATCHES = {
         actor_rows=torch.cat([m["actor_rows"], m["actor_rows"][:1]]))), ["actor_rows [3,", "env.n_agents=2"]),
     "obs_dim without its parameters": (lambda run, other: _rewrite_models(run / "models.pt", lambda m: m.update(
         obs_dim=m["obs_dim"] + 2)), ["actor parameters per agent"]),
+    "obs_std of another size": (lambda run, other: _rewrite_models(run / "models.pt", lambda m: m.update(
+        obs_std=m["obs_std"][:-1])), ["obs_std [", "not one entry per observation"]),
     "parameters for another observation": (lambda run, other: _rewrite_models(run / "models.pt", _other_obs_dim),
                                            ["simple_spread with 2 agents has obs_dim="]),
 }
