@@ -29,10 +29,13 @@ import numpy as np
 import torch
 
 from . import envs
+from .checkpoint import IDENTITY_KEYS, CheckpointError, load_file
 from .cli import check_output
 from .collectives import Collectives
+from .config import ConfigError, read_file
 from .envs.perturb import test_env_wrapper
 from .evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
+from .models import RecurrentNet
 
 MODES = ("average", "average_stochastic", "local", "individual")
 
@@ -55,7 +58,8 @@ def fail(prog: str, message: str) -> None:
 
 # ---- run directory -------------------------------------------------------------------------------------------
 def load_models(run_dir: str | Path) -> dict:
-    """models.pt of a finished run; AnalysisError (one line) when it is missing or unreadable."""
+    """models.pt of a finished run, verified (checkpoint.load_file) and checked against the run's config.yaml;
+    AnalysisError (one line) when it is missing, corrupt, or not this run's."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AnalysisError(f"run directory not found: {run_dir}")
@@ -63,13 +67,54 @@ def load_models(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise AnalysisError(f"no models.pt in {run_dir} (is the run finished?)")
     try:
-        models = torch.load(path, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise AnalysisError(f"{path} is corrupt or unreadable: {str(err).splitlines()[0][:120]}") from None
+        models = load_file(path)
+    except CheckpointError as err:
+        raise AnalysisError(str(err)) from None
+    if not isinstance(models, dict):
+        raise AnalysisError(f"{path} is not a decnode models.pt")
     missing = {"actor_rows", "actor_mean", "config", "obs_dim", "n_actions", "obs_std"} - set(models)
     if missing:
         raise AnalysisError(f"{path} lacks {', '.join(sorted(missing))} (written by an older decnode?)")
+    check_models(models, path)
     return models
+
+
+def check_models(models: dict, path: Path) -> None:
+    """A models.pt is the run's own: the config it was trained with agrees with the run's config.yaml on what no
+    resume may change, and its tensors have the shapes that config makes. Otherwise a tool would evaluate other
+    agents and write its results into this run (AnalysisError naming both values)."""
+    ours, yaml_path = models["config"], path.parent / "config.yaml"
+    source = f"its config ({path.name})"
+    if yaml_path.is_file():
+        try:
+            run = read_file(yaml_path)
+        except ConfigError as err:
+            raise AnalysisError(str(err)) from None
+        for section, keys in IDENTITY_KEYS.items():
+            for key in keys:
+                mine, theirs = ours.get(section, {}).get(key), (run.get(section) or {}).get(key)
+                if mine != theirs:
+                    raise AnalysisError(f"{path} was trained with {section}.{key}={mine!r} but {yaml_path} has "
+                                        f"{section}.{key}={theirs!r}: not this run's models")
+        source = str(yaml_path)
+    n, hidden = ours["env"]["n_agents"], ours["train"]["hidden"]
+    od, K, rows = models["obs_dim"], models["n_actions"], models["actor_rows"]
+    if not isinstance(rows, torch.Tensor) or rows.dim() != 2 or rows.shape[0] != n:
+        shape = list(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
+        raise AnalysisError(f"{path} holds actor_rows {shape}, not one row per agent: {source} has env.n_agents={n}")
+    D = sum(p.numel() for p in RecurrentNet(1, od, K, hidden).parameters())
+    if rows.shape[1] != D or list(getattr(models["actor_mean"], "shape", ())) != [D]:
+        raise AnalysisError(f"{path} holds {rows.shape[1]} actor parameters per agent, but obs_dim={od}, "
+                            f"n_actions={K} and train.hidden={hidden} ({source}) make {D}")
+    shape = list(np.shape(models["obs_std"]))  # a numpy array (or a tensor)
+    if shape[-1:] != [od]:
+        raise AnalysisError(f"{path} holds obs_std {shape}, not one entry per observation (obs_dim={od})")
+    make = env_factory(ours, n)
+    if make.cls.splittable:  # cheap to build (no JIT, no game): the environment says what the actor reads
+        env = make(1)
+        if (env.obs_dim, env.n_actions) != (od, K):
+            raise AnalysisError(f"{path} holds obs_dim={od}, n_actions={K}, but {ours['env']['name']} with "
+                                f"{n} agents has obs_dim={env.obs_dim}, n_actions={env.n_actions}")
 
 
 def parse_modes(text: str) -> list[str]:

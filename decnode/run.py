@@ -138,6 +138,9 @@ def _prepare_resume(args, n_procs, restarted=False):
     changes = [f"{s}.{k} {saved[s][k]!r} → {v!r}" for s, values in new.items() if s not in ("per_algo", "faults")
                for k, v in values.items() if saved[s][k] != v and (s, k) != ("run", "out")]
     notes = [f"resuming {run_dir} at iteration {done}" + (f", with changes: {', '.join(changes)}" if changes else "")]
+    if not ckpt.has_digest(run_dir / ckpt.CHECKPOINT):
+        notes.append(f"{run_dir / ckpt.CHECKPOINT} predates digest files: checked by its zip CRCs only "
+                     "(the next checkpoint gets one)")
     return cfg, run_dir, state, notes
 
 

@@ -26,7 +26,8 @@ MANIFEST = ".decnode-run.json"
 # Everything decnode writes into a run directory: training (trainer, logger, checkpoint), decnode-eval's default
 # output, decnode-landscape, decnode-plot's default RUN_DIR/plots.
 WRITES = (MANIFEST, "config.yaml", "metrics.jsonl", "timing.json", "trace.json", "models.pt", "models.pt.tmp",
-          "checkpoint.pt", "checkpoint.pt.tmp", "processes.json", "eval.json", "landscape.npz", "landscape_*.png",
+          "checkpoint.pt", "checkpoint.pt.tmp", "models.pt.sha256", "models.pt.sha256.tmp", "checkpoint.pt.sha256",
+          "checkpoint.pt.sha256.tmp", "processes.json", "eval.json", "landscape.npz", "landscape_*.png",
           "tb/events.out.tfevents.*", "plots/*.png", "config.yaml.tmp", "attempts/*.json", "attempts/*.json.tmp")
 TRAINED = ("checkpoint.pt", "models.pt")
 
@@ -160,9 +161,13 @@ def mark(run_dir: Path) -> None:
     data = _manifest(run_dir)
     if data is not None:
         commit = git_commit()
-        if commit not in (data.get("git_commit"), *data.get("resumed_git_commits", [])):
-            data["resumed_git_commits"] = [*data.get("resumed_git_commits", []), commit]
-            data["writes"] = data["writes"][1:]  # _manifest() put the manifest's own name first
+        other_code = commit not in (data.get("git_commit"), *data.get("resumed_git_commits", []))
+        # A run made by an older decnode: the files this one adds (e.g. digest files) are decnode's too.
+        added = [p for p in WRITES if p not in data["writes"]]
+        if other_code or added:
+            if other_code:
+                data["resumed_git_commits"] = [*data.get("resumed_git_commits", []), commit]
+            data["writes"] = data["writes"][1:] + added  # _manifest() put the manifest's own name first
             (run_dir / MANIFEST).write_text(json.dumps(data, indent=1) + "\n")
         return
     data = {"created_by": "decnode", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,

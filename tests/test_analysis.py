@@ -11,6 +11,7 @@ import torch
 
 from decnode import analysis, landscape, plots
 from decnode.analysis import MODES, evaluate_run, load_models
+from decnode.checkpoint import atomic_save
 from decnode.collectives import Collectives
 from decnode.evaluate import Evaluator
 from figcheck import assert_curve, bar_series, bars
@@ -39,7 +40,7 @@ def equal_rows_run(run_dir, tmp_path):
     shutil.copytree(run_dir, out)
     models = load_models(out)
     models["actor_rows"] = models["actor_mean"].unsqueeze(0).repeat(N, 1)
-    torch.save(models, out / "models.pt")
+    atomic_save(models, out / "models.pt")  # as decnode writes it: with its digest file
     return out
 
 
