@@ -9,10 +9,11 @@ with decnode's own config machinery before anything starts; bad input is one lin
 The sweep directory holds sweep.yaml (the file as given and the resolved cells), configs/<cell>.yaml (the cell's
 resolved config: `decnode-run --config` it to rerun by hand), cells/<cell>/ (a normal run directory),
 logs/<cell>.log (the cell's output), logs/<cell>.json (attempts, last exit code, wall seconds), runs.csv and
-sweep.log. A cell's state comes from its directory: done (every iteration logged and models.pt written: skipped),
-stopped (a checkpoint: resumed), failed (its last attempt exited non-zero: reported and skipped, since rerunning
-a NaN or a bad environment would fail again; --retry-failed runs it again, from its checkpoint if it has one),
-pending (started from scratch).
+sweep.log, and decnode-report's report/; nothing else (check_dir: a directory holding other files, or a non-empty
+one without decnode's sweep.yaml, is refused before anything is written, in a dry run too). A cell's state comes
+from its directory: done (every iteration logged and models.pt written: skipped), stopped (a checkpoint: resumed),
+failed (its last attempt exited non-zero: reported and skipped, since rerunning a NaN or a bad environment would
+fail again; --retry-failed runs it again, from its checkpoint if it has one), pending (started from scratch).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import fcntl
+import fnmatch
 import json
 import os
 import signal
@@ -28,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import rundir
+from . import outputs, rundir
 from .cli import OneLineParser, fail
 from .config import ConfigError, read_file
 from .sweepfile import Cell, load_sweep
@@ -122,6 +124,64 @@ def _same_config(path: Path, cfg_dict: dict) -> bool:
     return strip(old) == strip(cfg_dict)
 
 
+# What decnode-sweep writes into its directory; cells/ holds run directories (decnode-run guards their files) and
+# report/ is decnode-report's default output (outputs.py guards it).
+WRITES = ("sweep.yaml", "sweep.yaml.tmp", "runs.csv", "runs.csv.tmp", "sweep.log", ".sweep.lock", "configs/*.yaml",
+          "logs/*.log", "logs/*.json")
+
+
+def _made_by_sweep(out: Path) -> bool:
+    """sweep.yaml is decnode-sweep's record of the directory (prepare_dir writes it before anything else)."""
+    import yaml
+    try:
+        data = yaml.safe_load((out / "sweep.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and {"sweep_file", "given", "cells"} <= set(data)
+
+
+def check_dir(path: Path, out: Path) -> None:
+    """ConfigError (one line) unless the sweep directory is new, empty, or one decnode-sweep made holding only what
+    decnode writes: a sweep replaces sweep.yaml, runs.csv, configs/<cell>.yaml and logs/<cell>.json in it."""
+    if not out.is_dir():
+        return
+    mine, lost = _made_by_sweep(out), []
+
+    def real_dir(p: Path) -> bool:
+        return p.is_dir() and not p.is_symlink()
+
+    def ours(rel: str, p: Path) -> bool:
+        if not (mine and p.is_file() and not p.is_symlink() and any(fnmatch.fnmatchcase(rel, w) for w in WRITES)):
+            return False
+        if rel.startswith("configs/"):  # decnode's cell configs start with their "# cell …" line
+            with open(p, "rb") as f:
+                return f.read(7) == b"# cell "
+        return True
+
+    for entry in sorted(out.iterdir()):
+        name = entry.name
+        if name == ".sweep.lock" and entry.is_file() and not entry.stat().st_size:
+            continue  # the lock, taken before sweep.yaml is written
+        if name == "report" and real_dir(entry):
+            try:  # decnode-report's default output, guarded as every output directory is
+                outputs.check_dir(entry)
+            except ValueError as err:
+                raise ConfigError(f"{path}: {err}") from None
+        elif name in ("configs", "logs", "cells") and mine and real_dir(entry):
+            for sub in sorted(entry.iterdir()):  # a cell's run directory: decnode-run guards its files
+                if not (real_dir(sub) if name == "cells" else ours(f"{name}/{sub.name}", sub)):
+                    lost.append(f"{name}/{sub.name}" + ("/" if real_dir(sub) else ""))
+        elif not ours(name, entry):
+            lost.append(name + ("/" if real_dir(entry) else ""))
+    if lost and not mine:
+        raise ConfigError(f"{path}: sweep directory {out} is not empty and was not made by decnode-sweep (no "
+                          f"sweep.yaml of its own); it holds {outputs.listing(lost)}: nothing is written, choose "
+                          "another out")
+    if lost:
+        raise ConfigError(f"{path}: sweep directory {out} holds files decnode did not write "
+                          f"({outputs.listing(lost)}); nothing is written: move them or choose another out")
+
+
 def prepare_dir(path: Path, out: Path, cells: list[Cell], states: dict) -> None:
     """Write sweep.yaml and each cell's config; a trained cell whose config changed is refused (its run would
     no longer be the one the sweep file describes)."""
@@ -134,7 +194,8 @@ def prepare_dir(path: Path, out: Path, cells: list[Cell], states: dict) -> None:
     summary = {"sweep_file": str(path.resolve()), "given": path.read_text(),
                "cells": [{"name": c.name, "values": c.values, "processes": c.procs, "config": str(c.config_file),
                           "run_dir": str(c.run_dir)} for c in cells]}
-    (out / "sweep.yaml").write_text(_dump(summary))
+    (out / "sweep.yaml.tmp").write_text(_dump(summary))
+    os.replace(out / "sweep.yaml.tmp", out / "sweep.yaml")  # whole or absent: it is what marks the directory ours
     for c in cells:
         text = _dump(c.cfg.to_dict())
         if not c.config_file.exists() or c.config_file.read_text().split("\n", 1)[-1] != text:
@@ -281,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"--jobs must be ≥ 1, got {args.jobs}")
         out, cells = load_sweep(path, Path(args.out) if args.out else None)
         jobs = args.jobs or max(1, _cores() // max(c.procs for c in cells))
+        check_dir(path, out)  # before anything is written, and in a dry run too
         if not args.dry_run:  # two sweeps in one directory would start the same cells twice
             out.mkdir(parents=True, exist_ok=True)
             lock = open(out / ".sweep.lock", "w")
