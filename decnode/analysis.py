@@ -31,6 +31,7 @@ import torch
 from . import envs
 from .checkpoint import IDENTITY_KEYS, CheckpointError, load_file
 from .cli import check_output
+from .outputs import Writer, check_files
 from .collectives import Collectives
 from .config import ConfigError, read_file
 from .envs.perturb import test_env_wrapper
@@ -241,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-episodes", type=int, default=None,
                    help="test-env episodes (default: config eval.test_episodes)")
     p.add_argument("--nproc", type=int, default=1, help="processes to split the episodes over (default 1)")
-    p.add_argument("--out", default="eval.json", help="output JSON; a relative path is inside RUN_DIR")
+    p.add_argument("--out", default="eval.json", help="output JSON; a relative path is inside RUN_DIR; an existing "
+                   "file is replaced only if decnode wrote it")
     return p
 
 
@@ -256,21 +258,25 @@ def main(argv: list[str] | None = None) -> None:
         run_dir = Path(args.run_dir)
         models = load_models(run_dir)
         out = Path(args.out) if Path(args.out).is_absolute() else run_dir / args.out
-        check_output(out)  # before the work, not after it
+        check_files([out])  # before the work, not after it: new, or decnode's own result
     except (AnalysisError, ValueError) as err:
         fail("decnode-eval", str(err))
-    if args.nproc == 1:
-        result = evaluate_run(run_dir, modes, args.episodes, args.test_episodes, models=models)
-        _write_json(out, result)
-    else:
-        from .launch import launch
-        out.unlink(missing_ok=True)  # a stale file must not pass for this evaluation's result
-        payload = (str(run_dir), modes, args.episodes, args.test_episodes, str(out),
-                   float(models["config"]["run"]["timeout_s"]))
-        code = launch(args.nproc, eval_worker, payload, run_dir, prog="decnode-eval")
-        if code or not out.is_file():
-            sys.exit(code or 1)
-        result = json.loads(out.read_text())
+    try:
+        with Writer(out.parent) as w:  # replaces `out` only once the new result is whole
+            staged = w.path(out.name)
+            if args.nproc == 1:
+                result = evaluate_run(run_dir, modes, args.episodes, args.test_episodes, models=models)
+                _write_json(staged, result)
+            else:
+                from .launch import launch
+                payload = (str(run_dir), modes, args.episodes, args.test_episodes, str(staged),
+                           float(models["config"]["run"]["timeout_s"]))
+                code = launch(args.nproc, eval_worker, payload, run_dir, prog="decnode-eval")
+                if code or not staged.is_file():
+                    sys.exit(code or 1)  # the previous result, if any, stays as it was
+                result = json.loads(staged.read_text())
+    except OSError as err:
+        fail("decnode-eval", f"could not write {out}: {err.strerror or err}")
     print(format_result(result))
     print(f"wrote {out}")
 

@@ -27,7 +27,8 @@ grid, is exactly θ̄). At every point, all agents use θ(α, β):
 Grid points are dealt round-robin to the processes and gathered on rank 0, which writes into RUN_DIR
 landscape.npz (alphas, betas, reward [i, j] and loss [i, j] at (alphas[i], betas[j]), direction_seed, span,
 episodes, eval_seed, batch_seed, advantage_source, cosine_before, norm_d1, norm_d2, norm_theta) and
-landscape_reward.png, landscape_loss.png (3-D surfaces), landscape_{reward,loss}_hist.png (histograms).
+landscape_reward.png, landscape_loss.png (3-D surfaces), landscape_{reward,loss}_hist.png (histograms), all five
+put in place together once written; an existing one is replaced only if decnode wrote it (outputs.py).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import torch
 from .acting import SamplePerAgent, acting_loop
 from .actor import sampler_seed
 from .analysis import AnalysisError, OneLineParser, env_factory, eval_seeds, fail, load_models
-from .cli import check_output
+from .outputs import Writer, check_files
 from .collectives import Collectives
 from .critic import critic_from_models
 from .evaluate import Evaluator
@@ -228,13 +229,19 @@ def compute(run_dir: str, grid: int, span: float, episodes: int, seed: int,
     return result
 
 
+FILES = ("landscape.npz", "landscape_reward.png", "landscape_reward_hist.png", "landscape_loss.png",
+         "landscape_loss_hist.png")
+
+
 def save(run_dir: Path, result: dict, models: dict) -> None:
-    np.savez(run_dir / "landscape.npz", **{k: np.asarray(v) for k, v in result.items()})
+    """FILES into run_dir, put in place together once all are whole (main() checked they are new or decnode's)."""
     from .plots import plot_landscape, run_label
     label = f"{run_label(models['config'])}, iteration {models.get('iteration')}"
-    for key, name in (("reward", "average episode reward"), ("loss", "policy loss")):
-        plot_landscape(result["alphas"], result["betas"], result[key], name, label,
-                       run_dir / f"landscape_{key}.png", run_dir / f"landscape_{key}_hist.png")
+    with Writer(run_dir) as w:
+        np.savez(w.path("landscape.npz"), **{k: np.asarray(v) for k, v in result.items()})
+        for key, name in (("reward", "average episode reward"), ("loss", "policy loss")):
+            plot_landscape(result["alphas"], result["betas"], result[key], name, label,
+                           w.path(f"landscape_{key}.png"), w.path(f"landscape_{key}_hist.png"))
 
 
 def landscape_worker(run_dir: str, grid: int, span: float, episodes: int, seed: int, timeout_s: float) -> None:
@@ -243,6 +250,14 @@ def landscape_worker(run_dir: str, grid: int, span: float, episodes: int, seed: 
     torch.set_num_threads(1)
     with open_collectives(timeout_s) as group:
         compute(run_dir, grid, span, episodes, seed, group)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -261,21 +276,25 @@ def main(argv: list[str] | None = None) -> None:
         if not args.span > 0:
             raise AnalysisError(f"--span must be > 0, got {args.span}")
         models = load_models(args.run_dir)
-        check_output(Path(args.run_dir) / "landscape.npz")  # before the work, not after it
+        check_files([Path(args.run_dir) / name for name in FILES])  # before the work: new, or decnode's own
     except (AnalysisError, ValueError) as err:
         fail("decnode-landscape", str(err))
     run_dir = Path(args.run_dir)
-    if args.nproc == 1:
-        result = compute(str(run_dir), args.grid, args.span, args.episodes, args.seed)
-    else:
-        from .launch import launch
-        (run_dir / "landscape.npz").unlink(missing_ok=True)
-        payload = (str(run_dir), args.grid, args.span, args.episodes, args.seed,
-                   float(models["config"]["run"]["timeout_s"]))
-        code = launch(args.nproc, landscape_worker, payload, run_dir, prog="decnode-landscape")
-        if code or not (run_dir / "landscape.npz").is_file():
-            sys.exit(code or 1)
-        result = dict(np.load(run_dir / "landscape.npz"))
+    npz = run_dir / "landscape.npz"
+    try:
+        if args.nproc == 1:
+            result = compute(str(run_dir), args.grid, args.span, args.episodes, args.seed)
+        else:
+            from .launch import launch
+            before = _stamp(npz)  # a previous result must not pass for this one (a new file replaces it)
+            payload = (str(run_dir), args.grid, args.span, args.episodes, args.seed,
+                       float(models["config"]["run"]["timeout_s"]))
+            code = launch(args.nproc, landscape_worker, payload, run_dir, prog="decnode-landscape")
+            if code or _stamp(npz) in (None, before):
+                sys.exit(code or 1)
+            result = dict(np.load(npz))
+    except OSError as err:
+        fail("decnode-landscape", f"could not write into {run_dir}: {err.strerror or err}")
     c = args.grid // 2
     print(f"reward: centre {result['reward'][c, c]:.3f}, min {np.nanmin(result['reward']):.3f}, "
           f"max {np.nanmax(result['reward']):.3f}; loss: centre {result['loss'][c, c]:.4f}, "

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import OneLineParser, check_output, fail
+from .cli import OneLineParser, fail
 from .config import Config, ConfigError, compose, parse_override, read_file, resolve
 from .net import PRESETS, NetProfile, load_profile
+from .outputs import Writer, check_files
 
 PROG = "decnode-netmodel"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "simple_spread.yaml"
@@ -330,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     cal = sub.add_parser("calibrate", help="ping-pong 4 B–16 MiB between 2 gloo processes, fit α and β")
     cal.add_argument("--reps", type=int, default=25, help="round trips per size (median; default 25)")
-    cal.add_argument("--out", default=None, metavar="FILE", help="also write the fit as a profile for --net FILE")
+    cal.add_argument("--out", default=None, metavar="FILE", help="also write the fit as a profile for --net FILE "
+                     "(an existing FILE only if decnode wrote it)")
     for name, text in (("predict", "per-iteration communication from the α–β costs"),
                        ("compare", "predicted vs simulated vs host-measured, from a short real job")):
         q = sub.add_parser(name, help=text)
@@ -352,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                     PRESETS["wan"].latency_s], help="one column per α (default 100 µs as ethernet, 20 ms as wan)")
     sw.add_argument("--compute-s", type=float, default=None,
                     help="compute seconds per iteration (default: measured here for n=10, one agent per process)")
-    sw.add_argument("--out", default="netmodel-bandwidth.png", help="PNG to write")
+    sw.add_argument("--out", default="netmodel-bandwidth.png", help="PNG to write (an existing one only if decnode "
+                    "wrote it)")
     return p
 
 
@@ -371,13 +374,15 @@ def main(argv: list[str] | None = None) -> None:
             if args.reps < 1:
                 raise ConfigError(f"--reps must be ≥ 1, got {args.reps}")
             if args.out:
-                check_output(Path(args.out))
+                check_files([args.out])  # new, or a profile decnode wrote and nobody edited since
             result = calibrate(args.reps)
             print(format_calibration(result))
             if args.out:
-                # x.xxe±yy: YAML 1.1 reads a float only with a dot and a signed exponent
-                Path(args.out).write_text(f"preset: loopback\nname: calibrated\nlatency_s: {result['latency_s']:.4e}\n"
-                                          f"bandwidth_bit_s: {result['bandwidth_bit_s']:.4e}\n")
+                out = Path(args.out)
+                with Writer(out.parent, record=False) as w:  # its first line marks it decnode's
+                    # x.xxe±yy: YAML 1.1 reads a float only with a dot and a signed exponent
+                    w.text(out.name, f"preset: loopback\nname: calibrated\nlatency_s: {result['latency_s']:.4e}\n"
+                                     f"bandwidth_bit_s: {result['bandwidth_bit_s']:.4e}\n", f"{PROG} calibrate")
                 print(f"wrote {args.out} (use: decnode-run --net {args.out})")
         elif args.command == "predict":
             cfg = _job(args)
@@ -401,17 +406,20 @@ def main(argv: list[str] | None = None) -> None:
             if not min(args.latency_s) >= 0 or (args.compute_s is not None and not args.compute_s >= 0):
                 raise ConfigError("--latency-s and --compute-s must be ≥ 0")
             out = Path(args.out)
-            check_output(out)
+            check_files([out])  # new, or a figure decnode wrote (listed in the folder's .decnode-outputs.json)
             measured = {algo: overlap_compute_s(job_config(10, algo, 4, None, None, [])) for algo in ("decpg", "ps")}
             compute = args.compute_s if args.compute_s is not None else measured["ps"]["iteration"]
             hide = {a: m["overlap"] for a, m in measured.items()}
             results = {latency: sweep(latency, compute, hide) for latency in args.latency_s}
-            plot_sweep(results, compute, out)
+            with Writer(out.parent) as w:
+                plot_sweep(results, compute, w.path(out.name))
             for latency, result in results.items():
                 print(f"α = {1e3 * latency:g} ms, compute {compute:.3f} s/iteration: " + "; ".join(decpg_wins(result)))
             print(f"wrote {out}")
     except (ConfigError, ValueError, RuntimeError) as err:
         fail(PROG, str(err))
+    except OSError as err:
+        fail(PROG, f"could not write {getattr(args, 'out', None) or err.filename}: {err.strerror or err}")
 
 
 if __name__ == "__main__":

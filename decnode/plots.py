@@ -13,6 +13,8 @@ Writes into --out (default RUN_DIR/plots for one run, ./plots for several): rewa
 steps), entropy.png, noise.png (D_m and V_m, paper A.5), consensus.png, timing.png (stacked seconds per
 category, summed over ranks; runs with timing.json), generalisation.png (runs with eval.json, decnode-eval) and,
 for one run with trace.json, timeline.png (every rank's sections on the host's and the simulated clock).
+The directory is new, empty or holds only decnode's figures (outputs.py); a figure an earlier decnode-plot wrote
+there that this one does not is removed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .analysis import AnalysisError, OneLineParser, fail  # noqa: E402
-from .cli import check_output  # noqa: E402
+from .outputs import Writer, check_dir  # noqa: E402
 from .timing import ORDER, grouped  # noqa: E402
 
 CATEGORY_NAMES = {"setup": "setup", "rollout": "rollout (act + env)", "step_exchange": "obs/action exchange",
@@ -352,11 +354,16 @@ def main(argv: list[str] | None = None) -> None:
             raise AnalysisError(f"--smooth must be ≥ 1, got {args.smooth}")
         runs = [load_run(d) for d in args.run_dirs]
         out = Path(args.out) if args.out else (runs[0].path / "plots" if len(runs) == 1 else Path("plots"))
-        check_output(out, "directory")  # before the work, not after it
+        check_dir(out)  # before the work, not after it: new, empty or holding only decnode's figures
     except (AnalysisError, ValueError) as err:
         fail("decnode-plot", str(err))
-    for path in make_plots(runs, out, args.smooth):
-        print(f"wrote {path}")
+    try:
+        with Writer(out, whole=True) as figures:  # put in place together once every figure is whole
+            made = make_plots(runs, figures.stage, args.smooth)
+    except OSError as err:
+        fail("decnode-plot", f"could not write the figures into {out}: {err.strerror or err}")
+    for path in made:
+        print(f"wrote {figures.final(path)}")
 
 
 if __name__ == "__main__":

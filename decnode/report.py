@@ -15,10 +15,13 @@ Writes into --out (default SWEEP_DIR/report):
   eval_modes.md  Table 3, when runs have decnode-eval's other modes
   results.md   the setting, a table per (env, n), the figures, and three of the paper's claims checked on the data
 Bars and every number in results.md are groups.csv values, aggregated from runs.csv's rows in aggregate().
+--out is new, empty or holds only decnode's files (outputs.py: a user's file there, or one of decnode's the user
+edited, is refused before anything is written); files an earlier report wrote that this one does not are removed.
 
 --pick-lr OUT.yaml (a learning-rate search: groups differing in train.lr / min_lr): per algorithm, the
 (lr, min_lr) with the best median final training reward over seeds, written as a config overlay
-`per_algo: {algo: {lr, min_lr}}` whose comment header lists every candidate.
+`per_algo: {algo: {lr, min_lr}}` whose comment header lists every candidate. Its first line marks it decnode's
+(with the digest of the rest): an existing OUT.yaml is replaced only when it is such an overlay, unedited.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import config, plots, report_figures, report_text
+from . import config, outputs, plots, report_figures, report_text, yamlio
 from .analysis import MODES, AnalysisError
-from .cli import OneLineParser, check_output, fail
+from .cli import OneLineParser, fail
 from .rundir import MANIFEST
 from .topology import mixing_matrix, spectral_gap
 
@@ -246,8 +249,8 @@ def write_report(root: Path, runs: list[plots.Run], notes: list[str], out: Path,
 
 
 # ---- learning-rate choice ------------------------------------------------------------------------------------
-def pick_lr(rows: list[dict], path: Path, root: Path) -> list[str]:
-    """Write the per_algo overlay with each algorithm's best (lr, min_lr); returns the lines to print."""
+def pick_lr(rows: list[dict], path: Path, root: Path) -> tuple[str, list[str]]:
+    """The per_algo overlay with each algorithm's best (lr, min_lr) for `path`, and the lines to print."""
     settings = sorted({(r["env"], r["n_agents"]) for r in rows}, key=str)
     if len(settings) > 1:
         raise AnalysisError(f"--pick-lr needs runs of one env and n (per_algo holds one lr per algorithm), "
@@ -280,12 +283,11 @@ def pick_lr(rows: list[dict], path: Path, root: Path) -> list[str]:
         if key in config.ALGOS:
             chosen[key] = {"lr": best[0], "min_lr": best[1]}
     text = "\n".join(header) + "\n" + yaml.safe_dump({"per_algo": chosen}, sort_keys=False)
-    path.write_text(text)
-    try:  # what the main sweep will read must load with decnode's own loader
-        config.compose([(str(path), config.read_file(path))])
-    except config.ConfigError as err:
-        raise AnalysisError(f"--pick-lr wrote {path} but decnode cannot read it: {err}") from None
-    return printed + [f"wrote {path}"]
+    try:  # what the main sweep will read must load with decnode's own loader: checked before it is written
+        config.compose([(str(path), yamlio.parse(text, str(path)))])
+    except (config.ConfigError, yamlio.YamlError) as err:
+        raise AnalysisError(f"--pick-lr: decnode could not read the overlay it made for {path}: {err}") from None
+    return text, printed + [f"wrote {path}"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -305,21 +307,29 @@ def main(argv: list[str] | None = None) -> None:
         if args.smooth < 1:
             raise AnalysisError(f"--smooth must be ≥ 1, got {args.smooth}")
         out = Path(args.out) if args.out else root / "report"
-        check_output(out, "directory")  # before the work, not after it
+        outputs.check_dir(out)  # before the work, not after it: new, empty or decnode's own report
         if args.pick_lr:
-            check_output(Path(args.pick_lr), "file")
+            outputs.check_files([args.pick_lr])  # new, or an overlay decnode wrote and nobody edited since
         runs, notes, found = load_runs(root, args.include_unfinished)
         if not runs:
             raise AnalysisError(f"no run directories (config.yaml + metrics.jsonl) below {root}" if not found else
                                 f"none of the {found} run directories below {root} can be reported: {notes[0]}")
         rows = [row for part in tables(root, runs) for row in part["rows"]]
-        picked = pick_lr(rows, Path(args.pick_lr), root) if args.pick_lr else []
+        overlay, picked = pick_lr(rows, Path(args.pick_lr), root) if args.pick_lr else (None, [])
     except (AnalysisError, ValueError) as err:
         fail(PROG, str(err))
     for note in notes:
         print(note)
-    for path in write_report(root, runs, notes, out, args.smooth):
-        print(f"wrote {path}")
+    try:
+        with outputs.Writer(out, whole=True) as report:  # put in place together once every file is whole
+            made = write_report(root, runs, notes, report.stage, args.smooth)
+        if overlay is not None:
+            with outputs.Writer(Path(args.pick_lr).parent, record=False) as w:  # its first line marks it decnode's
+                w.text(Path(args.pick_lr).name, overlay, f"{PROG} --pick-lr")
+    except OSError as err:
+        fail(PROG, f"could not write the report into {out}: {err.strerror or err}")
+    for path in made:
+        print(f"wrote {report.final(path)}")
     for line in picked:
         print(line)
 

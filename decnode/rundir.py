@@ -30,6 +30,11 @@ WRITES = (MANIFEST, "config.yaml", "metrics.jsonl", "timing.json", "trace.json",
           "checkpoint.pt.sha256.tmp", "processes.json", "eval.json", "landscape.npz", "landscape_*.png",
           "tb/events.out.tfevents.*", "plots/*.png", "config.yaml.tmp", "attempts/*.json", "attempts/*.json.tmp")
 TRAINED = ("checkpoint.pt", "models.pt")
+# What decnode's other commands leave in a directory they write into (outputs.py): the record of the files they
+# wrote, and the staging folder of a command that was killed. Decnode's in every run directory, whatever its
+# manifest's version.
+OUTPUTS_MANIFEST, STAGING = ".decnode-outputs.json", ".decnode-tmp-"
+TOOL_WRITES = (OUTPUTS_MANIFEST, f"{STAGING}*/*", f"plots/{OUTPUTS_MANIFEST}", f"plots/{STAGING}*/*")
 
 
 def _manifest(run_dir: Path) -> dict | None:
@@ -39,7 +44,8 @@ def _manifest(run_dir: Path) -> dict | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("writes"), list):
         return None
-    data["writes"] = [MANIFEST, *(p for p in data["writes"] if isinstance(p, str))]  # the manifest is ours too
+    # the manifest is ours too, and so are the tools' files
+    data["writes"] = [MANIFEST, *TOOL_WRITES, *(p for p in data["writes"] if isinstance(p, str))]
     return data
 
 
@@ -57,11 +63,11 @@ def _entries(run_dir: Path) -> list[tuple[str, bool]]:
 
 def foreign(run_dir: Path, patterns) -> list[str]:
     """What is in run_dir that decnode did not write (directories shown with a trailing /)."""
-    containers = {p.split("/")[0] for p in patterns if "/" in p}
+    containers = {p.rsplit("/", i)[0] for p in patterns for i in range(1, p.count("/") + 1)}
     lost = []
     for rel, is_dir in _entries(run_dir):
         if is_dir:
-            if rel not in containers:
+            if not any(fnmatch.fnmatchcase(rel, c) for c in containers):
                 lost.append(rel + "/")
         elif not any(fnmatch.fnmatchcase(rel, p) for p in patterns):
             lost.append(rel)
@@ -167,12 +173,23 @@ def mark(run_dir: Path) -> None:
         if other_code or added:
             if other_code:
                 data["resumed_git_commits"] = [*data.get("resumed_git_commits", []), commit]
-            data["writes"] = data["writes"][1:] + added  # _manifest() put the manifest's own name first
+            data["writes"] = data["writes"][1 + len(TOOL_WRITES):] + added  # what _manifest() put first
             (run_dir / MANIFEST).write_text(json.dumps(data, indent=1) + "\n")
         return
     data = {"created_by": "decnode", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
             "git_commit": git_commit(), "writes": list(WRITES)}
     (run_dir / MANIFEST).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def covers(path: Path) -> bool:
+    """Whether the manifest of a run directory holding `path` (in it, or in one of its folders) claims it."""
+    path = Path(path)
+    for run_dir in (path.parent, path.parent.parent):
+        manifest = _manifest(run_dir)
+        if manifest is not None:
+            rel = path.relative_to(run_dir).as_posix()
+            return any(fnmatch.fnmatchcase(rel, p) for p in manifest["writes"])
+    return False
 
 
 class RunDirWriteError(RuntimeError):

@@ -11,10 +11,11 @@ exactly what the run would. A cell name longer than the filesystem takes is shor
 The sweep directory holds sweep.yaml (the file as given and the resolved cells), configs/<cell>.yaml (the cell's
 resolved config: `decnode-run --config` it to rerun by hand), cells/<cell>/ (a normal run directory),
 logs/<cell>.log (the cell's output), logs/<cell>.json (attempts, last exit code, wall seconds), runs.csv and
-sweep.log. A cell's state comes from its directory: done (every iteration logged and models.pt written: skipped),
-stopped (a checkpoint: resumed), failed (its last attempt exited non-zero: reported and skipped, since rerunning
-a NaN or a bad environment would fail again; --retry-failed runs it again, from its checkpoint if it has one),
-pending (started from scratch).
+sweep.log, and decnode-report's report/; nothing else (sweepplan.check_dir: a directory holding other files, or a
+non-empty one without decnode's sweep.yaml, is refused before anything is written, in a dry run too). A cell's state
+comes from its directory: done (every iteration logged and models.pt written: skipped), stopped (a checkpoint:
+resumed), failed (its last attempt exited non-zero: reported and skipped, since rerunning a NaN or a bad environment
+would fail again; --retry-failed runs it again, from its checkpoint if it has one), pending (started from scratch).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def prepare_dir(path: Path, out: Path, cells: list[Cell]) -> None:
     summary = {"sweep_file": str(path.resolve()), "given": path.read_text(),
                "cells": [{"name": c.name, "values": c.values, "processes": c.procs, "config": str(c.config_file),
                           "run_dir": str(c.run_dir)} for c in cells]}
-    (out / "sweep.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    (out / "sweep.yaml.tmp").write_text(yaml.safe_dump(summary, sort_keys=False))
+    os.replace(out / "sweep.yaml.tmp", out / "sweep.yaml")  # whole or absent: it is what marks the directory ours
     for c in cells:
         text = config_text(c)
         if not c.config_file.exists() or c.config_file.read_text().split("\n", 1)[-1] != text:

@@ -6,11 +6,12 @@ what the run then refuses, and a refused sweep leaves its directory as it was.""
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import json
 import os
 from pathlib import Path
 
-from . import checkpoint, yamlio
+from . import checkpoint, outputs, yamlio
 from .cli import check_output
 from .config import ConfigError, from_dict, read_file
 from .run import check_command  # decnode-run's own checks, not a copy of them
@@ -134,11 +135,69 @@ def _check_layout(path: Path, out: Path, cells: list[Cell]) -> None:
             raise ConfigError(f"{path}: sweep directory: {f} is a directory where the sweep writes a file")
 
 
+# What decnode-sweep writes into its directory; cells/ holds run directories (decnode-run guards their files) and
+# report/ is decnode-report's default output (outputs.py guards it).
+WRITES = ("sweep.yaml", "sweep.yaml.tmp", "runs.csv", "runs.csv.tmp", "sweep.log", LOCK, "configs/*.yaml",
+          "logs/*.log", "logs/*.json")
+
+
+def _made_by_sweep(out: Path) -> bool:
+    """sweep.yaml is decnode-sweep's record of the directory (prepare_dir writes it before anything else)."""
+    try:
+        data = yamlio.parse((out / "sweep.yaml").read_text(), str(out / "sweep.yaml"))
+    except (OSError, UnicodeDecodeError, yamlio.YamlError):
+        return False
+    return isinstance(data, dict) and {"sweep_file", "given", "cells"} <= set(data)
+
+
+def check_dir(path: Path, out: Path) -> None:
+    """ConfigError (one line) unless the sweep directory is new, empty, or one decnode-sweep made holding only what
+    decnode writes: a sweep replaces sweep.yaml, runs.csv, configs/<cell>.yaml and logs/<cell>.json in it."""
+    if not out.is_dir():
+        return
+    mine, lost = _made_by_sweep(out), []
+
+    def real_dir(p: Path) -> bool:
+        return p.is_dir() and not p.is_symlink()
+
+    def ours(rel: str, p: Path) -> bool:
+        if not (mine and p.is_file() and not p.is_symlink() and any(fnmatch.fnmatchcase(rel, w) for w in WRITES)):
+            return False
+        if rel.startswith("configs/"):  # decnode's cell configs start with their "# cell …" line
+            with open(p, "rb") as f:
+                return f.read(7) == b"# cell "
+        return True
+
+    for entry in sorted(out.iterdir()):
+        name = entry.name
+        if name == LOCK and entry.is_file() and not entry.stat().st_size:
+            continue  # the lock, taken before sweep.yaml is written
+        if name == "report" and real_dir(entry):
+            try:  # decnode-report's default output, guarded as every output directory is
+                outputs.check_dir(entry)
+            except ValueError as err:
+                raise ConfigError(f"{path}: {err}") from None
+        elif name in ("configs", "logs", "cells") and mine and real_dir(entry):
+            for sub in sorted(entry.iterdir()):  # a cell's run directory: decnode-run guards its files
+                if not (real_dir(sub) if name == "cells" else ours(f"{name}/{sub.name}", sub)):
+                    lost.append(f"{name}/{sub.name}" + ("/" if real_dir(sub) else ""))
+        elif not ours(name, entry):
+            lost.append(name + ("/" if real_dir(entry) else ""))
+    if lost and not mine:
+        raise ConfigError(f"{path}: sweep directory {out} is not empty and was not made by decnode-sweep (no "
+                          f"sweep.yaml of its own); it holds {outputs.listing(lost)}: nothing is written, choose "
+                          "another out")
+    if lost:
+        raise ConfigError(f"{path}: sweep directory {out} holds files decnode did not write "
+                          f"({outputs.listing(lost)}); nothing is written: move them or choose another out")
+
+
 def plan(path: Path, out: Path, cells: list[Cell], jobs: int, retry_failed: bool, locked: bool = False) -> dict:
     """{cell name: state}; ConfigError (one line naming the sweep file and the cell) for anything the sweep or a
     cell's decnode-run would refuse. Writes nothing. `locked`: this process holds the directory's lock."""
     if not locked:
         check_lock(out)
+    check_dir(path, out)
     _check_layout(path, out, cells)
     states = {c.name: state(out, c, retry_failed) for c in cells}
     for c in cells:

@@ -46,6 +46,13 @@ def same(line: str) -> str:
     return re.sub(r"\d+\.\d+ GB", "… GB", line)  # the memory available moves between two commands
 
 
+def made_by_sweep(out: Path, path: Path) -> None:
+    """out as a first decnode-sweep run leaves it: its record, sweep.yaml (without it the directory is refused
+    whole, before any cell is looked at)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(json.dumps({"sweep_file": str(path), "given": path.read_text(), "cells": []}))
+
+
 def refused_alike(box, path, needle, *extra):
     """--dry-run and the run refuse with the same one line, exit 2, and change nothing in the sandbox."""
     before = tree(box)
@@ -96,9 +103,13 @@ def test_a_cell_beyond_the_memory_preflight(box):
 
 def test_a_cell_directory_holding_the_users_files(box):
     path = write_sweep(box, {"train.seed": [1, 2]})
-    mine = box / "sweeps" / "grid" / "cells" / "seed-2"
+    grid = box / "sweeps" / "grid"
+    mine = grid / "cells" / "seed-2"
     mine.mkdir(parents=True)
     (mine / "notes.txt").write_text("mine\n")
+    # a directory decnode-sweep did not make is refused whole, before any cell is looked at
+    refused_alike(box, path, f"sweep directory {grid} is not empty and was not made by decnode-sweep")
+    made_by_sweep(grid, path)  # the cell's own decnode-run check names the cell
     refused_alike(box, path, f"cell seed-2: {mine} is not empty and was not created by decnode")
 
 
@@ -107,7 +118,8 @@ def test_a_stopped_cell_whose_checkpoint_cannot_be_read(box):
     cell = box / "sweeps" / "grid" / "cells" / "seed-1"
     cell.mkdir(parents=True)
     (cell / "checkpoint.pt").write_bytes(b"not a checkpoint")  # a stopped cell: the sweep resumes it
-    refused_alike(box, path, f"cell seed-1: checkpoint {cell / 'checkpoint.pt'} is corrupt or unreadable")
+    made_by_sweep(box / "sweeps" / "grid", path)
+    refused_alike(box, path, f"cell seed-1: {cell / 'checkpoint.pt'} is corrupt or unreadable")
 
 
 # ---- what the sweep itself would refuse -----------------------------------------------------------------------------
@@ -134,10 +146,12 @@ def test_a_folder_where_the_sweep_writes_a_file(box):
     out = box / "sweeps" / "grid"
     out.mkdir(parents=True)
     (out / "configs").write_text("mine\n")
-    refused_alike(box, path, f"sweep directory: output {out / 'configs'} is a file, not a directory")
+    refused_alike(box, path, f"sweep directory {out} is not empty and was not made by decnode-sweep")
+    made_by_sweep(out, path)
+    refused_alike(box, path, f"sweep directory {out} holds files decnode did not write (configs)")
     (out / "configs").unlink()
     (out / "runs.csv").mkdir()
-    refused_alike(box, path, f"{out / 'runs.csv'} is a directory where the sweep writes a file")
+    refused_alike(box, path, f"sweep directory {out} holds files decnode did not write (runs.csv/)")
 
 
 def test_a_running_sweep_is_named_by_the_dry_run_too(box):
