@@ -5,7 +5,7 @@ Rows are independent, so a block may compute them as several row blocks on a thr
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import torch
@@ -54,6 +54,14 @@ def row_blocks(a: int, blocks: int) -> list[slice]:
     parts = max(1, min(blocks, a))
     bounds = [round(i * a / parts) for i in range(parts + 1)]
     return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
+def row_pool(threads: int, intra_op: int) -> ThreadPoolExecutor:
+    """The threads that run row blocks, each with `intra_op` intra-op threads of its own: OpenMP keeps that count
+    per thread and a new thread starts from the process default (every core), whose parallel reductions split by
+    the team OpenMP grants at that moment, so under load the same run's last bits changed from run to run (3 of 8
+    runs of one command differed by ~1e-10 before each thread set its own)."""
+    return ThreadPoolExecutor(threads, "decnode-work", initializer=torch.set_num_threads, initargs=(intra_op,))
 
 
 class ActorBlock:

@@ -14,7 +14,6 @@ import resource
 import signal
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 from . import checkpoint as ckpt
 from . import native
 from .rundir import writing
-from .actor import ActorBlock
+from .actor import ActorBlock, row_pool
 from .algos import make_combiner
 from .comm import Fabric
 from .config import Config
@@ -93,9 +92,10 @@ class Trainer:
         self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed, fabric.device,
                                 blocks=threads + self.overlap_critic if threads > 1 else 1)
         self.row_threads = threads
-        self.pool = ThreadPoolExecutor(threads, "decnode-work") if threads > 1 else None
+        per_thread = max(1, cores // threads)
+        self.pool = row_pool(threads, per_thread) if threads > 1 else None
         if self.pool is not None:
-            torch.set_num_threads(max(1, cores // threads))
+            torch.set_num_threads(per_thread)
         self.rollout = Rollout(fabric, self.actor, env, T=self.T, B=self.B, obs_dim=self.obs_dim,
                                state_dim=state_dim, n_actions=self.n_actions, hidden=tr.hidden)
         self.evaluator = Evaluator(fabric, env_factory(env_cfg.name, n, **self.env_kwargs), n_agents=n,

@@ -87,9 +87,7 @@ def test_row_threads_compute_the_same_gradients(measured):
     only the math library may block a batched GEMM differently for another row count. What is guaranteed is
     therefore equality to float32 rounding; bit-identity holds where the library rounds every shape alike (the
     measured line says which it was here)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from decnode.actor import ActorBlock, PPOBatch
+    from decnode.actor import ActorBlock, PPOBatch, row_pool
 
     a, T, M, obs, K = 5, 6, 4, 7, 3
     g = torch.Generator().manual_seed(5)
@@ -100,9 +98,9 @@ def test_row_threads_compute_the_same_gradients(measured):
     batch.avail[..., 0] = True
     batch.actions[~batch.avail.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)] = 0
     results = []
-    pool = ThreadPoolExecutor(2)
+    pool = row_pool(2, 1)  # as the trainer runs row threads: one intra-op thread each
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the trainer runs row threads: one intra-op thread each
+    torch.set_num_threads(1)
     for blocks in (1, 2, 3):
         actor = ActorBlock(range(a), obs, K, 64, seed=3, blocks=blocks)
         assert len(actor.parts) == blocks
