@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import rundir
+from . import rundir, yamlio
 from .cli import OneLineParser, fail
 from .config import ConfigError, read_file
 from .sweepfile import Cell, load_sweep
@@ -109,8 +109,7 @@ def write_csv(out: Path, cells: list[Cell], states: dict) -> None:
 
 # ---- running --------------------------------------------------------------------------------------------------------
 def _dump(cfg_dict: dict) -> str:
-    import yaml
-    return yaml.safe_dump(cfg_dict, sort_keys=False)
+    return yamlio.dump(cfg_dict)
 
 
 def _same_config(path: Path, cfg_dict: dict) -> bool:
