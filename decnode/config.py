@@ -105,8 +105,9 @@ class RunConfig:
 
 @dataclass
 class NetConfig:
-    profile: str = _key("loopback", "network to simulate: loopback (none) | datacenter | ethernet | wan | edge | a YAML "
-                        "file (--net; README 'Simulating real nodes')")
+    profile: str | dict = _key("loopback", "network to simulate: loopback (none) | datacenter | ethernet | wan | edge | "
+                               "a YAML file, which a run records as the mapping of its keys (--net; README 'Simulating "
+                               "real nodes')")
     mode: str | None = _key(None, "simulate: a per-node clock only | emulate: also real waits on the real messages; "
                             "null: the profile's own", ("simulate", "emulate"))
 
@@ -160,7 +161,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return number
         if opt is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if opt in (str, bool) and isinstance(value, opt):
+        if opt in (str, bool, dict) and isinstance(value, opt):
             return value
     raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r:.60}")
 
@@ -371,7 +372,8 @@ def resolve(cfg: Config, n_procs: int) -> Config:
         raise ConfigError(f"train.chunk_length must divide env.episode_length={env.episode_length}, "
                           f"got {tr.chunk_length}")
     if cfg.run.device == "xla":  # what the XLA placement does not have (yet): refused, not ignored
-        unsupported = [what for what, bad in ((f"net.profile={cfg.net.profile}", cfg.net.profile != "loopback"),
+        profile = cfg.net.profile if isinstance(cfg.net.profile, str) else cfg.net.profile.get("name")
+        unsupported = [what for what, bad in ((f"net.profile={profile}", cfg.net.profile != "loopback"),
                                               ("faults", bool(cfg.faults))) if bad]
         if unsupported:
             raise ConfigError(f"run.device=xla does not support {', '.join(unsupported)} (the CPU placement does)")
