@@ -22,6 +22,11 @@ ALGOS = ("decpg", "ps", "ps_entropy")
 # (a C long: < 2⁶³); evaluation and the landscape add offsets below 2²² (evaluate.py, landscape.py).
 SEED_MAX = 2**63 - 2**22 - 1
 INT_MAX = 2**63 - 1
+# The least run.timeout_s that can work: every wait, from joining the process group on, must span what a peer does
+# alone in between (its start and torch's import, gloo's connections, building its envs and models, rank 0's
+# evaluation and checkpoint writes), seconds on a busy host. A 1 ms timeout failed connecting to the store, in five
+# lines of c10d errors; a few seconds is the floor, far below the default 300 s.
+TIMEOUT_MIN_S = 5.0
 
 
 class ConfigError(ValueError):
@@ -88,7 +93,8 @@ class EvalConfig:
 class RunConfig:
     out: str | None = _key(None, "run directory; null: runs/<env>-n<n>-<algo>-k<k>-s<seed>-<time>")
     checkpoint_interval: int = _key(50, "iterations between checkpoints (0: only at the end)", "nonneg")
-    timeout_s: float = _key(300.0, "seconds any collective or point-to-point wait may take", "positive")
+    timeout_s: float = _key(300.0, f"seconds any collective or point-to-point wait may take, ≥ {TIMEOUT_MIN_S:g}",
+                            "timeout")
     hang_warning_s: float | None = _key(None, "seconds after which a wait is reported (one table of who waits on "
                                         "whom), below timeout_s; null: timeout_s / 4", "positive")
     tensorboard: bool = _key(True, "write TensorBoard events to RUN_DIR/tb")
@@ -292,6 +298,8 @@ _CHECKS = {
     "nonneg": (lambda v: v >= 0, "must be ≥ 0"),
     "unit": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     "min1": (lambda v: v >= 1, "must be ≥ 1"),
+    "timeout": (lambda v: v >= TIMEOUT_MIN_S, f"must be ≥ {TIMEOUT_MIN_S:g} s (joining the process group alone can "
+                "take seconds when processes share cores)"),
     "seed": (lambda v: 0 <= v <= SEED_MAX, f"must be an integer in [0, {SEED_MAX}] (numpy and JAX seeds)"),
 }
 
