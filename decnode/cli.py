@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -13,7 +14,22 @@ class OneLineParser(argparse.ArgumentParser):
     allowed choices or the expected type) and exits with code 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+        # A subcommand's parser is named "decnode-netmodel sweep": its errors start as every other, "decnode-X: error:"
+        self.exit(2, f"{self.prog.split()[0]}: error: {' '.join(message.split())}\n")
+
+
+def finite(low: float = 0.0, above: bool = False):
+    """argparse type: a finite number ≥ low (> low with `above`). float() takes `inf` and `nan`, which every
+    duration or range of a command turns into a warning and a traceback downstream, not one line here."""
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '≥'} {low:g} and finite, got '{text}'")
+        return value
+    return number
 
 
 def fail(prog: str, message: str, code: int = 2) -> None:

@@ -22,6 +22,11 @@ ALGOS = ("decpg", "ps", "ps_entropy")
 # (a C long: < 2⁶³); evaluation and the landscape add offsets below 2²² (evaluate.py, landscape.py).
 SEED_MAX = 2**63 - 2**22 - 1
 INT_MAX = 2**63 - 1
+# The least run.timeout_s that can work: every wait, from joining the process group on, must span what a peer does
+# alone in between (its start and torch's import, gloo's connections, building its envs and models, rank 0's
+# evaluation and checkpoint writes), seconds on a busy host. A 1 ms timeout failed connecting to the store, in five
+# lines of c10d errors; a few seconds is the floor, far below the default 300 s.
+TIMEOUT_MIN_S = 5.0
 
 
 class ConfigError(ValueError):
@@ -88,7 +93,8 @@ class EvalConfig:
 class RunConfig:
     out: str | None = _key(None, "run directory; null: runs/<env>-n<n>-<algo>-k<k>-s<seed>-<time>")
     checkpoint_interval: int = _key(50, "iterations between checkpoints (0: only at the end)", "nonneg")
-    timeout_s: float = _key(300.0, "seconds any collective or point-to-point wait may take", "positive")
+    timeout_s: float = _key(300.0, f"seconds any collective or point-to-point wait may take, ≥ {TIMEOUT_MIN_S:g}",
+                            "timeout")
     hang_warning_s: float | None = _key(None, "seconds after which a wait is reported (one table of who waits on "
                                         "whom), below timeout_s; null: timeout_s / 4", "positive")
     tensorboard: bool = _key(True, "write TensorBoard events to RUN_DIR/tb")
@@ -105,8 +111,9 @@ class RunConfig:
 
 @dataclass
 class NetConfig:
-    profile: str = _key("loopback", "network to simulate: loopback (none) | datacenter | ethernet | wan | edge | a YAML "
-                        "file (--net; README 'Simulating real nodes')")
+    profile: str | dict = _key("loopback", "network to simulate: loopback (none) | datacenter | ethernet | wan | edge | "
+                               "a YAML file, which a run records as the mapping of its keys (--net; README 'Simulating "
+                               "real nodes')")
     mode: str | None = _key(None, "simulate: a per-node clock only | emulate: also real waits on the real messages; "
                             "null: the profile's own", ("simulate", "emulate"))
 
@@ -160,7 +167,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return number
         if opt is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if opt in (str, bool) and isinstance(value, opt):
+        if opt in (str, bool, dict) and isinstance(value, opt):
             return value
     raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r:.60}")
 
@@ -291,6 +298,8 @@ _CHECKS = {
     "nonneg": (lambda v: v >= 0, "must be ≥ 0"),
     "unit": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     "min1": (lambda v: v >= 1, "must be ≥ 1"),
+    "timeout": (lambda v: v >= TIMEOUT_MIN_S, f"must be ≥ {TIMEOUT_MIN_S:g} s (joining the process group alone can "
+                "take seconds when processes share cores)"),
     "seed": (lambda v: 0 <= v <= SEED_MAX, f"must be an integer in [0, {SEED_MAX}] (numpy and JAX seeds)"),
 }
 
@@ -371,7 +380,8 @@ def resolve(cfg: Config, n_procs: int) -> Config:
         raise ConfigError(f"train.chunk_length must divide env.episode_length={env.episode_length}, "
                           f"got {tr.chunk_length}")
     if cfg.run.device == "xla":  # what the XLA placement does not have (yet): refused, not ignored
-        unsupported = [what for what, bad in ((f"net.profile={cfg.net.profile}", cfg.net.profile != "loopback"),
+        profile = cfg.net.profile if isinstance(cfg.net.profile, str) else cfg.net.profile.get("name")
+        unsupported = [what for what, bad in ((f"net.profile={profile}", cfg.net.profile != "loopback"),
                                               ("faults", bool(cfg.faults))) if bad]
         if unsupported:
             raise ConfigError(f"run.device=xla does not support {', '.join(unsupported)} (the CPU placement does)")

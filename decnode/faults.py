@@ -24,6 +24,7 @@ import time
 
 from .config import Config, ConfigError
 from .elastic import attempt
+from .net import load_profile
 from .topology import block_plan, mixing_matrix
 
 KEYS = {"kill": ("rank", "iteration"), "stall": ("rank", "iteration", "seconds"), "drop": ("link", "iteration"),
@@ -42,10 +43,21 @@ def _links(cfg: Config, world: int) -> set[tuple[int, int]]:
     return links
 
 
-def validate(cfg: Config, world: int) -> list[dict]:
-    """Every entry of cfg.faults checked against the job; ConfigError (one line) naming the entry otherwise."""
+def describe(entry: dict) -> str:
+    """One fault in words, for the list of what a resume changes."""
+    kind, it = entry.get("kind"), entry.get("iteration")
+    who = f"link {entry['link'][0]}→{entry['link'][1]}" if "link" in entry else f"rank {entry.get('rank')}"
+    seconds = f" for {entry['seconds']:g} s" if "seconds" in entry and kind != "delay" else ""
+    delay = f" by {entry['seconds']:g} s" if kind == "delay" else ""
+    return f"{kind} {who}{delay}{seconds} at iteration {it}"
+
+
+def validate(cfg: Config, world: int, done: int = 0) -> list[dict]:
+    """Every entry of cfg.faults checked against the job (`done`: the iterations a resumed run has behind it);
+    ConfigError (one line) naming the entry otherwise — in particular for a fault that could never fire."""
     out = []
     links = None
+    last = min(cfg.train.iterations, cfg.run.stop_after or cfg.train.iterations)
     for i, entry in enumerate(cfg.faults):
         where = f"faults[{i}]"
         kind = entry.get("kind")
@@ -66,9 +78,16 @@ def validate(cfg: Config, world: int) -> list[dict]:
             s = entry["seconds"]
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
                 raise ConfigError(f"{where}: seconds must be a finite number ≥ 0, got {s!r}")
-        if not 1 <= entry["iteration"] <= cfg.train.iterations:
-            raise ConfigError(f"{where}: iteration {entry['iteration']} is not in 1…{cfg.train.iterations} "
+        it = entry["iteration"]
+        if not 1 <= it <= cfg.train.iterations:
+            raise ConfigError(f"{where}: iteration {it} is not in 1…{cfg.train.iterations} "
                               "(train.iterations): it would never fire")
+        if it <= done:
+            raise ConfigError(f"{where}: iteration {it} is already done (the run resumes after iteration {done}): it "
+                              f"would never fire; name an iteration in {done + 1}…{cfg.train.iterations}")
+        if it > last:  # a resume runs only the faults given again: this one would be lost
+            raise ConfigError(f"{where}: iteration {it} is after run.stop_after={cfg.run.stop_after}, where this job "
+                              f"stops: it would never fire; name an iteration in {done + 1}…{last}")
         if "rank" in need and not 0 <= entry["rank"] < world:
             raise ConfigError(f"{where}: rank {entry['rank']} is not in the job's ranks 0…{world - 1}")
         if "link" in need:
@@ -83,7 +102,7 @@ def validate(cfg: Config, world: int) -> list[dict]:
         if kind == "delay" and entry["seconds"] >= cfg.run.timeout_s:
             raise ConfigError(f"{where}: a delay of {entry['seconds']:g} s is not below run.timeout_s="
                               f"{cfg.run.timeout_s:g} (drop the link instead)")
-        if kind == "link_down" and cfg.net.profile == "loopback":
+        if kind == "link_down" and not load_profile(cfg.net.profile).active:
             raise ConfigError(f"{where}: link_down needs a network profile (--net): it delays messages on the "
                               "simulated clock")
         out.append({**entry, "index": i})

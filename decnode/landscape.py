@@ -44,6 +44,7 @@ import torch
 from .acting import SamplePerAgent, acting_loop
 from .actor import sampler_seed
 from .analysis import AnalysisError, OneLineParser, env_factory, eval_seeds, fail, load_models
+from .cli import finite
 from .outputs import Writer, check_files
 from .collectives import Collectives
 from .critic import critic_from_models
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     p = OneLineParser(prog="decnode-landscape", description="Reward and policy-loss landscapes around θ̄.")
     p.add_argument("run_dir", help="run directory holding models.pt")
     p.add_argument("--grid", type=int, default=21, help="points per axis (odd puts θ̄ at the centre; default 21)")
-    p.add_argument("--span", type=float, default=1.0, help="α, β range [-span, span] (default 1.0)")
+    p.add_argument("--span", type=finite(above=True), default=1.0, help="α, β range [-span, span] (default 1.0)")
     p.add_argument("--episodes", type=int, default=8, help="train-env episodes per grid point (default 8)")
     p.add_argument("--nproc", type=int, default=1, help="processes to share the grid points (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
@@ -273,8 +274,6 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("grid", "episodes", "nproc"):
             if getattr(args, name) < 1:
                 raise AnalysisError(f"--{name} must be ≥ 1, got {getattr(args, name)}")
-        if not args.span > 0:
-            raise AnalysisError(f"--span must be > 0, got {args.span}")
         models = load_models(args.run_dir)
         check_files([Path(args.run_dir) / name for name in FILES])  # before the work: new, or decnode's own
     except (AnalysisError, ValueError) as err:

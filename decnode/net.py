@@ -17,11 +17,10 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-import yaml
-
+from . import yamlio
 from .config import ConfigError
 
 MODES = ("simulate", "emulate")  # emulate: the same delays also as real waits on the real messages
@@ -40,8 +39,16 @@ class NetProfile:
 
     @property
     def active(self) -> bool:
-        """loopback costs nothing: no clock, no stamps, no extra messages."""
-        return self.name != "loopback"
+        """Whether the profile costs anything (its values, never its name): a profile that costs nothing runs no
+        clock, stamps nothing and sends no extra messages."""
+        return (self.latency_s > 0 or self.bandwidth_bit_s != math.inf or self.jitter_s > 0
+                or any(s != 1 for s in self.speed) or (self.straggler_p > 0 and self.straggler_slowdown != 1))
+
+    def to_spec(self) -> dict:
+        """Every key of the profile, as make_profile reads it back: what a run records in its config."""
+        spec = {f.name: getattr(self, f.name) for f in fields(self)}
+        spec["speed"] = list(self.speed)
+        return spec
 
     def slowdown(self, rank: int) -> float:
         return self.speed[rank % len(self.speed)]
@@ -89,12 +96,16 @@ def _number(source: str, key: str, value, low: float = 0.0, *, above: bool = Fal
 
 
 def make_profile(spec: dict, source: str = "net") -> NetProfile:
-    """A profile from a mapping: an optional `preset` name, then any of NetProfile's keys over it."""
+    """A profile from a mapping: an optional `preset` name (else the preset its `name` is, else loopback), then any
+    of NetProfile's keys over it; `file` (where a recorded profile was read from) is information only."""
     if not isinstance(spec, dict):
         raise ConfigError(f"{source}: a network profile must be a mapping, got {type(spec).__name__}")
     spec = dict(spec)
-    preset = spec.pop("preset", spec.get("name", "loopback"))
-    if preset not in PRESETS:
+    if not isinstance(spec.pop("file", ""), str):
+        raise ConfigError(f"{source}: net.file (where a recorded profile was read from) must be a path")
+    name = spec.get("name")
+    preset = spec.pop("preset", name if isinstance(name, str) and name in PRESETS else "loopback")
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"{source}: unknown network preset '{preset}' (known: {', '.join(PRESETS)})")
     base = PRESETS[preset]
     known = {f.name for f in fields(NetProfile)}
@@ -102,8 +113,10 @@ def make_profile(spec: dict, source: str = "net") -> NetProfile:
     if unknown:
         raise ConfigError(f"{source}: unknown network profile key '{unknown[0]}' (known: preset, {', '.join(known)})")
     values = {f.name: getattr(base, f.name) for f in fields(NetProfile)}
-    # A changed preset gets a name of its own: "loopback" means "nothing emulated", whatever was asked.
-    values["name"] = str(spec.pop("name", f"{preset}+" if spec else preset))
+    # A changed preset gets a name of its own (a preset's name over other values is refused below).
+    values["name"] = spec.pop("name", f"{preset}+" if spec else preset)
+    if not isinstance(values["name"], str) or not values["name"].strip():
+        raise ConfigError(f"{source}: net.name must be a non-empty text, got {values['name']!r}")
     for key, value in spec.items():
         if key == "mode":
             if value not in MODES:
@@ -124,21 +137,75 @@ def make_profile(spec: dict, source: str = "net") -> NetProfile:
             values[key] = _number(source, key, value, 0.0, above=True)
         else:
             values[key] = _number(source, key, value)
-    return NetProfile(**values)
+    profile = NetProfile(**values)
+    named = PRESETS.get(profile.name)
+    if named is not None:  # "loopback" over ethernet's values ran nothing; "ethernet" over other values misleads
+        differ = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in profile.to_spec().items()
+                  if k not in ("name", "mode") and v != named.to_spec()[k]]
+        if differ:
+            raise ConfigError(f"{source}: net.name '{profile.name}' is the preset's name, but this profile has "
+                              f"{', '.join(differ)}: give it a name of its own (or leave name out)")
+    return profile
 
 
-def load_profile(name_or_file: str) -> NetProfile:
-    """`--net NAME|FILE`: a preset's name, or a YAML file holding a profile mapping."""
-    if name_or_file in PRESETS:
-        return PRESETS[name_or_file]
-    path = Path(name_or_file)
-    if not path.is_file():
-        raise ConfigError(f"--net: '{name_or_file}' is neither a preset ({', '.join(PRESETS)}) nor a readable file")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: not a readable YAML network profile ({str(err).splitlines()[0]})") from None
-    return make_profile(spec if spec is not None else {}, str(path))
+def describe(spec) -> str:
+    """How a message names a profile: the preset's name, the file, or the recorded profile's name."""
+    if isinstance(spec, dict):
+        return str(spec.get("file") or spec.get("name") or "the net.profile mapping")
+    return str(spec)
+
+
+def load_profile(spec) -> NetProfile:
+    """`--net NAME|FILE` or config net.profile: a preset's name, a YAML file holding a profile mapping, or such a
+    mapping itself (given inline, or recorded by a run: see record). A file or mapping that costs nothing is
+    refused: it would run without simulation and say nothing (`--net loopback` is the way to ask for that)."""
+    if isinstance(spec, str) and spec in PRESETS:
+        return PRESETS[spec]
+    if isinstance(spec, dict):
+        source = f"net.profile ({describe(spec)})"
+    else:
+        path = Path(spec)
+        if not path.exists():  # a typo of a preset's name as likely as a missing file
+            raise ConfigError(f"--net: '{spec}' is neither a preset ({', '.join(PRESETS)}) nor a readable file")
+        try:
+            spec = yamlio.read(path, "network profile")
+        except yamlio.YamlError as err:
+            raise ConfigError(str(err)) from None
+        if not spec:
+            raise ConfigError(f"network profile {path} is empty: give a preset and/or keys (README 'Simulating "
+                              "real nodes'), or use --net loopback for no simulation")
+        source = str(path)
+    profile = make_profile(spec, source)
+    if not profile.active:
+        raise ConfigError(f"{source}: profile '{profile.name}' costs nothing (no latency, bandwidth limit, jitter, "
+                          "slowdown or straggler), so nothing would be simulated: give it a cost, or use --net loopback")
+    return profile
+
+
+def record(spec):
+    """What a run keeps in its config for net.profile: a preset's name as it is; a file's content or a mapping,
+    every key (and the file it came from), so that a resume depends neither on the file still being there nor on
+    its edits, and compares key by key."""
+    if isinstance(spec, str) and spec in PRESETS:
+        return spec
+    source = spec.get("file") if isinstance(spec, dict) else str(Path(spec).resolve())
+    return {**({"file": source} if source else {}), **load_profile(spec).to_spec()}
+
+
+def job_profile(cfg, n_procs: int | None = None) -> NetProfile:
+    """The job's profile (net.profile, net.mode over it); ConfigError where it would silently do nothing: a mode
+    without a profile, or a profile for one process (no message crosses a network; the clock needs peers)."""
+    profile = load_profile(cfg.net.profile)
+    mode = cfg.net.mode
+    if not profile.active:
+        if mode is not None:
+            raise ConfigError(f"net.mode={mode} needs a network profile (--net): loopback has no delays to {mode} "
+                              "(drop it, or --set net.mode=null)")
+        return profile
+    if n_procs == 1:
+        raise ConfigError(f"--net {describe(cfg.net.profile)} needs 2 or more processes (--nproc): one process sends "
+                          "no messages, so nothing would be simulated")
+    return replace(profile, mode=mode) if mode else profile
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import OneLineParser, fail
+from .cli import OneLineParser, fail, finite
 from .config import Config, ConfigError, compose, parse_override, read_file, resolve
 from .net import PRESETS, NetProfile, load_profile
 from .outputs import Writer, check_files
@@ -344,15 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
         q.add_argument("--net", default="ethernet", metavar="NAME|FILE", help="profile (default ethernet)")
         if name == "predict":
-            q.add_argument("--overlap-s", type=float, default=None,
+            q.add_argument("--overlap-s", type=finite(), default=None,
                            help="compute each combine round hides behind (default: measured here)")
         else:
             q.add_argument("--iterations", type=int, default=4, help="iterations of the job (≥ 2; the last, "
                                                                       "which evaluates, is left out)")
     sw = sub.add_parser("sweep", help="n=10: iteration time and communication share against bandwidth (PNG)")
-    sw.add_argument("--latency-s", type=float, nargs="+", default=[PRESETS["ethernet"].latency_s,
+    sw.add_argument("--latency-s", type=finite(), nargs="+", default=[PRESETS["ethernet"].latency_s,
                     PRESETS["wan"].latency_s], help="one column per α (default 100 µs as ethernet, 20 ms as wan)")
-    sw.add_argument("--compute-s", type=float, default=None,
+    sw.add_argument("--compute-s", type=finite(), default=None,
                     help="compute seconds per iteration (default: measured here for n=10, one agent per process)")
     sw.add_argument("--out", default="netmodel-bandwidth.png", help="PNG to write (an existing one only if decnode "
                     "wrote it)")
@@ -380,14 +380,12 @@ def main(argv: list[str] | None = None) -> None:
             if args.out:
                 out = Path(args.out)
                 with Writer(out.parent, record=False) as w:  # its first line marks it decnode's
-                    # x.xxe±yy: YAML 1.1 reads a float only with a dot and a signed exponent
+                    # x.xxxxe±yy: four digits are what a calibration resolves (yamlio reads every float spelling)
                     w.text(out.name, f"preset: loopback\nname: calibrated\nlatency_s: {result['latency_s']:.4e}\n"
                                      f"bandwidth_bit_s: {result['bandwidth_bit_s']:.4e}\n", f"{PROG} calibrate")
                 print(f"wrote {args.out} (use: decnode-run --net {args.out})")
         elif args.command == "predict":
             cfg = _job(args)
-            if args.overlap_s is not None and not args.overlap_s >= 0:
-                raise ConfigError(f"--overlap-s must be ≥ 0, got {args.overlap_s}")
             hide = args.overlap_s if args.overlap_s is not None else overlap_compute_s(cfg)["overlap"]
             pred = predict_iteration_comm(cfg, load_profile(args.net), args.nproc, hide)
             print(f"{args.algo} n={cfg.env.n_agents} on {args.nproc} processes, '{args.net}', overlap "
@@ -403,8 +401,6 @@ def main(argv: list[str] | None = None) -> None:
                      *(["--config", args.config] if args.config else []), *(x for s in args.set for x in ("--set", s))]
             print(format_compare(compare(cfg, args.net, args.nproc, args.iterations, extra)))
         else:
-            if not min(args.latency_s) >= 0 or (args.compute_s is not None and not args.compute_s >= 0):
-                raise ConfigError("--latency-s and --compute-s must be ≥ 0")
             out = Path(args.out)
             check_files([out])  # new, or a figure decnode wrote (listed in the folder's .decnode-outputs.json)
             measured = {algo: overlap_compute_s(job_config(10, algo, 4, None, None, [])) for algo in ("decpg", "ps")}

@@ -28,9 +28,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from . import yamlio  # noqa: E402
 from .analysis import AnalysisError, OneLineParser, fail  # noqa: E402
 from .outputs import Writer, check_dir  # noqa: E402
 from .timing import ORDER, grouped  # noqa: E402
@@ -67,10 +67,12 @@ def load_run(path: str | Path) -> Run:
         if not (path / name).is_file():
             raise AnalysisError(f"no {name} in {path} (not a decnode run directory?)")
     try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        cfg = yamlio.read(path / "config.yaml")
         metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
         return Run(path, cfg, metrics, _read_json(path / "timing.json"), _read_json(path / "eval.json"))
-    except (yaml.YAMLError, json.JSONDecodeError, KeyError) as err:
+    except yamlio.YamlError as err:  # one line naming the file and line already
+        raise AnalysisError(str(err)) from None
+    except (json.JSONDecodeError, KeyError) as err:
         raise AnalysisError(f"{path}: unreadable run files ({str(err).splitlines()[0][:100]})") from None
 
 

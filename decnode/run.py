@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import faults, preflight, restart, rundir
+from . import faults, net, preflight, restart, rundir, yamlio
 from .elastic import attempt, max_restarts
 from .cli import OneLineParser
 from .cli import fail as _fail
@@ -89,6 +89,7 @@ def prepare(args: argparse.Namespace, n_procs: int, run_id: str | None = None,
     path = Path(args.config) if args.config else DEFAULT_CONFIG
     cfg = compose([(str(path), read_file(path) if config is None else config)], _cli_layers(args))
     resolve(cfg, n_procs)
+    cfg.net.profile = net.record(cfg.net.profile)
     run_dir = Path(cfg.run.out) if cfg.run.out is not None else default_run_dir(cfg, run_id)
     cfg.run.out = str(run_dir)
     return cfg, run_dir, None, []
@@ -128,6 +129,7 @@ def _prepare_resume(args, n_procs, restarted=False):
         cfg.run.stop_after = None  # the planned stop is over; a new one must be asked for
     _refuse_identity_changes(saved, cfg.to_dict())  # before resolve, so a changed env or algorithm is named as such
     resolve(cfg, n_procs)
+    cfg.net.profile = net.record(cfg.net.profile)
     new = cfg.to_dict()
     _refuse_identity_changes(saved, new)
     if cfg.train.iterations <= done and not restarted:  # a restart may have only the end left to do
@@ -135,13 +137,47 @@ def _prepare_resume(args, n_procs, restarted=False):
                           f"iteration {done}; pass --iterations N with N > {done}")
     if cfg.run.stop_after is not None and cfg.run.stop_after <= done and not restarted:
         raise ConfigError(f"run.stop_after={cfg.run.stop_after} is not after the checkpoint's iteration {done}")
-    changes = [f"{s}.{k} {saved[s][k]!r} → {v!r}" for s, values in new.items() if s not in ("per_algo", "faults")
-               for k, v in values.items() if saved[s][k] != v and (s, k) != ("run", "out")]
+    changes = _changes(saved, new) + ([f"faults: {'; '.join(map(faults.describe, cfg.faults))}"] if cfg.faults else [])
     notes = [f"resuming {run_dir} at iteration {done}" + (f", with changes: {', '.join(changes)}" if changes else "")]
     if not ckpt.has_digest(run_dir / ckpt.CHECKPOINT):
         notes.append(f"{run_dir / ckpt.CHECKPOINT} predates digest files: checked by its zip CRCs only "
                      "(the next checkpoint gets one)")
-    return cfg, run_dir, state, notes
+    given_net = any("profile" in layer.get("net", {}) for _, layer in cli)
+    drift = None if given_net else _profile_drift(cfg.net.profile)
+    return cfg, run_dir, state, notes + ([drift] if drift else [])
+
+
+def _changes(saved: dict, new: dict) -> list[str]:
+    """What a resume changes, key by key (a recorded network profile too: each of its keys that differs)."""
+    out = []
+    for section, values in new.items():
+        if section in ("per_algo", "faults"):
+            continue
+        for key, value in values.items():
+            old = saved[section][key]
+            if old == value or (section, key) == ("run", "out"):
+                continue
+            if isinstance(old, dict) and isinstance(value, dict):
+                out += [f"{section}.{key}.{k} {old.get(k)!r} → {value.get(k)!r}" for k in {**old, **value}
+                        if old.get(k) != value.get(k)]
+            else:
+                out.append(f"{section}.{key} {old!r} → {value!r}")
+    return out
+
+
+def _profile_drift(recorded) -> str | None:
+    """A note when the file a run recorded its profile from has changed since: the run keeps its record (as it
+    keeps its config), and the user who edited the file learns how to use it."""
+    if not isinstance(recorded, dict) or not recorded.get("file"):
+        return None
+    try:
+        now = net.record(recorded["file"])
+    except ConfigError:
+        return None  # gone or broken: nothing is taken from it
+    differ = [f"{k} {recorded.get(k)!r} → {now[k]!r}" for k in now if recorded.get(k) != now[k]]
+    return (f"note: {recorded['file']} changed since this run recorded it ({', '.join(differ)}); the run keeps its "
+            f"recorded profile (config.yaml net.profile): pass --net {recorded['file']} to take the file's"
+            if differ else None)
 
 
 def _refuse_identity_changes(saved: dict, new: dict) -> None:
@@ -189,18 +225,12 @@ def set_up_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) ->
 
 
 def _yaml(data: dict) -> str:
-    import yaml
-    return yaml.safe_dump(data, sort_keys=False)
+    return yamlio.dump(data)
 
 
-def network_profile(cfg: Config):
-    """The run's network profile (net.py); a bad name or file is a one-line ConfigError."""
-    import dataclasses
-
-    from .net import load_profile
-
-    profile = load_profile(cfg.net.profile)
-    return dataclasses.replace(profile, mode=cfg.net.mode) if cfg.net.mode else profile
+def network_profile(cfg: Config, n_procs: int | None = None):
+    """The run's network profile (net.py); a bad name or file, or one that would do nothing, is a ConfigError."""
+    return net.job_profile(cfg, n_procs)
 
 
 def intra_op_threads() -> int:
@@ -274,12 +304,13 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None,
             raise ConfigError(f"--nproc must be ≥ 1, got {n_procs}")
     restarted = env is not None and attempt() > 0
     cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None, restarted, config)
+    done = state["iteration"] if state and not restarted else 0  # a restarted job runs no faults: none to refuse
     del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
     if cfg.run.device == "xla" and (env is not None or args.max_restarts):
         raise ConfigError("run.device=xla starts its own device threads (--nproc devices): run it with decnode-run "
                           "and without --max-restarts" + (", not under torchrun" if env is not None else ""))
-    network_profile(cfg)
-    faults.validate(cfg, n_procs)
+    network_profile(cfg, n_procs)
+    faults.validate(cfg, n_procs, done)
     preflight.check_dependencies(cfg)
     if not args.no_preflight:
         preflight.check_resources(cfg, n_procs)

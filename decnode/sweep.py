@@ -30,9 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from . import rundir
+from . import rundir, yamlio
 from .cli import OneLineParser, fail
 from .config import ConfigError
 from .sweepfile import Cell, load_sweep
@@ -91,7 +89,7 @@ def prepare_dir(path: Path, out: Path, cells: list[Cell]) -> None:
     summary = {"sweep_file": str(path.resolve()), "given": path.read_text(),
                "cells": [{"name": c.name, "values": c.values, "processes": c.procs, "config": str(c.config_file),
                           "run_dir": str(c.run_dir)} for c in cells]}
-    (out / "sweep.yaml.tmp").write_text(yaml.safe_dump(summary, sort_keys=False))
+    (out / "sweep.yaml.tmp").write_text(yamlio.dump(summary))
     os.replace(out / "sweep.yaml.tmp", out / "sweep.yaml")  # whole or absent: it is what marks the directory ours
     for c in cells:
         text = config_text(c)

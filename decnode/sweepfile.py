@@ -138,9 +138,9 @@ def _grid_values(path: Path, data: dict) -> list[dict]:
 def load_sweep(path: Path, out: Path | None = None) -> tuple[Path, list[Cell]]:
     """The sweep file, its directory and every cell, composed and resolved; ConfigError (one line) otherwise."""
     try:
-        data = yamlio.read(path)
+        data = yamlio.read(path, "sweep file")
     except yamlio.YamlError as err:
-        raise ConfigError(str(err).replace("config file", "sweep file")) from None
+        raise ConfigError(str(err)) from None
     unknown = [k for k in data if k not in KEYS]
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(KEYS)})")

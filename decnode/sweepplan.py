@@ -68,9 +68,8 @@ def command(cell: Cell, how: str, jobs: int) -> list[str]:
 
 
 def config_text(cell: Cell) -> str:
-    """configs/<cell>.yaml below its comment line: the cell's resolved config."""
-    import yaml
-    return yaml.safe_dump(cell.cfg.to_dict(), sort_keys=False)
+    """configs/<cell>.yaml below its comment line: the cell's resolved config (read back unchanged by yamlio)."""
+    return yamlio.dump(cell.cfg.to_dict())
 
 
 # ---- checks -------------------------------------------------------------------------------------------------------

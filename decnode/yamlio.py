@@ -1,4 +1,5 @@
-"""Reading config YAML strictly: numbers as a user types them, duplicate keys refused, `base:` files merged.
+"""The one YAML reading of decnode: every file it reads (configs and their `base:`, network profiles, sweep files,
+its own config.yaml) goes through `read`, every `--set` value through `parse`, and what it writes through `dump`.
 
 PyYAML implements YAML 1.1, where `1e-3` is a string (its float form needs a dot), `010` is octal 8 and `1:30`
 is 90. We read scalars the YAML 1.2 way instead, and refuse a key given twice in one mapping (1.1 keeps the last
@@ -79,30 +80,48 @@ def parse(text: str, source: str):
         raise YamlError(f"{source}: not valid YAML ({type(err).__name__}: {str(err)[:80]})") from None
 
 
-def read(path: Path) -> dict:
-    """A YAML file holding a mapping (or nothing); YamlError for anything else."""
+# What each kind of file holds, for the message when it holds something else.
+HOLDS = {"config file": "sections", "network profile": "profile keys", "sweep file": "sweep keys"}
+
+
+def read(path: Path, what: str = "config file") -> dict:
+    """A YAML file holding a mapping (an empty file: {}); YamlError for anything else. `what` names the kind of
+    file in the messages ("config file", "network profile", "sweep file"), which are otherwise the same for all."""
+    path = Path(path)
     if path.is_dir():
-        raise YamlError(f"config file {path} is a directory, not a YAML file")
+        raise YamlError(f"{what} {path} is a directory, not a YAML file")
     if not path.exists():
-        raise YamlError(f"config file not found: {path}")
+        raise YamlError(f"{what} not found: {path}")
     try:
         size = path.stat().st_size
-        if size > MAX_BYTES:  # a config is a few KB; do not spend a minute parsing a stray data file
-            raise YamlError(f"config file {path} is {size / 2**20:.1f} MB; a config file is at most "
-                            f"{MAX_BYTES // 2**20} MB")
+        if size > MAX_BYTES:  # such a file is a few KB; do not spend a minute parsing a stray data file
+            raise YamlError(f"{what} {path} is {size / 2**20:.1f} MB; a {what} is at most {MAX_BYTES // 2**20} MB")
         raw = path.read_bytes()
     except OSError as err:
-        raise YamlError(f"cannot read config file {path}: {err.strerror or err}") from None
+        raise YamlError(f"cannot read {what} {path}: {err.strerror or err}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise YamlError(f"config file {path} is not a text file (not UTF-8)") from None
+        raise YamlError(f"{what} {path} is not a text file (not UTF-8)") from None
     data = parse(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise YamlError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+        raise YamlError(f"{path}: expected a mapping of {HOLDS.get(what, 'keys')}, got {type(data).__name__}")
     return data
+
+
+class StrictDumper(yaml.SafeDumper):
+    """Writes what StrictLoader reads back unchanged: a string that YAML 1.2 would read as a number (a run
+    directory named `1e5`) is quoted, which PyYAML's 1.1 resolvers would not do."""
+
+
+StrictDumper.yaml_implicit_resolvers = StrictLoader.yaml_implicit_resolvers
+
+
+def dump(data) -> str:
+    """YAML text of data in the order given; parse(dump(x)) == x."""
+    return yaml.dump(data, Dumper=StrictDumper, sort_keys=False)  # ASCII (escapes): any locale writes it
 
 
 def merge(base: dict, over: dict) -> dict:
