@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import faults, preflight, restart, rundir
+from . import dirlock, faults, preflight, restart, rundir
 from .elastic import attempt, max_restarts
 from .cli import OneLineParser
 from .cli import fail as _fail
@@ -160,11 +160,15 @@ def default_run_dir(cfg: Config, run_id: str | None = None) -> Path:
     return Path("runs") / f"{env}-n{cfg.env.n_agents}-{cfg.algo.name}{k}-s{cfg.train.seed}-{tag}"
 
 
-def set_up_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> list[str]:
-    """Rank 0 only, once per job: check, then (and only then) create the run directory and its config.yaml."""
+def set_up_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, job: str | None = None) -> list[str]:
+    """Rank 0 only, once per job: check, lock, then (and only then) create the run directory and its config.yaml."""
     notes = []
-    if not resume:
-        note = rundir.prepare(run_dir, overwrite)
+    if resume:
+        rundir.lock(run_dir, job)
+    else:
+        rundir.prepare(run_dir, overwrite)  # refused here, nothing is written (not even a lock file)
+        rundir.lock(run_dir, job)
+        note = rundir.prepare(run_dir, overwrite)  # again under the lock: another job may have been there meanwhile
         notes += [note] if note else []
         rundir.create(run_dir)
     text = _yaml(cfg.to_dict())
@@ -244,6 +248,7 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
         # Checkpoint written and the group torn down: now let the launcher's signal end this process, as it
         # expects (it would otherwise wait for a return value nobody reads, then SIGKILL us).
         signal.signal(summary["signal"], signal.SIG_DFL)
+        dirlock.release_all()  # the signal skips atexit: a stop is not a death, so leave no lock behind
         os.kill(os.getpid(), summary["signal"])
     return summary
 
@@ -268,7 +273,13 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Pat
         if n_procs < 1:
             raise ConfigError(f"--nproc must be ≥ 1, got {n_procs}")
     restarted = env is not None and attempt() > 0
-    cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None, restarted)
+    first, job = env is None or env.rank == 0, env.run_id if env else None
+    guard = first and not restarted and not args.print_config  # says who uses the run directory, if anybody
+    if guard and args.resume:  # a live run is named before its checkpoint is read
+        rundir.refuse_if_busy(Path(args.resume), job)
+    cfg, run_dir, state, notes = prepare(args, n_procs, job, restarted)
+    if guard:
+        rundir.refuse_if_busy(run_dir, job)
     del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
     if cfg.run.device == "xla" and (env is not None or args.max_restarts):
         raise ConfigError("run.device=xla starts its own device threads (--nproc devices): run it with decnode-run "
@@ -280,10 +291,20 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None) -> tuple[Config, Pat
         preflight.check_resources(cfg, n_procs)
     if args.print_config:
         return cfg, run_dir, notes, n_procs
+    if not first:
+        # Another torchrun worker writes into the run directory only after the process group forms, which rank 0
+        # joins once it holds the lock; with restarts it first leaves its note (restart.py), so it waits for the
+        # lock (the directory is shared then: every rank reloads the checkpoint from it).
+        if max_restarts() and not dirlock.wait_for(run_dir, rundir.LOCK, job, attempt(), cfg.run.timeout_s):
+            raise ConfigError(f"rank 0 did not lock {run_dir} within run.timeout_s={cfg.run.timeout_s:g} s")
+        return cfg, run_dir, notes, n_procs
     if restarted:  # torchrun runs the whole command again: the run directory is this job's, never replaced
+        # Its rank 0 of the last attempt is gone, and with it the lock: take it again (unless another job did).
+        rundir.lock(run_dir, job, attempt(), wait_s=cfg.run.timeout_s)
         return cfg, run_dir, [], n_procs
-    if env is None or env.rank == 0:  # once per job, whoever launched it; the other workers wait in the rendezvous
-        notes += set_up_run_dir(cfg, run_dir, bool(args.resume), args.overwrite)
+    # Once per job, whoever launched it: this process holds the lock for the job's life (our launcher's workers
+    # are its children; torchrun's other workers waited above).
+    notes += set_up_run_dir(cfg, run_dir, bool(args.resume), args.overwrite, job)
     return cfg, run_dir, notes, n_procs
 
 

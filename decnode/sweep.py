@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import json
 import os
 import signal
@@ -28,12 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import rundir
+from . import dirlock, rundir
 from .cli import OneLineParser, fail
 from .config import ConfigError, read_file
 from .sweepfile import Cell, load_sweep
 
 PROG = "decnode-sweep"
+LOCK = ".sweep.lock"  # held by the sweep running in the directory (dirlock.py)
 STOP_WAIT_S = 120.0  # a cell finishes its iteration and checkpoints; beyond this it is killed
 
 
@@ -282,12 +282,10 @@ def main(argv: list[str] | None = None) -> None:
         out, cells = load_sweep(path, Path(args.out) if args.out else None)
         jobs = args.jobs or max(1, _cores() // max(c.procs for c in cells))
         if not args.dry_run:  # two sweeps in one directory would start the same cells twice
-            out.mkdir(parents=True, exist_ok=True)
-            lock = open(out / ".sweep.lock", "w")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConfigError(f"another decnode-sweep is running in {out}") from None
+            held = dirlock.acquire(out, LOCK, PROG, f"another decnode-sweep is running in {out}{{holder}}")
+            if held.left_by is not None:
+                print(f"{PROG}: {out} was locked by a sweep that died{dirlock.describe(held.left_by)}; taking it "
+                      "over", file=sys.stderr, flush=True)
         sweep = Sweep(path, out, cells, jobs, args.retry_failed)
         if args.dry_run:
             for c in cells:
@@ -298,6 +296,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{len(cells)} cells ({counts}), {sum(c.cfg.train.iterations for c in cells)} iterations; "
                   f"--jobs {jobs}; sweep directory {out}")
             return
+        for c in cells:  # a cell's directory used by a job of its own (decnode-run by hand): its cell would be refused
+            if sweep.states[c.name] in ("pending", "stopped"):
+                try:
+                    rundir.refuse_if_busy(c.run_dir)
+                except dirlock.Busy as err:
+                    raise ConfigError(f"cell {c.name}: {err}") from None
         prepare_dir(path, out, cells, sweep.states)
     except ConfigError as err:
         fail(PROG, str(err))
