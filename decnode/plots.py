@@ -30,6 +30,7 @@ import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .analysis import AnalysisError, OneLineParser, fail  # noqa: E402
+from . import metricsfile  # noqa: E402
 from .cli import check_output  # noqa: E402
 from .timing import ORDER, grouped  # noqa: E402
 
@@ -46,6 +47,7 @@ class Run:
     metrics: list[dict]
     timing: dict | None
     evaluation: dict | None
+    cut: str | None = None  # the note when metrics.jsonl's cut-short last line was dropped
 
 
 def run_label(cfg: dict) -> str:
@@ -65,9 +67,13 @@ def load_run(path: str | Path) -> Run:
         if not (path / name).is_file():
             raise AnalysisError(f"no {name} in {path} (not a decnode run directory?)")
     try:
+        metrics = metricsfile.read(path)
+    except metricsfile.MetricsError as err:
+        raise AnalysisError(str(err)) from None
+    try:
         cfg = yaml.safe_load((path / "config.yaml").read_text())
-        metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        return Run(path, cfg, metrics, _read_json(path / "timing.json"), _read_json(path / "eval.json"))
+        return Run(path, cfg, metrics.records, _read_json(path / "timing.json"), _read_json(path / "eval.json"),
+                   metrics.cut)
     except (yaml.YAMLError, json.JSONDecodeError, KeyError) as err:
         raise AnalysisError(f"{path}: unreadable run files ({str(err).splitlines()[0][:100]})") from None
 
@@ -355,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
         check_output(out, "directory")  # before the work, not after it
     except (AnalysisError, ValueError) as err:
         fail("decnode-plot", str(err))
+    for run in runs:
+        if run.cut:
+            print(f"decnode-plot: {run.cut}", flush=True)
     for path in make_plots(runs, out, args.smooth):
         print(f"wrote {path}")
 

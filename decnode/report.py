@@ -80,6 +80,8 @@ def load_runs(root: Path, include_unfinished: bool) -> tuple[list[plots.Run], li
         except (KeyError, TypeError, ValueError):
             notes.append(f"skipped {rel}: config.yaml is not a resolved decnode config")
             continue
+        if run.cut:
+            notes.append(run.cut)
         if not run.metrics:
             notes.append(f"skipped {rel}: no iteration logged (failed during setup?)")
             continue

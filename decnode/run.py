@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import dirlock, faults, preflight, restart, rundir
+from . import dirlock, faults, metricsfile, preflight, restart, rundir
 from .elastic import attempt, max_restarts
 from .cli import OneLineParser
 from .cli import fail as _fail
@@ -107,8 +108,10 @@ def _prepare_resume(args, n_procs, restarted=False):
     if not run_dir.is_dir():
         raise ckpt.CheckpointError(f"cannot resume: {run_dir} is not a directory")
     if not (run_dir / ckpt.CHECKPOINT).exists() and (run_dir / rundir.MANIFEST).exists():
-        raise ckpt.CheckpointError(f"no checkpoint in {run_dir}: the run stopped before its first one; run the same "
-                                   "command without --resume to start it again (the directory is reused)")
+        why = ("it was deleted, or the run stopped before its first one" if rundir.has_trained(run_dir) else
+               "the run stopped before its first one")
+        raise ckpt.CheckpointError(f"no checkpoint in {run_dir} ({why}): start the run again from iteration 0 "
+                                   f"with {start_again(run_dir)}")
     state = ckpt.load(run_dir)
     saved = from_dict(state["config"], f"checkpoint {run_dir}").to_dict()
     # Injected faults belong to the attempt that ran them: a resume runs only those given again with --set.
@@ -137,7 +140,27 @@ def _prepare_resume(args, n_procs, restarted=False):
     changes = [f"{s}.{k} {saved[s][k]!r} → {v!r}" for s, values in new.items() if s not in ("per_algo", "faults")
                for k, v in values.items() if saved[s][k] != v and (s, k) != ("run", "out")]
     notes = [f"resuming {run_dir} at iteration {done}" + (f", with changes: {', '.join(changes)}" if changes else "")]
-    return cfg, run_dir, state, notes
+    try:  # the worker's logger rewrites metrics.jsonl by the same plan (the run directory is locked meanwhile)
+        plan = metricsfile.plan_resume(run_dir, done, state.get("metrics_line"),
+                                       f", or start the run again from iteration 0 with {start_again(run_dir)}")
+    except metricsfile.MetricsError as err:
+        raise ConfigError(str(err)) from None
+    return cfg, run_dir, state, notes + plan.notes
+
+
+def start_again(run_dir: Path) -> str:
+    """The command that trains the run in run_dir again from iteration 0 with the config it trained, in place
+    (what a resume cannot do without a checkpoint)."""
+    overwrite = " --overwrite" if rundir.has_trained(run_dir) else ""  # else prepare() replaces it by itself
+    path = run_dir / "config.yaml"
+    try:
+        cfg = read_file(path)
+        nproc = int(cfg["env"]["n_agents"]) // int(cfg["algo"]["agents_per_process"])
+    except (ConfigError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return f"your first command and --out {run_dir}{overwrite} (its config.yaml is missing or unreadable)"
+    faults = " --set 'faults=[]'" if cfg.get("faults") else ""  # they belonged to the attempt that ran them
+    return (f"decnode-run --config {shlex.quote(str(path))} --nproc {nproc} --out {shlex.quote(str(run_dir))}"
+            f"{faults}{overwrite}")
 
 
 def _refuse_identity_changes(saved: dict, new: dict) -> None:

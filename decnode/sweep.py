@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import dirlock, rundir
+from . import dirlock, metricsfile, rundir
 from .cli import OneLineParser, fail
 from .config import ConfigError, read_file
 from .sweepfile import Cell, load_sweep
@@ -43,17 +43,11 @@ def _cores() -> int:
 
 # ---- what a cell's directory says ---------------------------------------------------------------------------------
 def _metrics(run_dir: Path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
+    return metricsfile.records(run_dir)
 
 
 def _logged(run_dir: Path) -> int:
-    try:
-        return (run_dir / "metrics.jsonl").read_bytes().count(b"\n")
-    except OSError:
-        return 0
+    return len(metricsfile.records(run_dir))
 
 
 def _info(out: Path, cell: Cell) -> dict:
