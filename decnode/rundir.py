@@ -85,8 +85,9 @@ def has_trained(run_dir: Path) -> bool:
 
 def clear(run_dir: Path, patterns) -> None:
     """Delete decnode's own files in run_dir (callers have checked there is nothing else), then its subfolders;
-    the lock stays (this job holds it: deleting it would let another job lock a new one)."""
-    for rel, is_dir in sorted(_entries(run_dir), key=lambda e: -e[0].count("/")):
+    the lock stays (this job holds it: deleting it would let another job lock a new one). The manifest goes last:
+    a job killed half way leaves a directory that is still recognisably decnode's."""
+    for rel, is_dir in sorted(_entries(run_dir), key=lambda e: (-e[0].count("/"), e[0] == MANIFEST)):
         path = run_dir / rel
         if rel == LOCK:
             continue

@@ -153,7 +153,7 @@ def test_a_live_run_refuses_a_second_run_an_overwrite_a_resume_and_a_torchrun_jo
 
 def test_two_runs_started_together_one_runs_the_other_is_refused(box):
     run = box / "home" / "dual"
-    cmd = [sys.executable, "-m", "decnode.run", *ONE, "--iterations", "12", "--out", run]
+    cmd = [sys.executable, "-m", "decnode.run", *ONE, "--iterations", "30", "--out", run]
     procs = [start(cmd, box / "cwd") for _ in range(2)]
     results = [(p, *p.communicate(timeout=300)) for p in procs]
     ok = [r for r in results if r[0].returncode == 0]
@@ -163,7 +163,7 @@ def test_two_runs_started_together_one_runs_the_other_is_refused(box):
     assert loser.returncode == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.strip().startswith(f"decnode-run: error: run directory {run} is in use by another job (pid "
                                   f"{winner.pid} on host {socket.gethostname()}"), err
-    assert each_once(run) == 12 and not (run / LOCK).exists()
+    assert each_once(run) == 30 and not (run / LOCK).exists()
 
 
 def test_a_torchrun_job_holds_the_lock_in_its_rank_0(box):
@@ -239,7 +239,8 @@ def test_a_lock_left_by_a_killed_job_is_taken_over_and_said(box):
                           f"{socket.gethostname()}, decnode-run since {holder['since']}); taking it over"]
     assert each_once(run) == checkpoint + 2 and not (run / LOCK).exists()
     # --overwrite, too: the lock file is decnode's own, not a foreign file that would block it
-    proc = start([sys.executable, "-m", "decnode.run", *ONE, *FOREVER, "--out", run, "--overwrite"], box / "cwd")
+    run = box / "home" / "run2"
+    proc = start([sys.executable, "-m", "decnode.run", *ONE, *FOREVER, "--out", run], box / "cwd")
     holder = wait_live(proc, run)
     stop(proc, signal.SIGKILL)
     res = cli([*ONE, "--iterations", "3", "--out", run, "--overwrite"], box / "cwd", timeout=240)
