@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from decnode.metricsfile import records  # noqa: E402
 
 
 def run_cell(n: int, algo: str, k: int, profile: str, iterations: int) -> dict:
@@ -32,7 +34,7 @@ def run_cell(n: int, algo: str, k: int, profile: str, iterations: int) -> dict:
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if res.returncode:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
-        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        lines = records(out)
         ranks = json.loads((out / "timing.json").read_text())["simulated"]["ranks"]
     per_it = lambda key: statistics.mean(r[key] for r in ranks) / iterations  # noqa: E731
     seconds = statistics.median(d["sim"]["seconds"] for d in lines[1:])

@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from decnode.metricsfile import records  # noqa: E402
 from decnode.timing import grouped  # noqa: E402
 
 COMM = ("step_exchange", "gossip/allreduce", "waiting")
@@ -49,7 +50,7 @@ def run(args: list[str], warmup: int, timeout: float = 1800) -> dict:
             lines = [x for x in err.splitlines() if x.strip()]
             result["error"] = lines[-1].strip() if lines else f"exit code {proc.returncode}"
             return result
-        metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        metrics = records(out)
         timing = json.loads((out / "timing.json").read_text())
         procs = json.loads((out / "processes.json").read_text())
     kept = metrics[warmup:-1] or metrics[-1:]  # a run too short for warm-up still gives a (rough) figure

@@ -14,7 +14,6 @@ iteration (warm-up) and evaluation iterations are left out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -24,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from decnode.metricsfile import records  # noqa: E402
 # Every section the host spends in a message or collective (its waiting for the peer included, as in the clock).
 COMM = ("step_exchange", "reward_scatter", "state_broadcast", "gossip", "gossip_critic", "allreduce",
         "allreduce_critic", "stats", "broadcast", "gather", "wait")
@@ -39,7 +40,7 @@ def bits_per_s(rate: str) -> float:
 
 def per_iteration(run: Path) -> list[dict]:
     """Rank 0's iterations after the first, without evaluation (its episodes are compute and messages mixed)."""
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = records(run)
     return [m for m in lines[1:] if m.get("eval_reward") is None]
 
 

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from decnode.metricsfile import records  # noqa: E402
 # One process per agent where that fits comfortably on 2 cores; 27m_vs_30m: 3 agents per process (9 processes).
 DEFAULT_NPROC = {"5m_vs_6m": 5, "10m_vs_11m": 10, "6h_vs_8z": 6, "27m_vs_30m": 9}
 
@@ -31,7 +33,7 @@ def run_map(name: str, nproc: int, iterations: int) -> dict:
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if res.returncode:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
-        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        lines = records(out)
         timing = json.loads((out / "timing.json").read_text())
     per_iter = [sum(d["timing"].values()) for d in lines[1:]]
     seconds = statistics.median(per_iter)

@@ -6,7 +6,6 @@ other worker when one dies. This module turns its outcome into one line a resear
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import metricsfile
 from .config import ConfigError
 from .watch import is_diagnosis
 
@@ -91,20 +91,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def last_iteration(run_dir: Path) -> int | None:
-    """The last iteration rank 0 logged (what the job was doing when it failed)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return None
-    last = 0
-    for line in path.read_text().splitlines():
-        try:
-            last = json.loads(line)["iteration"]
-        except (ValueError, KeyError, TypeError):  # blank, or cut short by a full disk
-            pass
-    return last
 
 
 def checkpoint_iteration(run_dir: Path) -> int | None:
@@ -237,7 +223,7 @@ def launch(n_procs: int, worker, payload: tuple, run_dir: Path, prog: str = "dec
         diagnosed = [m for m in (_recorded_error(f)[1] for f in err.failures.values()) if is_diagnosis(m)]
         where = resume = ""
         if training:
-            it, saved = last_iteration(run_dir), checkpoint_iteration(run_dir)
+            it, saved = metricsfile.last_iteration(run_dir), checkpoint_iteration(run_dir)
             where = f" during iteration {it + 1}" if it is not None else " during setup"
             resume = f"; last checkpoint: iteration {saved}, continue with --resume {run_dir}" if saved else ""
         what = (diagnosed[0] + restarts if diagnosed else

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from . import metricsfile
 from .timing import format_table
 
 SCALARS = ("train_reward", "eval_reward", "eval_win_rate", "train_win_rate", "policy_loss", "value_loss",
@@ -22,13 +22,16 @@ class RunLogger:
     unfinished: RunLogger | None = None  # this process's unfinished logger, whose progress bar a failure must end
 
     def __init__(self, run_dir: Path, total_iterations: int, start_iteration: int, tensorboard: bool,
-                 writing=None):
+                 writing=None, saved_line: str | None = None):
+        """saved_line: the checkpoint's own metrics line (what a resume restores if the file lost it)."""
         self.run_dir = Path(run_dir)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = self.run_dir / metricsfile.NAME
         # writing(what): around each write, turns a full or read-only disk into one line (trainer.writing)
         self.writing = writing or (lambda what: contextlib.nullcontext())
         with self.writing("metrics.jsonl"):
-            self._truncate_after(start_iteration)  # lines past the checkpoint belong to the lost future
+            # From the checkpoint's iteration on (the lines past it belong to the lost future; a cut line goes).
+            # decnode-run's resume checked the same plan before anything started (run.py).
+            metricsfile.rewind(self.run_dir, metricsfile.plan_resume(self.run_dir, start_iteration, saved_line))
             # Unbuffered: a line that cannot be written fails here, not again later when the file is closed.
             self.metrics = open(self.metrics_path, "ab", buffering=0)
         self.writer = None
@@ -48,23 +51,6 @@ class RunLogger:
         if cls.unfinished is not None:
             cls.unfinished.bar.close()
             cls.unfinished = None
-
-    def _truncate_after(self, iteration: int) -> None:
-        """Cut the file after the last line of an iteration ≤ `iteration`. In place (a full disk has no room
-        for a copy); a line cut short by a failed write, which can only be the last, goes too."""
-        if not self.metrics_path.exists():
-            return
-        keep = 0
-        with open(self.metrics_path, "rb") as f:
-            for raw in f:
-                try:
-                    past = json.loads(raw)["iteration"] > iteration
-                except (ValueError, KeyError, TypeError):
-                    past = raw.strip() != b""
-                if past or not raw.endswith(b"\n"):
-                    break
-                keep += len(raw)
-        os.truncate(self.metrics_path, keep)
 
     def log(self, line: str, stats: dict, last_eval: float) -> None:
         it = stats["iteration"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import metricsfile
 from .cli import OneLineParser, fail, finite
 from .config import Config, ConfigError, compose, parse_override, read_file, resolve
 from .net import PRESETS, NetProfile, load_profile
@@ -163,7 +164,7 @@ def run_job(cfg_args: list[str], nproc: int, net: str, iterations: int, out: Pat
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if done.returncode:
         raise RuntimeError(f"the job failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    lines = metricsfile.read(out).records
     lines = lines[:-1] if len(lines) > 1 else lines
     comm_sections = ("step_exchange", "reward_scatter", "gossip", "gossip_critic", "allreduce", "allreduce_critic",
                      "stats", "state_broadcast")

@@ -32,6 +32,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import yamlio  # noqa: E402
 from .analysis import AnalysisError, OneLineParser, fail  # noqa: E402
+from . import metricsfile  # noqa: E402
 from .outputs import Writer, check_dir  # noqa: E402
 from .timing import ORDER, grouped  # noqa: E402
 
@@ -48,6 +49,7 @@ class Run:
     metrics: list[dict]
     timing: dict | None
     evaluation: dict | None
+    cut: str | None = None  # the note when metrics.jsonl's cut-short last line was dropped
 
 
 def run_label(cfg: dict) -> str:
@@ -67,10 +69,11 @@ def load_run(path: str | Path) -> Run:
         if not (path / name).is_file():
             raise AnalysisError(f"no {name} in {path} (not a decnode run directory?)")
     try:
+        metrics = metricsfile.read(path)
         cfg = yamlio.read(path / "config.yaml")
-        metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        return Run(path, cfg, metrics, _read_json(path / "timing.json"), _read_json(path / "eval.json"))
-    except yamlio.YamlError as err:  # one line naming the file and line already
+        return Run(path, cfg, metrics.records, _read_json(path / "timing.json"), _read_json(path / "eval.json"),
+                   metrics.cut)
+    except (metricsfile.MetricsError, yamlio.YamlError) as err:  # one line naming the file and line already
         raise AnalysisError(str(err)) from None
     except (json.JSONDecodeError, KeyError) as err:
         raise AnalysisError(f"{path}: unreadable run files ({str(err).splitlines()[0][:100]})") from None
@@ -359,6 +362,9 @@ def main(argv: list[str] | None = None) -> None:
         check_dir(out)  # before the work, not after it: new, empty or holding only decnode's figures
     except (AnalysisError, ValueError) as err:
         fail("decnode-plot", str(err))
+    for run in runs:
+        if run.cut:
+            print(f"decnode-plot: {run.cut}", flush=True)
     try:
         with Writer(out, whole=True) as figures:  # put in place together once every figure is whole
             made = make_plots(runs, figures.stage, args.smooth)

@@ -83,6 +83,8 @@ def load_runs(root: Path, include_unfinished: bool) -> tuple[list[plots.Run], li
         except (KeyError, TypeError, ValueError):
             notes.append(f"skipped {rel}: config.yaml is not a resolved decnode config")
             continue
+        if run.cut:
+            notes.append(run.cut)
         if not run.metrics:
             why = last_error(path)
             notes.append(f"skipped {rel}: no iteration logged; " + (f"its last attempt ended: {why}" if why else

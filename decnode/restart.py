@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import metricsfile
 from .elastic import attempt, max_restarts
 
 NOTES = "attempts"
@@ -140,11 +141,9 @@ def cause(run_dir: Path, n: int, world: int) -> tuple[int | str, str]:
 
 def record(run_dir: Path, world: int, checkpoint: int | None) -> dict:
     """Rank 0 of attempt n > 0, before anything is written: what ended attempt n − 1 and what is replayed."""
-    from .launch import last_iteration
-
     n = attempt()
     rank, how = cause(run_dir, n - 1, world)
-    logged = last_iteration(run_dir) or 0
+    logged = metricsfile.last_iteration(run_dir) or 0
     return {"restart": n, "job": _job(), "rank": rank, "how": how, "iteration": logged + 1,
             "checkpoint": checkpoint, "replayed": max(logged - (checkpoint or 0), 0)}
 
@@ -159,12 +158,10 @@ def unlogged(run_dir: Path, checkpoint: int | None) -> list[dict]:
                and note["restart"]["restart"] <= attempt()]
     records.sort(key=lambda r: r["restart"])
     kept = set()
-    with contextlib.suppress(OSError):
-        for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                data = json.loads(line)
-                if data["iteration"] <= (checkpoint or 0):
-                    kept |= {(r["job"], r["restart"]) for r in data.get("restarts", [])}
+    for data in metricsfile.records(run_dir):
+        if data["iteration"] <= (checkpoint or 0):
+            with contextlib.suppress(KeyError, TypeError, AttributeError):
+                kept |= {(r["job"], r["restart"]) for r in data.get("restarts", [])}
     return [r for r in records if (r["job"], r["restart"]) not in kept]
 
 

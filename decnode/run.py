@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import faults, net, preflight, restart, rundir, yamlio
+from . import dirlock, faults, metricsfile, net, preflight, restart, rundir, yamlio
 from .elastic import attempt, max_restarts
 from .cli import OneLineParser
 from .cli import fail as _fail
@@ -109,8 +110,10 @@ def _prepare_resume(args, n_procs, restarted=False):
     if not run_dir.is_dir():
         raise ckpt.CheckpointError(f"cannot resume: {run_dir} is not a directory")
     if not (run_dir / ckpt.CHECKPOINT).exists() and (run_dir / rundir.MANIFEST).exists():
-        raise ckpt.CheckpointError(f"no checkpoint in {run_dir}: the run stopped before its first one; run the same "
-                                   "command without --resume to start it again (the directory is reused)")
+        why = ("it was deleted, or the run stopped before its first one" if rundir.has_trained(run_dir) else
+               "the run stopped before its first one")
+        raise ckpt.CheckpointError(f"no checkpoint in {run_dir} ({why}): start the run again from iteration 0 "
+                                   f"with {start_again(run_dir)}")
     state = ckpt.load(run_dir)
     saved = from_dict(state["config"], f"checkpoint {run_dir}").to_dict()
     # Injected faults belong to the attempt that ran them: a resume runs only those given again with --set.
@@ -142,9 +145,14 @@ def _prepare_resume(args, n_procs, restarted=False):
     if not ckpt.has_digest(run_dir / ckpt.CHECKPOINT):
         notes.append(f"{run_dir / ckpt.CHECKPOINT} predates digest files: checked by its zip CRCs only "
                      "(the next checkpoint gets one)")
+    try:  # the worker's logger rewrites metrics.jsonl by the same plan (the run directory is locked meanwhile)
+        plan = metricsfile.plan_resume(run_dir, done, state.get("metrics_line"),
+                                       f", or start the run again from iteration 0 with {start_again(run_dir)}")
+    except metricsfile.MetricsError as err:
+        raise ConfigError(str(err)) from None
     given_net = any("profile" in layer.get("net", {}) for _, layer in cli)
     drift = None if given_net else _profile_drift(cfg.net.profile)
-    return cfg, run_dir, state, notes + ([drift] if drift else [])
+    return cfg, run_dir, state, notes + plan.notes + ([drift] if drift else [])
 
 
 def _changes(saved: dict, new: dict) -> list[str]:
@@ -180,6 +188,21 @@ def _profile_drift(recorded) -> str | None:
             if differ else None)
 
 
+def start_again(run_dir: Path) -> str:
+    """The command that trains the run in run_dir again from iteration 0 with the config it trained, in place
+    (what a resume cannot do without a checkpoint)."""
+    overwrite = " --overwrite" if rundir.has_trained(run_dir) else ""  # else prepare() replaces it by itself
+    path = run_dir / "config.yaml"
+    try:
+        cfg = read_file(path)
+        nproc = int(cfg["env"]["n_agents"]) // int(cfg["algo"]["agents_per_process"])
+    except (ConfigError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return f"your first command and --out {run_dir}{overwrite} (its config.yaml is missing or unreadable)"
+    faults = " --set 'faults=[]'" if cfg.get("faults") else ""  # they belonged to the attempt that ran them
+    return (f"decnode-run --config {shlex.quote(str(path))} --nproc {nproc} --out {shlex.quote(str(run_dir))}"
+            f"{faults}{overwrite}")
+
+
 def _refuse_identity_changes(saved: dict, new: dict) -> None:
     for section, values in new.items():
         if section in ("per_algo", "faults"):
@@ -200,11 +223,15 @@ def default_run_dir(cfg: Config, run_id: str | None = None) -> Path:
     return Path("runs") / f"{env}-n{cfg.env.n_agents}-{cfg.algo.name}{k}-s{cfg.train.seed}-{tag}"
 
 
-def set_up_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> list[str]:
-    """Rank 0 only, once per job: check, then (and only then) create the run directory and its config.yaml."""
+def set_up_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, job: str | None = None) -> list[str]:
+    """Rank 0 only, once per job: check, lock, then (and only then) create the run directory and its config.yaml."""
     notes = []
-    if not resume:
-        note = rundir.prepare(run_dir, overwrite)
+    if resume:
+        rundir.lock(run_dir, job)
+    else:
+        rundir.prepare(run_dir, overwrite)  # refused here, nothing is written (not even a lock file)
+        rundir.lock(run_dir, job)
+        note = rundir.prepare(run_dir, overwrite)  # again under the lock: another job may have been there meanwhile
         notes += [note] if note else []
         rundir.create(run_dir)
     text = _yaml(cfg.to_dict())
@@ -278,6 +305,7 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
         # Checkpoint written and the group torn down: now let the launcher's signal end this process, as it
         # expects (it would otherwise wait for a return value nobody reads, then SIGKILL us).
         signal.signal(summary["signal"], signal.SIG_DFL)
+        dirlock.release_all()  # the signal skips atexit: a stop is not a death, so leave no lock behind
         os.kill(os.getpid(), summary["signal"])
     return summary
 
@@ -303,7 +331,13 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None,
         if n_procs < 1:
             raise ConfigError(f"--nproc must be ≥ 1, got {n_procs}")
     restarted = env is not None and attempt() > 0
-    cfg, run_dir, state, notes = prepare(args, n_procs, env.run_id if env else None, restarted, config)
+    first, job = env is None or env.rank == 0, env.run_id if env else None
+    guard = first and not restarted and not args.print_config  # says who uses the run directory, if anybody
+    if guard and args.resume:  # a live run is named before its checkpoint is read
+        rundir.refuse_if_busy(Path(args.resume), job)
+    cfg, run_dir, state, notes = prepare(args, n_procs, job, restarted, config)
+    if guard:
+        rundir.refuse_if_busy(run_dir, job)
     done = state["iteration"] if state and not restarted else 0  # a restarted job runs no faults: none to refuse
     del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
     if cfg.run.device == "xla" and (env is not None or args.max_restarts):
@@ -316,10 +350,20 @@ def _check(args: argparse.Namespace, env: WorkerEnv | None,
         preflight.check_resources(cfg, n_procs)
     if args.print_config:
         return cfg, run_dir, notes, n_procs
+    if not first:
+        # Another torchrun worker writes into the run directory only after the process group forms, which rank 0
+        # joins once it holds the lock; with restarts it first leaves its note (restart.py), so it waits for the
+        # lock (the directory is shared then: every rank reloads the checkpoint from it).
+        if max_restarts() and not dirlock.wait_for(run_dir, rundir.LOCK, job, attempt(), cfg.run.timeout_s):
+            raise ConfigError(f"rank 0 did not lock {run_dir} within run.timeout_s={cfg.run.timeout_s:g} s")
+        return cfg, run_dir, notes, n_procs
     if restarted:  # torchrun runs the whole command again: the run directory is this job's, never replaced
+        # Its rank 0 of the last attempt is gone, and with it the lock: take it again (unless another job did).
+        rundir.lock(run_dir, job, attempt(), wait_s=cfg.run.timeout_s)
         return cfg, run_dir, [], n_procs
-    if env is None or env.rank == 0:  # once per job, whoever launched it; the other workers wait in the rendezvous
-        notes += set_up_run_dir(cfg, run_dir, bool(args.resume), args.overwrite)
+    # Once per job, whoever launched it: this process holds the lock for the job's life (our launcher's workers
+    # are its children; torchrun's other workers waited above).
+    notes += set_up_run_dir(cfg, run_dir, bool(args.resume), args.overwrite, job)
     return cfg, run_dir, notes, n_procs
 
 

@@ -1,7 +1,7 @@
 """Run directories: created by decnode, marked with a manifest, and only ever cleared of decnode's own files.
 
 `.decnode-run.json` marks a directory decnode created and lists the file patterns decnode writes into it
-(`WRITES`). `--overwrite` deletes a run directory's contents only when the manifest is there and every entry
+(`WRITES`). `.decnode-run.lock` is the lock of the job that uses it (dirlock.py): one job per run directory. `--overwrite` deletes a run directory's contents only when the manifest is there and every entry
 matches those patterns; anything else is refused in one line naming what would be lost. A run that never got
 past setup (no checkpoint, no model, no logged iteration) is replaced by the same command without --overwrite.
 """
@@ -19,13 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+from . import dirlock
 from .cli import check_output
 from .config import ConfigError
 
 MANIFEST = ".decnode-run.json"
+LOCK = ".decnode-run.lock"  # held by the job using the directory (dirlock.py); never deleted by --overwrite
 # Everything decnode writes into a run directory: training (trainer, logger, checkpoint), decnode-eval's default
 # output, decnode-landscape, decnode-plot's default RUN_DIR/plots.
-WRITES = (MANIFEST, "config.yaml", "metrics.jsonl", "timing.json", "trace.json", "models.pt", "models.pt.tmp",
+WRITES = (MANIFEST, LOCK, "config.yaml", "metrics.jsonl", "timing.json", "trace.json", "models.pt", "models.pt.tmp",
           "checkpoint.pt", "checkpoint.pt.tmp", "models.pt.sha256", "models.pt.sha256.tmp", "checkpoint.pt.sha256",
           "checkpoint.pt.sha256.tmp", "processes.json", "eval.json", "landscape.npz", "landscape_*.png",
           "tb/events.out.tfevents.*", "plots/*.png", "config.yaml.tmp", "attempts/*.json", "attempts/*.json.tmp")
@@ -44,8 +46,9 @@ def _manifest(run_dir: Path) -> dict | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("writes"), list):
         return None
-    # the manifest is ours too, and so are the tools' files
-    data["writes"] = [MANIFEST, *TOOL_WRITES, *(p for p in data["writes"] if isinstance(p, str))]
+    # the manifest, the lock and the tools' files are ours too (manifests written before the lock existed do not
+    # list it)
+    data["writes"] = [MANIFEST, LOCK, *TOOL_WRITES, *(p for p in data["writes"] if isinstance(p, str) and p != LOCK)]
     return data
 
 
@@ -80,7 +83,7 @@ def _names(paths: list[str], limit: int = 4) -> str:
     return ", ".join(paths[:limit]) + more
 
 
-def _has_trained(run_dir: Path) -> bool:
+def has_trained(run_dir: Path) -> bool:
     if any((run_dir / name).exists() for name in TRAINED):
         return True
     metrics = run_dir / "metrics.jsonl"
@@ -88,9 +91,13 @@ def _has_trained(run_dir: Path) -> bool:
 
 
 def clear(run_dir: Path, patterns) -> None:
-    """Delete decnode's own files in run_dir (callers have checked there is nothing else), then its subfolders."""
-    for rel, is_dir in sorted(_entries(run_dir), key=lambda e: -e[0].count("/")):
+    """Delete decnode's own files in run_dir (callers have checked there is nothing else), then its subfolders;
+    the lock stays (this job holds it: deleting it would let another job lock a new one). The manifest goes last:
+    a job killed half way leaves a directory that is still recognisably decnode's."""
+    for rel, is_dir in sorted(_entries(run_dir), key=lambda e: (-e[0].count("/"), e[0] == MANIFEST)):
         path = run_dir / rel
+        if rel == LOCK:
+            continue
         if is_dir:
             path.rmdir()  # empty by now: only our containers are left, and their files went first
         elif any(fnmatch.fnmatchcase(rel, p) for p in patterns):
@@ -109,18 +116,18 @@ def prepare(run_dir: Path, overwrite: bool) -> str | None:
     """Check that a new run may use run_dir (raises ConfigError, changes nothing); returns a note for stdout
     when the directory will be replaced. Call create() afterwards."""
     check_out_path(run_dir)
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not run_dir.exists() or not any(p.name != LOCK for p in run_dir.iterdir()):
         return None
     manifest = _manifest(run_dir)
     if manifest is None:
-        listing = _names(sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()))
+        listing = _names(sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir() if p.name != LOCK))
         raise ConfigError(f"{run_dir} is not empty and was not created by decnode (no {MANIFEST}); it holds "
                           f"{listing}: nothing is deleted, choose another --out")
     lost = foreign(run_dir, manifest["writes"])
     if lost:
         raise ConfigError(f"run directory {run_dir} holds files decnode did not write ({_names(lost)}); "
                           "nothing is deleted: move them or choose another --out")
-    if not _has_trained(run_dir):
+    if not has_trained(run_dir):
         return f"replacing {run_dir}: a run that stopped during setup (no iteration logged, no checkpoint)"
     if not overwrite:
         raise ConfigError(f"run directory {run_dir} exists; pass --resume {run_dir} or --overwrite")
@@ -137,6 +144,27 @@ def create(run_dir: Path) -> None:
         mark(run_dir)
     except OSError as err:
         raise ConfigError(f"cannot create run directory {run_dir}: {err.strerror or err}") from None
+
+
+def _busy(run_dir: Path) -> str:
+    return (f"run directory {run_dir} is in use by another job{{holder}}; nothing was changed: wait for it to end, "
+            "or stop it")
+
+
+def refuse_if_busy(run_dir: Path, job: str | None = None) -> None:
+    """Busy (one line naming the live job) when a job other than `job` holds run_dir's lock; changes nothing."""
+    record = dirlock.holder(run_dir, LOCK)
+    if record is not None and not (job is not None and record.get("job") == job):
+        raise dirlock.Busy(_busy(run_dir).replace("{holder}", dirlock.describe(record)))
+
+
+def lock(run_dir: Path, job: str | None = None, attempt: int = 0, wait_s: float = 0.0) -> None:
+    """Take run_dir's lock for this process's life, before anything in it is written or deleted (Busy if a live job
+    holds it); a lock left by a job that died is taken over, said on stderr."""
+    held = dirlock.acquire(run_dir, LOCK, "decnode-run", _busy(run_dir), job, attempt, wait_s)
+    if held.left_by is not None:
+        print(f"decnode-run: {run_dir} was locked by a job that died{dirlock.describe(held.left_by)}; taking it "
+              "over", file=sys.stderr, flush=True)
 
 
 @functools.cache
@@ -173,7 +201,7 @@ def mark(run_dir: Path) -> None:
         if other_code or added:
             if other_code:
                 data["resumed_git_commits"] = [*data.get("resumed_git_commits", []), commit]
-            data["writes"] = data["writes"][1 + len(TOOL_WRITES):] + added  # what _manifest() put first
+            data["writes"] = data["writes"][2 + len(TOOL_WRITES):] + added  # what _manifest() put first
             (run_dir / MANIFEST).write_text(json.dumps(data, indent=1) + "\n")
         return
     data = {"created_by": "decnode", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import rundir, yamlio
+from . import metricsfile, rundir, yamlio
 from .cli import OneLineParser, fail
 from .config import ConfigError
 from .sweepfile import Cell, load_sweep
@@ -42,10 +42,7 @@ STOP_WAIT_S = 120.0  # a cell finishes its iteration and checkpoints; beyond thi
 
 # ---- what a cell's directory says ---------------------------------------------------------------------------------
 def _metrics(run_dir: Path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
+    return metricsfile.records(run_dir)
 
 
 def csv_row(out: Path, cell: Cell, status: str) -> dict:

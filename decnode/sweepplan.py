@@ -5,13 +5,13 @@ what the run then refuses, and a refused sweep leaves its directory as it was.""
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import json
 import os
+import sys
 from pathlib import Path
 
-from . import checkpoint, outputs, yamlio
+from . import checkpoint, dirlock, outputs, rundir, yamlio
 from .cli import check_output
 from .config import ConfigError, from_dict, read_file
 from .run import check_command  # decnode-run's own checks, not a copy of them
@@ -95,29 +95,20 @@ def _ran_with(cell: Cell) -> Path | None:
 
 
 def check_lock(out: Path) -> None:
-    """Refuse while another decnode-sweep holds the directory; probed without creating anything."""
-    try:
-        fd = os.open(out / LOCK, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ConfigError(f"another decnode-sweep is running in {out}") from None
-    finally:
-        os.close(fd)  # and with it the probe's own lock
+    """Refuse while another decnode-sweep holds the directory (naming it); probed without creating anything."""
+    record = dirlock.holder(out, LOCK)
+    if record is not None:
+        raise ConfigError(f"another decnode-sweep is running in {out}{dirlock.describe(record)}")
 
 
-def take_lock(out: Path):
-    """The sweep directory, made if need be, and its lock, held while the returned file stays open."""
-    out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / LOCK, "a")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise ConfigError(f"another decnode-sweep is running in {out}") from None
-    return lock
+def take_lock(out: Path) -> dirlock.Lock:
+    """The sweep directory, made if need be, and its lock, held until this process exits; a lock left by a sweep
+    that died is taken over, said on stderr."""
+    held = dirlock.acquire(out, LOCK, "decnode-sweep", f"another decnode-sweep is running in {out}{{holder}}")
+    if held.left_by is not None:
+        print(f"decnode-sweep: {out} was locked by a sweep that died{dirlock.describe(held.left_by)}; taking it over",
+              file=sys.stderr, flush=True)
+    return held
 
 
 def _check_layout(path: Path, out: Path, cells: list[Cell]) -> None:
@@ -169,8 +160,8 @@ def check_dir(path: Path, out: Path) -> None:
 
     for entry in sorted(out.iterdir()):
         name = entry.name
-        if name == LOCK and entry.is_file() and not entry.stat().st_size:
-            continue  # the lock, taken before sweep.yaml is written
+        if name == LOCK and entry.is_file() and not entry.is_symlink():
+            continue  # the lock (its holder's record inside), taken before sweep.yaml is written
         if name == "report" and real_dir(entry):
             try:  # decnode-report's default output, guarded as every output directory is
                 outputs.check_dir(entry)
@@ -209,6 +200,8 @@ def plan(path: Path, out: Path, cells: list[Cell], jobs: int, retry_failed: bool
         if how not in ("pending", "stopped"):
             continue  # done or failed: skipped, nothing starts
         try:
+            # a job of its own in the cell's directory (decnode-run by hand) would make the cell's run refuse
+            rundir.refuse_if_busy(c.run_dir)
             check_command(command(c, how, jobs), yamlio.parse(config_text(c), str(c.config_file)))
         except (ConfigError, checkpoint.CheckpointError, yamlio.YamlError) as err:
             raise ConfigError(f"{path}: cell {c.name}: {err}") from None

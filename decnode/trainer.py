@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from . import native
+from . import metricsfile, native
 from .rundir import writing
 from .actor import ActorBlock, row_pool
 from .algos import make_combiner
@@ -103,6 +103,7 @@ class Trainer:
                                    hidden=tr.hidden)
         self.iteration, self.env_steps, self.last_eval = 0, 0, float("nan")
         self.saved = None  # the iteration of the last checkpoint on disk: what a failed write leaves intact
+        self.last_line = None  # rank 0: the metrics line of the last iteration, kept in the checkpoint
         self.rollout.start(tr.seed)
         if resume is not None:
             self.load_state_dict(resume)
@@ -246,7 +247,7 @@ class Trainer:
         if not self.coordinator:
             return {}
         return {"iteration": self.iteration, "env_steps": self.env_steps, "config": self.cfg.to_dict(),
-                "last_eval": self.last_eval, "agents": ckpt.cat_rows(per_rank),
+                "last_eval": self.last_eval, "agents": ckpt.cat_rows(per_rank), "metrics_line": self.last_line,
                 "coordinator": {"rollout": rollout["coordinator"], "critic": critic["coordinator"]}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -257,12 +258,14 @@ class Trainer:
         self.iteration, self.env_steps = state["iteration"], state["env_steps"]
         self.saved = state["iteration"]
         self.last_eval = state.get("last_eval", float("nan"))
+        self.last_line = state.get("metrics_line")
 
     def save_checkpoint(self) -> None:
         with self.rec.section(Section.CHECKPOINT):
             state = self.state_dict()
             if self.coordinator:
                 with self.writing(f"the checkpoint of iteration {self.iteration}"):
+                    metricsfile.sync(self.run_dir)  # its lines on disk first: a checkpoint never outlives them
                     ckpt.atomic_save(state, self.run_dir / ckpt.CHECKPOINT)
                 self.saved = self.iteration
 
@@ -310,8 +313,8 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     rec, tr = fabric.recorder, cfg.train
     with rec.section(Section.SETUP):
         trainer = Trainer(cfg, fabric, run_dir, resume)
-    logger = (RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard, trainer.writing)
-              if trainer.coordinator else None)
+    logger = (RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard, trainer.writing,
+                        trainer.last_line) if trainer.coordinator else None)
     # Which process is which rank: for whoever has to inspect or stop one of them. netns: the network namespace
     # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
     procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
@@ -347,6 +350,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
             restarts = None  # said once, on the first line after the restart
             line = trainer.metrics_line(stats, delta_seconds(rec.seconds(), before), extra)
             logger.log(line, stats, trainer.last_eval)
+            trainer.last_line = line
         if trainer.iteration == start + cfg.run.trace_iterations:
             trace = rec.stop_trace()
         planned = cfg.run.stop_after is not None and trainer.iteration >= cfg.run.stop_after
