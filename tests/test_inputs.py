@@ -9,7 +9,6 @@ they take a fraction of a second; a handful of tests train a tiny run (about 8 s
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,12 +32,17 @@ def _env(extra=None):
     return env
 
 
+# `python -m module`, after lowering the open-files limit in the child itself: a preexec_fn would make subprocess
+# fork() the pytest process, where JAX (loaded by other test files) warns that a fork may deadlock, once per call.
+_LIMITED = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv.pop(1)), "
+            "resource.getrlimit(resource.RLIMIT_NOFILE)[1])); runpy.run_module(sys.argv.pop(1), run_name='__main__', "
+            "alter_sys=True)")
+
+
 def cli(args, cwd, env=None, module="decnode.run", timeout=120, nofile=None):
-    def limit():
-        if nofile:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=_env(env),
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=limit)
+    start = ["-c", _LIMITED, str(nofile), module] if nofile else ["-m", module]
+    return subprocess.run([sys.executable, *start, *map(str, args)], cwd=cwd, env=_env(env),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def snapshot(root: Path) -> dict:

@@ -23,13 +23,19 @@ ITERATIONS = 120
 GAIN = 2.0  # last 10 iterations' mean training return over the first 10's
 ARGS = ["--nproc", "3", "--k", "1", "--seed", "1", "--set", "train.entropy_coef=0.01", "--set", "eval.interval=50",
         "--set", "run.tensorboard=false"]
+# pytest-timeout's limit for each test (pyproject's, stated here because the run's own limit depends on it), and the
+# run's, below it: a run too slow fails saying so, not in pytest-timeout's stack dump. One 120-iteration run took
+# 150 s at load average 10 on 2 cores.
+TEST_TIMEOUT_S = 600
+RUN_TIMEOUT_S = TEST_TIMEOUT_S - 60
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 
 def train(tmp_path: Path, algo: str, iterations: int, lr: float) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-m", "decnode.run", "--algo", algo, *ARGS, "--iterations", str(iterations),
                           "--set", f"train.lr={lr}", "--set", f"train.min_lr={lr}", "--out", str(tmp_path / "r")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert res.returncode == 0, res.stderr[-2000:]
     return [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
 

@@ -14,6 +14,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ["--k", "1", "--set", "env.n_envs=4", "--set", "eval.episodes=4", "--set", "eval.interval=2",
         "--set", "run.tensorboard=false"]
+# torch's LaunchConfig.shutdown_timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, default 30): how long the launcher gives the
+# workers after a SIGTERM before it SIGKILLs them.
+SHUTDOWN_S = int(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
 
 
 def decnode(*args, timeout=300, wait=True):
@@ -65,7 +68,7 @@ def _wait_for_iterations(run_dir: Path, count: int, proc, deadline: float, check
     raise AssertionError(f"the run did not reach iteration {count} in time")
 
 
-def test_killed_rank_ends_the_job_with_a_named_error_and_resume_continues(tmp_path):
+def test_killed_rank_ends_the_job_with_a_named_error_and_resume_continues(tmp_path, measured):
     run_dir = tmp_path / "run"
     proc = decnode("--nproc", "3", "--iterations", "400", *BASE, "--set", "run.checkpoint_interval=2",
                    "--out", run_dir, wait=False)
@@ -79,7 +82,10 @@ def test_killed_rank_ends_the_job_with_a_named_error_and_resume_continues(tmp_pa
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert time.time() - killed_at < 60, "the other ranks took too long to stop"
+    took = time.time() - killed_at
+    measured(f"ended {took:.1f} s after the kill (bound 60 s; run.timeout_s 300 s)")
+    # The peers see the dead rank's connections close at once; had they not, they would wait out run.timeout_s.
+    assert took < 60, "the other ranks took too long to stop"
     assert proc.returncode != 0
     last = stderr.strip().splitlines()[-1]
     assert "rank 1 died (SIGKILL)" in last and "iteration" in last and "--resume" in last, last
@@ -94,7 +100,7 @@ def test_killed_rank_ends_the_job_with_a_named_error_and_resume_continues(tmp_pa
     assert [d["iteration"] for d in metrics(run_dir)] == list(range(1, saved + 3))
 
 
-def test_sigterm_to_the_launcher_checkpoints_and_exits_cleanly(tmp_path):
+def test_sigterm_to_the_launcher_checkpoints_and_exits_cleanly(tmp_path, measured):
     run_dir = tmp_path / "run"
     proc = decnode("--nproc", "2", "--iterations", "400", *BASE, "--set", "run.checkpoint_interval=1000",
                    "--out", run_dir, wait=False)
@@ -107,8 +113,11 @@ def test_sigterm_to_the_launcher_checkpoints_and_exits_cleanly(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+    took = time.time() - sent
+    measured(f"ended {took:.1f} s after SIGTERM (bound {SHUTDOWN_S} s)")
     assert proc.returncode == 0, stderr[-2000:]
-    assert time.time() - sent < 20, "workers should stop at the next iteration boundary, not be killed later"
+    # Workers still running SHUTDOWN_S after the signal are SIGKILLed by the launcher: this many seconds or more.
+    assert took < SHUTDOWN_S, "workers should stop at the next iteration boundary, not be killed later"
     done = len(metrics(run_dir))
     assert done < 400
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["iteration"] == done
