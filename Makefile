@@ -44,7 +44,7 @@ run: $(STAMP)
 	$(VENV)/bin/decnode-run --nproc $(NPROC) --k $(K) $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 install-xla: $(XSTAMP)
 

@@ -11,12 +11,14 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import metricsfile
 from .config import ConfigError
+from .restart import PEER_LOST
 from .watch import is_diagnosis
 
 # Seconds the other workers of a failed job get to exit before SIGKILL. torch 2.13 gives them a fixed 30 s, twice
@@ -152,11 +154,22 @@ def _last_line(text: str) -> None:
     print(f"\r{chr(27) + '[K' if sys.stderr.isatty() else ''}{text}", file=sys.stderr, flush=True)
 
 
+# A survivor of a peer's death lingers this long before it exits. The agent polls its workers every monitor_interval
+# (0.5 s) and records only the first failed one it finds, lowest rank first when several are down: a survivor that
+# exited at once (rank 0's "Connection closed by peer") was named instead of the rank that was killed.
+PEER_GRACE_S = 1.0
+
+
 def _recorded(worker, *payload):
     """worker(*payload) under torch's @record, so an exception's words reach the one-line report below."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    return record(worker)(*payload)
+    try:
+        return record(worker)(*payload)
+    except Exception as err:
+        if PEER_LOST.search(f"{type(err).__name__}: {str(err).strip()}"):
+            time.sleep(PEER_GRACE_S)
+        raise
 
 
 def _recorded_error(failure) -> tuple[str, str]:

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import checkpoint, dirlock, outputs, rundir, yamlio
+from . import checkpoint, dirlock, metricsfile, outputs, rundir, yamlio
 from .cli import check_output
 from .config import ConfigError, from_dict, read_file
 from .run import check_command  # decnode-run's own checks, not a copy of them
@@ -28,10 +28,8 @@ def cores() -> int:
 
 # ---- what a cell's directory says ---------------------------------------------------------------------------------
 def logged(run_dir: Path) -> int:
-    try:
-        return (run_dir / "metrics.jsonl").read_bytes().count(b"\n")
-    except OSError:
-        return 0
+    """Iterations run_dir's metrics.jsonl holds, read as every command reads it (metricsfile: a cut line dropped)."""
+    return len(metricsfile.records(run_dir))
 
 
 def info(out: Path, cell: Cell) -> dict:

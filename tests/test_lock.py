@@ -216,7 +216,7 @@ def test_a_sweep_cell_and_a_run_by_hand_on_one_directory(box):
         before = digest(box, skip=cell)
         res = cli([path], box / "cwd", module="decnode.sweep")
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
-        assert lines(res) == [f"decnode-sweep: error: cell k-1: run directory {cell} is in use by another job (pid "
+        assert lines(res) == [f"decnode-sweep: error: {path}: cell k-1: run directory {cell} is in use by another job (pid "
                               f"{holder['pid']} on host {socket.gethostname()}, decnode-run since {holder['since']}); "
                               "nothing was changed: wait for it to end, or stop it"]
         assert digest(box, skip=cell) == before

@@ -137,10 +137,10 @@ def test_a_damaged_line_before_the_last_is_one_line_everywhere(copy, box):
 
 
 def test_the_sweep_reads_the_same_way(copy):
-    from decnode import sweep
+    from decnode import sweep, sweepplan
 
     cut_last_line(copy)
-    assert sweep._logged(copy) == 3 and [m["iteration"] for m in sweep._metrics(copy)] == [1, 2, 3]
+    assert sweepplan.logged(copy) == 3 and [m["iteration"] for m in sweep._metrics(copy)] == [1, 2, 3]
 
 
 # ---- class 9: the checkpoint or metrics.jsonl gone --------------------------------------------------------------
