@@ -81,14 +81,20 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_says_so_in_o
 def test_a_read_only_run_directory_during_a_checkpoint_keeps_the_previous_one(tmp_path):
     run_dir = tmp_path / "run"
 
-    def read_only():  # a bind mount over the run directory, remounted read-only: every new file is refused
-        subprocess.run(["mount", "--bind", str(run_dir), str(run_dir)], check=True, timeout=30)
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(run_dir)], check=True, timeout=30)
+    def read_only():  # a read-only bind mount over the run directory: every new file is refused
+        # Made read-only beside it, then moved over it in one step: remounting a bind of the run directory in
+        # place fails ("mount point is busy") if the run opens a file through it in between.
+        staged = tmp_path / "staged"
+        staged.mkdir()
+        subprocess.run(["mount", "--bind", str(run_dir), str(staged)], check=True, timeout=30)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(staged)], check=True, timeout=30)
+        subprocess.run(["mount", "--move", str(staged), str(run_dir)], check=True, timeout=30)
 
     try:
         code, _, err = _run_until_a_write_fails(run_dir, 1, read_only)  # one process: no launcher in between
     finally:
-        subprocess.run(["umount", "-l", str(run_dir)], capture_output=True, timeout=30)
+        for mount_point in (tmp_path / "staged", run_dir):
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30)
     assert code == 1, err[-3000:]
     _check_the_line(err, "Read-only file system", "make it writable", run_dir)
 
