@@ -1,20 +1,27 @@
-"""Emulated hosts vs the simulated clock: communication per iteration on tbf-capped links, measured, against
-what the per-node clock (--net) says for the same bandwidth and the measured round trip. Root only.
+"""The simulated cluster checked against emulated hosts: seconds per iteration and communication time, measured on
+network-namespace hosts (launch/netns_hosts.sh: each host its own cores, tbf-capped links, a straggler slowed for
+real by a CPU quota) against the per-node clock (--net) of the same job on loopback. Root only.
 
-For each rate: (a) 2 namespace hosts × 1 rank (launch/netns_hosts.sh), tbf at the rate, no profile: the host
-timing of rank 0's communication sections per iteration; (b) the same job on loopback with --net FILE, FILE a
-profile with bandwidth_bit_s = the rate and latency_s = half the round trip (a) measured: rank 0's simulated wire
-+ waiting per iteration. The model is wide (train.hidden 512: ≈ 9 MB per gossip message) and the rollout short
-(1 env × 10 steps) so that bandwidth, not this shared host's CPU, sets the communication time; the first
-iteration (warm-up) and evaluation iterations are left out.
+For each cell (a graph, a link rate, a straggler on or off): (a) HOSTS namespace hosts × 1 rank, AGENTS agents
+each, tbf at the rate, HOST_SLOWDOWN=1:F when the straggler is on; no profile: rank 0's host timing per
+iteration. (b) The same job over loopback with --net FILE, FILE a profile with bandwidth_bit_s = the rate,
+latency_s = half the round trip (a) measured, and speed F for the rank that ran on the slowed host
+(processes.json of (a)): rank 0's simulated seconds per iteration and its wire + waiting. The first iteration
+(warm-up) is left out; evaluation is off.
 
-    python benchmarks/netns.py [--iterations 6] [--hidden 512] [--rates 100mbit 1gbit]
+    python benchmarks/netns.py [--ks 1 2 3] [--rates 100mbit 1gbit] [--slowdown 2] [--iterations 8]
+                               [--md results/netns_validation.md]
+
+A cell misses when either error is over 10 %; the table then says which term differs most: compute (simulated
+CPU time × speed against the host's iteration minus its communication), or communication.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -25,10 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from decnode.metricsfile import records  # noqa: E402
+
 # Every section the host spends in a message or collective (its waiting for the peer included, as in the clock).
 COMM = ("step_exchange", "reward_scatter", "state_broadcast", "gossip", "gossip_critic", "allreduce",
         "allreduce_critic", "stats", "broadcast", "gather", "wait")
 UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+TARGET = 0.10
 
 
 def bits_per_s(rate: str) -> float:
@@ -38,10 +47,17 @@ def bits_per_s(rate: str) -> float:
     return float(match[1]) * UNITS[match[2]]
 
 
-def per_iteration(run: Path) -> list[dict]:
-    """Rank 0's iterations after the first, without evaluation (its episodes are compute and messages mixed)."""
-    lines = records(run)
-    return [m for m in lines[1:] if m.get("eval_reward") is None]
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        return re.search(r"Model name:\s*(.+)", out)[1].strip()
+    except (OSError, TypeError, subprocess.SubprocessError):
+        return platform.processor() or "unknown CPU"
+
+
+def steady(run: Path) -> list[dict]:
+    """Rank 0's iterations after the first (warm-up)."""
+    return records(run)[1:]
 
 
 def run(cmd: list[str], env: dict, timeout: float) -> str:
@@ -51,61 +67,109 @@ def run(cmd: list[str], env: dict, timeout: float) -> str:
     return done.stdout + done.stderr
 
 
+def measure(cell: dict, job: list[str], env: dict, tmp: Path, hosts: int) -> dict:
+    """One cell: the emulated hosts, then the simulated clock given what the hosts' links measured."""
+    name = f"k{cell['k']}-{cell['rate']}-{'slow' if cell['slow'] > 1 else 'even'}"
+    real, sim = tmp / f"hosts-{name}", tmp / f"sim-{name}"
+    host_env = dict(env, HOST_SLOWDOWN=f"1:{cell['slow']:g}") if cell["slow"] > 1 else env
+    out = run([str(REPO / "launch" / "netns_hosts.sh"), str(hosts), "1", cell["rate"], *job, "--k", str(cell["k"]),
+               "--out", str(real)], host_env, 900)
+    rtt_us = float(re.search(r"round trip \S+ <-> \S+: (\d+) µs", out)[1])
+    procs = json.loads((real / "processes.json").read_text())
+    speed = [1.0] * len(procs)
+    for p in procs:  # torchrun's rendezvous decides which host holds which rank
+        if p["host"] == "decnode-h1":
+            speed[p["rank"]] = cell["slow"]
+    profile = tmp / f"{name}.yaml"
+    # preset: a base to override (its name would otherwise be taken for one); α: half the round trip.
+    profile.write_text(f"preset: ethernet\nname: netns-{name}\njitter_s: 0\nlatency_s: {rtt_us / 2 * 1e-6:.9f}\n"
+                       f"bandwidth_bit_s: {bits_per_s(cell['rate']):.0f}\nspeed: {speed}\n")
+    run([sys.executable, "-m", "decnode.run", "--nproc", str(hosts), *job, "--k", str(cell["k"]), "--net",
+         str(profile), "--out", str(sim)], env, 900)
+    m, s = steady(real), steady(sim)
+    m_comm = statistics.mean(sum(x["timing"].get(k, 0.0) for k in COMM) for x in m)
+    m_iter = statistics.mean(sum(x["timing"].values()) for x in m)
+    s_comm = statistics.mean(x["sim"]["wire"] + x["sim"]["waiting"] for x in s)
+    s_iter = statistics.mean(x["sim"]["seconds"] for x in s)
+    threads = sorted({p["threads"] * p.get("row_threads", 1) for p in procs})
+    return dict(cell, rtt_us=rtt_us, m_iter=m_iter, s_iter=s_iter, m_comm=m_comm, s_comm=s_comm,
+                m_compute=m_iter - m_comm, s_compute=statistics.mean(x["sim"]["compute"] for x in s),
+                s_wire=statistics.mean(x["sim"]["wire"] for x in s), threads=threads,
+                cores=[p["cores"] for p in sorted(procs, key=lambda p: p["rank"])])
+
+
+def verdict(row: dict) -> str:
+    e_it, e_comm = row["s_iter"] / row["m_iter"] - 1, row["s_comm"] / row["m_comm"] - 1
+    if max(abs(e_it), abs(e_comm)) <= TARGET:
+        return "within 10 %"
+    d_compute, d_comm = row["s_compute"] - row["m_compute"], row["s_comm"] - row["m_comm"]
+    term = "compute" if abs(d_compute) > abs(d_comm) else "communication"
+    return f"misses: {term} ({'+' if (d_compute if term == 'compute' else d_comm) > 0 else '−'}" \
+           f"{abs(d_compute if term == 'compute' else d_comm) * 1e3:.0f} ms simulated)"
+
+
+def table(rows: list[dict], hosts: int, agents: int, args, cpu: str) -> str:
+    head = ("| graph | link | straggler | RTT µs | s/it measured | s/it simulated | error | comm measured | "
+            "comm simulated | error | compute measured | compute simulated | verdict |")
+    lines = [f"{hosts} namespace hosts × 1 rank × {agents} agents (Simple Spread, n = {hosts * agents}), DecPG on the "
+             f"kNN ring, {args.iterations} iterations (the first left out), each host pinned to its own core(s); "
+             f"rank 0, seconds per iteration. CPU: {cpu}.", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        e_it, e_comm = r["s_iter"] / r["m_iter"] - 1, r["s_comm"] / r["m_comm"] - 1
+        lines.append(f"| k={r['k']} | {r['rate']} | {'host 1 ' + format(r['slow'], 'g') + '×' if r['slow'] > 1 else 'off'}"
+                     f" | {r['rtt_us']:.0f} | {r['m_iter']:.3f} | {r['s_iter']:.3f} | {100 * e_it:+.1f} % | "
+                     f"{r['m_comm']:.3f} | {r['s_comm']:.3f} | {100 * e_comm:+.1f} % | {r['m_compute']:.3f} | "
+                     f"{r['s_compute']:.3f} | {verdict(r)} |")
+    errors_it = [abs(r["s_iter"] / r["m_iter"] - 1) for r in rows]
+    errors_comm = [abs(r["s_comm"] / r["m_comm"] - 1) for r in rows]
+    worst = max(rows, key=lambda r: max(abs(r["s_iter"] / r["m_iter"] - 1), abs(r["s_comm"] / r["m_comm"] - 1)))
+    lines += ["", f"Mean absolute error: seconds per iteration {100 * statistics.mean(errors_it):.1f} %, "
+                  f"communication {100 * statistics.mean(errors_comm):.1f} % (target ≤ 10 %). Worst cell: k={worst['k']}"
+                  f", {worst['rate']}, straggler {'on' if worst['slow'] > 1 else 'off'} "
+                  f"({100 * (worst['s_iter'] / worst['m_iter'] - 1):+.1f} % per iteration, "
+                  f"{100 * (worst['s_comm'] / worst['m_comm'] - 1):+.1f} % communication).",
+              f"Threads per process: {sorted({t for r in rows for t in r['threads']})}; cores per rank in the first "
+              f"cell: {rows[0]['cores']}."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=6)
-    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--rates", nargs="+", default=["100mbit", "1gbit"])
+    ap.add_argument("--slowdown", type=float, default=2.0, help="the straggler's factor (1: no straggler cells)")
+    ap.add_argument("--iterations", type=int, default=8)
+    ap.add_argument("--agents", type=int, default=2, help="agents per host")
+    ap.add_argument("--md", metavar="FILE", help="also write the table to FILE (markdown)")
     ap.add_argument("--keep", metavar="DIR", help="keep the run directories here (default: a temporary directory)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("netns.py: skipped: needs root to build network namespaces (launch/netns_hosts.sh)")
         return
-    job = ["--k", "1", "--iterations", str(args.iterations), "--set", f"train.hidden={args.hidden}",
-           "--set", "env.n_envs=1", "--set", "env.episode_length=10", "--set", "eval.interval=0",
+    cores = len(os.sched_getaffinity(0))
+    hosts = 4 if cores >= 4 else 2  # one core (at least) per host: shared cores would time-share the hosts
+    job = ["--agents-per-process", str(args.agents), "--iterations", str(args.iterations),
+           "--set", f"env.n_agents={hosts * args.agents}", "--set", "eval.interval=0",
            "--set", "eval.episodes=1", "--set", "eval.test_episodes=1", "--set", "run.tensorboard=false",
            "--set", "run.checkpoint_interval=0"]
     env = dict(os.environ, PYTHON=sys.executable,
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    cells = [dict(k=k, rate=rate, slow=slow) for rate in args.rates
+             for slow in ([1.0, args.slowdown] if args.slowdown > 1 else [1.0]) for k in args.ks]
     rows = []
     with tempfile.TemporaryDirectory(prefix="decnode-netns-") as scratch:
-        tmp = args.keep or scratch
-        Path(tmp).mkdir(parents=True, exist_ok=True)
-        for rate in args.rates:
-            beta = bits_per_s(rate)
-            hosts = Path(tmp, f"hosts-{rate}")
-            out = run([str(REPO / "launch" / "netns_hosts.sh"), "2", "1", rate, *job, "--out", str(hosts)], env, 600)
-            rtt_us = float(re.search(r"round trip \S+ <-> \S+: (\d+) µs", out)[1])
-            profile = Path(tmp, f"{rate}.yaml")
-            # preset: a base to override (its name would otherwise be taken for one); α: half the round trip.
-            profile.write_text(f"preset: ethernet\nname: netns-{rate}\njitter_s: 0\n"
-                               f"latency_s: {rtt_us / 2 * 1e-6:.9f}\nbandwidth_bit_s: {beta:.0f}\n")
-            sim = Path(tmp, f"sim-{rate}")
-            run([sys.executable, "-m", "decnode.run", "--nproc", "2", *job, "--net", str(profile), "--out", str(sim)],
-                env, 600)
-            measured = per_iteration(hosts)
-            simulated = per_iteration(sim)
-            m_comm = statistics.mean(sum(m["timing"].get(s, 0.0) for s in COMM) for m in measured)
-            m_gossip = statistics.mean(m["timing"].get("gossip", 0.0) for m in measured)
-            m_stats = statistics.mean(m["timing"].get("stats", 0.0) for m in measured)
-            m_iter = statistics.mean(sum(m["timing"].values()) for m in measured)
-            s_comm = statistics.mean(m["sim"]["wire"] + m["sim"]["waiting"] for m in simulated)
-            s_wire = statistics.mean(m["sim"]["wire"] for m in simulated)
-            s_iter = statistics.mean(m["sim"]["seconds"] for m in simulated)
-            rows.append((rate, rtt_us, m_comm, s_comm, s_wire, m_gossip, m_stats, m_iter, s_iter))
-            print(f"{rate}: done ({len(measured)} iterations compared)", flush=True)
-    print(f"\n2 hosts × 1 rank, DecPG k=1, hidden {args.hidden}; rank 0, seconds per iteration "
-          f"(mean over iterations 2..{args.iterations} without evaluation)")
-    heads = ("link", "RTT", "measured comm", "simulated comm", "ratio", "sim wire", "gossip", "stats",
-             "measured it", "sim it")
-    print("".join(f"{h:>15}" if k else f"{h:<9}" for k, h in enumerate(heads)))
-    for rate, rtt, mc, sc, sw, mg, ms, mi, si in rows:
-        print(f"{rate:<9}{rtt:>13.0f}µs{mc:>14.3f}s{sc:>14.3f}s{mc / sc:>15.2f}{sw:>14.3f}s{mg:>14.3f}s{ms:>14.3f}s"
-              f"{mi:>14.3f}s{si:>14.3f}s")
-    print("ratio: measured / simulated communication (target: within 25%, 0.75–1.25). measured comm: rank 0's host "
-          "time in messages and collectives, waiting for the peer included (of which gossip and the statistics "
-          "all-reduce); simulated comm: its clock's wire + waiting; measured it: the sum of rank 0's sections; "
-          "sim it: its simulated iteration.")
+        tmp = Path(args.keep or scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
+        for cell in cells:
+            rows.append(measure(cell, job, env, tmp, hosts))
+            r = rows[-1]
+            print(f"k={r['k']} {r['rate']} slow {r['slow']:g}: s/it {r['m_iter']:.3f} measured, {r['s_iter']:.3f} "
+                  f"simulated; comm {r['m_comm']:.3f} / {r['s_comm']:.3f}", flush=True)
+    text = table(rows, hosts, args.agents, args, cpu_name())
+    print("\n" + text)
+    if args.md:
+        command = "python benchmarks/netns.py " + " ".join(sys.argv[1:])
+        Path(args.md).write_text(f"# The simulated cluster against emulated hosts\n\nMade by `{command}`.\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from decnode.comm import open_fabric  # noqa: E402
 from decnode.config import load, resolve  # noqa: E402
-from decnode.run import intra_op_threads  # noqa: E402
+from decnode.cores import intra_op_threads  # noqa: E402
 from decnode.trainer import Trainer  # noqa: E402
 
 

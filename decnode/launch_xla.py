@@ -31,6 +31,7 @@ def device_main(index: int, cfg_dict: dict, run_dir: str, resume: bool, devices:
     import torch
 
     from . import checkpoint as ckpt
+    from . import cores
     from .collectives import CommError
     from .comm_xla import XlaFabric
     from .config import from_dict
@@ -40,7 +41,7 @@ def device_main(index: int, cfg_dict: dict, run_dir: str, resume: bool, devices:
 
     cfg = from_dict(cfg_dict, "launcher")
     # The host's work (environments, the central critic, the host side of acting) may use every core.
-    torch.set_num_threads(cfg.run.threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cfg.run.threads or len(cores.allowed()))
     k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
     with host_fabric(cfg) as host:
         fabric = XlaFabric(cfg.env.n_agents, k, cfg.run.timeout_s, host=host)

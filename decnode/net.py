@@ -329,9 +329,11 @@ def clock_delta(now: dict[str, float], before: dict[str, float]) -> dict[str, fl
     return {("seconds" if k == "clock" else k): round(now[k] - before[k], 9) for k in now}
 
 
-def format_clock_table(profile: NetProfile, per_rank: list[dict[str, float]], iterations: int) -> str:
+def format_clock_table(profile: NetProfile, per_rank: list[dict[str, float]], iterations: int,
+                       unreliable: bool = False) -> str:
     """The simulated cluster beside the host's table: per rank, seconds per iteration split into compute, wire
-    and waiting for slower peers, and the share of communication (wire + waiting). per_rank: clock_delta sums."""
+    and waiting for slower peers, and the share of communication (wire + waiting). per_rank: clock_delta sums.
+    unreliable: a host ran more threads than cores (cores.py), so CPU time overstated its compute."""
     p = profile
     head = (f"simulated cluster, profile '{p.name}' (α {p.latency_s * 1e6:.0f} µs, β {p.bandwidth_bit_s / 1e9:g} Gbit/s"
             f"{', jitter ' + format(p.jitter_s * 1e3, 'g') + ' ms' if p.jitter_s else ''}; mode {p.mode}): "
@@ -344,4 +346,7 @@ def format_clock_table(profile: NetProfile, per_rank: list[dict[str, float]], it
         share = (snap["wire"] + snap["waiting"]) / total if total else 0.0
         lines.append(f"{'rank ' + str(rank):<10}" + "".join(f"{snap[c] / per_it:>11.4f}s" for c in cols)
                      + f"{100 * share:>11.0f}%{total / per_it:>11.4f}s")
+    if unreliable:
+        lines.append("UNRELIABLE: a host ran more intra-op threads than it has cores (the warning above): its "
+                     "compute includes the threads' contention")
     return "\n".join(lines)

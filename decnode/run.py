@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import dirlock, faults, metricsfile, net, preflight, restart, rundir, yamlio
+from . import cores, dirlock, faults, metricsfile, net, preflight, restart, rundir, yamlio
 from .elastic import attempt, max_restarts
 from .cli import OneLineParser
 from .cli import fail as _fail
@@ -260,13 +260,6 @@ def network_profile(cfg: Config, n_procs: int | None = None):
     return net.job_profile(cfg, n_procs)
 
 
-def intra_op_threads() -> int:
-    """The cores this process may use divided among the job's processes on this host: one process gets them all;
-    ten processes on two cores get one thread each (more would only fight over the cores)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
 def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     """What every process runs (under our launcher, torchrun, or alone)."""
     import torch
@@ -279,7 +272,7 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     from .trainer import train
 
     cfg = from_dict(cfg_dict, "launcher")
-    torch.set_num_threads(cfg.run.threads or intra_op_threads())
+    torch.set_num_threads(cfg.run.threads or cores.intra_op_threads())
     run_dir, rank = Path(run_dir), int(os.environ.get("RANK", "0"))
     if attempt():  # the elastic agent started us again after a failure: continue by ourselves
         resume = (run_dir / ckpt.CHECKPOINT).exists()  # else start over, in the same directory

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import sys
 from pathlib import Path
 
 from . import checkpoint, dirlock, metricsfile, outputs, rundir, yamlio
 from .cli import check_output
+from .cores import allowed
 from .config import ConfigError, from_dict, read_file
 from .run import check_command  # decnode-run's own checks, not a copy of them
 from .sweepfile import Cell
@@ -23,7 +23,7 @@ OWN_RUN_KEYS = ("out", "threads")
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return len(allowed())
 
 
 # ---- what a cell's directory says ---------------------------------------------------------------------------------

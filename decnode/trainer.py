@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from . import metricsfile, native
+from . import cores, metricsfile, native
 from .rundir import writing
 from .actor import ActorBlock, row_pool
 from .algos import make_combiner
@@ -313,16 +314,19 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     rec, tr = fabric.recorder, cfg.train
     with rec.section(Section.SETUP):
         trainer = Trainer(cfg, fabric, run_dir, resume)
-    logger = (RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard, trainer.writing,
-                        trainer.last_line) if trainer.coordinator else None)
     # Which process is which rank: for whoever has to inspect or stop one of them. netns: the network namespace
     # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
     procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
-                                   "netns": _netns(), "threads": torch.get_num_threads(),
-                                   "row_threads": trainer.row_threads})
-    if logger is not None:
+                                   "netns": _netns(), "machine": cores.machine_id(), "cores": cores.allowed(),
+                                   "threads": torch.get_num_threads(), "row_threads": trainer.row_threads})
+    oversubscribed = cores.oversubscribed(procs) if trainer.coordinator else []
+    if trainer.coordinator:
         with trainer.writing("processes.json"):
             (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
+        for line in oversubscribed:  # once per host, from the coordinator, which sees every host
+            print(line, file=sys.stderr, flush=True)
+    logger = (RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard, trainer.writing,
+                        trainer.last_line) if trainer.coordinator else None)
     # The heap that setup built (torch, the envs, the nets: ~10^6 objects) is moved out of the collector's sight:
     # otherwise every full collection rescans it, a 60-120 ms pause on this CPU that a rank's simulated clock
     # charges as its compute and its peers then wait for (issue 22: 30 % of a 3-rank job's iteration 2).
@@ -389,7 +393,9 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
                 write_trace(Path(run_dir) / "trace.json", [r[3] for r in reports], fabric.net.name if clock else None)
         print(logger.finish(timing, summary), flush=True)
         if clock is not None:
-            print(format_clock_table(fabric.net, summary["simulated"]["ranks"], trainer.iteration - start), flush=True)
+            summary["simulated"]["unreliable"] = oversubscribed
+            print(format_clock_table(fabric.net, summary["simulated"]["ranks"], trainer.iteration - start,
+                                     unreliable=bool(oversubscribed)), flush=True)
         if fabric.device.type == "cpu":
             print(f"peak memory per process: rank 0 {memory[0]:.0f} MB, others up to {max(memory[1:], default=0):.0f} "
                   f"MB; sum over processes {sum(memory):.0f} MB (an upper bound on the job's peak)", flush=True)

@@ -10,16 +10,20 @@
 # and the switch dn-TAG-sw holding the bridge decnode-br0, so the machine's own network is never touched and
 # only the namespaces talk (addresses $NETNS_SUBNET.1... /24, default 10.213.7.0/24, no route out). All of it
 # is deleted on exit, failure or signal. Host i is named decnode-hI (its own UTS namespace). The run directory
-# must be shared: namespaces share the filesystem, so it is.
+# must be shared: namespaces share the filesystem, so it is. Each host gets its own share of the cores this script
+# may use (taskset: an equal, disjoint set per host), as a real machine has its own; decnode divides a host's
+# cores among that host's processes. More hosts than cores: each host gets one core, shared with other hosts.
+# A straggler, slowed for real: HOST_SLOWDOWN=I:F[,I:F...] gives host I a CPU quota of 1/F of its cores (a cgroup,
+# 10 ms period), so its work takes F times as long; `net.speed` is the same factor in a profile.
 # Env: PYTHON (default REPO/.venv/bin/python, else python3), BURST (tbf bucket, bytes; default 1 ms at RATE,
-# at least 16000), NETNS_TAG, NETNS_SUBNET, RDZV_PORT (29500).
+# at least 16000), NETNS_TAG, NETNS_SUBNET, RDZV_PORT (29500), HOST_SLOWDOWN.
 set -euo pipefail
 me=$(basename "$0")
 if (($(id -u) != 0)); then
     echo "$me: skipped: needs root to create network namespaces, veth pairs and tc qdiscs"
     exit 0
 fi
-for tool in ip tc unshare; do
+for tool in ip tc unshare taskset; do
     command -v "$tool" >/dev/null || { echo "$me: skipped: '$tool' (iproute2, util-linux) is not installed"; exit 0; }
 done
 if (($# < 3)); then echo "usage: $me HOSTS PROCS_PER_HOST RATE [decnode.run flags...]" >&2; exit 2; fi
@@ -44,11 +48,40 @@ fi
 TORCHRUN=${TORCHRUN:-$(dirname "$PYTHON")/torchrun}  # the torchrun of that Python's environment
 [[ -x $TORCHRUN ]] || TORCHRUN=$(command -v torchrun) \
     || { echo "$me: no torchrun beside $PYTHON or on PATH" >&2; exit 1; }
+# The cores each host may use. Hosts are identical, as in a homogeneous cluster: NCPU / HOSTS cores each (cores
+# left over stay idle); with more hosts than cores, one core each, round robin.
+read -ra CPUS <<< "$("$PYTHON" -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
+NCPU=${#CPUS[@]}
+if ((HOSTS <= NCPU)); then
+    PER_CORE=$((NCPU / HOSTS))
+    ((NCPU % HOSTS == 0)) || echo "$me: $HOSTS hosts on $NCPU cores: $PER_CORE core(s) each, $((NCPU % HOSTS)) left idle"
+else
+    PER_CORE=1
+    echo "$me: $HOSTS hosts outnumber the $NCPU cores: each host gets one core that another host shares (one" \
+         "intra-op thread per process; the host wall-clock then includes that sharing, the per-node clock does not)"
+fi
+host_cpus() {  # the cores of host $1, as a taskset list
+    local i=$1 j list=
+    if ((HOSTS > NCPU)); then echo "${CPUS[i % NCPU]}"; return; fi
+    for ((j = i * PER_CORE; j < (i + 1) * PER_CORE; j++)); do list+=${list:+,}${CPUS[j]}; done
+    echo "$list"
+}
 TAG=${NETNS_TAG:-$$}
+declare -A SLOW=()
+if [[ -n ${HOST_SLOWDOWN:-} ]]; then
+    IFS=, read -ra pairs <<< "$HOST_SLOWDOWN"
+    for pair in "${pairs[@]}"; do
+        [[ $pair =~ ^([0-9]+):([0-9]+(\.[0-9]+)?)$ ]] && ((BASH_REMATCH[1] < HOSTS)) \
+            && awk -v f="${BASH_REMATCH[2]}" 'BEGIN { exit !(f >= 1) }' \
+            || { echo "$me: HOST_SLOWDOWN takes HOST:FACTOR pairs (host < $HOSTS, factor >= 1), got '$pair'" >&2; exit 2; }
+        SLOW[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]}
+    done
+fi
 SUBNET=${NETNS_SUBNET:-10.213.7}
 PORT=${RDZV_PORT:-29500}
 SW=dn-$TAG-sw
 CREATED=()
+CGROUPS=()
 PIDS=()
 
 cleanup() {
@@ -66,6 +99,10 @@ cleanup() {
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
         [[ -n $pids ]] && kill -KILL $pids 2>/dev/null || true
         ip netns del "$ns" 2>/dev/null || echo "$me: could not delete namespace $ns" >&2
+    done
+    for cg in ${CGROUPS[@]+"${CGROUPS[@]}"}; do
+        for _ in $(seq 50); do rmdir "$cg" 2>/dev/null && break; sleep 0.1; done
+        [[ ! -d $cg ]] || echo "$me: could not delete cgroup $cg" >&2
     done
     exit "$rc"
 }
@@ -95,7 +132,7 @@ for ((i = 0; i < HOSTS; i++)); do
     cap "$ns" eth0       # the host's upload
     cap "$SW" "port$i"   # its download: a full-duplex NIC has the rate each way
     echo "$me: host decnode-h$i: namespace $ns ($(ip netns exec "$ns" readlink /proc/self/ns/net))," \
-         "$SUBNET.$((i + 1)) on eth0, $LINK"
+         "$SUBNET.$((i + 1)) on eth0, $LINK, cores $(host_cpus "$i")"
 done
 
 # What the links cost besides bandwidth: the round trip h0 <-> h1 (TCP ping-pong of one byte, no netem here).
@@ -129,13 +166,36 @@ rtt=$(ip netns exec "dn-$TAG-h0" timeout 20 "$PYTHON" -c "$PING_CLIENT" "$SUBNET
 wait "$PING" || true
 echo "$me: round trip decnode-h0 <-> decnode-h1: $rtt µs (median of 200 one-byte TCP ping-pongs)"
 
+# The stragglers' cgroups: cgroup v2 (cpu.max) or v1's cpu controller (cfs quota), whichever this machine has.
+slow_cgroup() {  # host $1 at 1/$2 of its cores; sets PROCS_FILE[$1], the cgroup's procs file
+    local i=$1 factor=$2 cg cores period=10000 quota
+    cores=$(host_cpus "$i" | tr ',' '\n' | wc -l)
+    quota=$(awk -v c="$cores" -v p=$period -v f="$factor" 'BEGIN { printf "%d", c * p / f }')
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+        cg=/sys/fs/cgroup/dn-$TAG-h$i
+        mkdir "$cg" && CGROUPS+=("$cg") && echo "$quota $period" > "$cg/cpu.max"
+    else
+        cg=/sys/fs/cgroup/cpu/dn-$TAG-h$i
+        mkdir "$cg" && CGROUPS+=("$cg") && echo "$period" > "$cg/cpu.cfs_period_us" \
+            && echo "$quota" > "$cg/cpu.cfs_quota_us"
+    fi || { echo "$me: cannot give host $i a CPU quota (cgroup $cg)" >&2; return 1; }
+    echo "$me: host decnode-h$i slowed ${factor}×: CPU quota ${quota} µs per ${period} µs on $cores core(s)"
+    PROCS_FILE[$i]=$cg/cgroup.procs
+}
+declare -A PROCS_FILE=()
+for i in "${!SLOW[@]}"; do slow_cgroup "$i" "${SLOW[$i]}"; done
+
 HEAD=$SUBNET.1
 for ((i = 0; i < HOSTS; i++)); do
-    # unshare --uts: the host's own hostname, so processes.json and torchrun's logs tell the hosts apart.
-    ip netns exec "dn-$TAG-h$i" env PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" GLOO_SOCKET_IFNAME=eth0 \
-        NODE_ADDR="$SUBNET.$((i + 1))" IS_HEAD=$((i == 0)) TORCHRUN="$TORCHRUN" RDZV_ID="decnode-$TAG" \
-        unshare --uts sh -c 'hostname "$0" && exec "$@"' "decnode-h$i" \
-        "$REPO/launch/multinode.sh" "$HOSTS" "$PER_HOST" "$HEAD:$PORT" "$@" &
+    # unshare --uts: the host's own hostname, so processes.json and torchrun's logs tell the hosts apart. A
+    # straggler's subshell joins its cgroup before exec (inside the namespace, /sys is the namespace's own).
+    (
+        [[ -z ${PROCS_FILE[$i]:-} ]] || echo "$BASHPID" > "${PROCS_FILE[$i]}"
+        exec ip netns exec "dn-$TAG-h$i" env PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" GLOO_SOCKET_IFNAME=eth0 \
+            NODE_ADDR="$SUBNET.$((i + 1))" IS_HEAD=$((i == 0)) TORCHRUN="$TORCHRUN" RDZV_ID="decnode-$TAG" \
+            taskset -c "$(host_cpus "$i")" unshare --uts sh -c 'hostname "$0" && exec "$@"' "decnode-h$i" \
+            "$REPO/launch/multinode.sh" "$HOSTS" "$PER_HOST" "$HEAD:$PORT" "$@"
+    ) &
     PIDS+=($!)
 done
 

@@ -73,6 +73,38 @@ def test_two_namespace_hosts_train_together_and_leave_nothing_behind(tmp_path):
     assert {p["netns"] for p in procs} == set(hosts)
     assert os.readlink("/proc/self/ns/net") not in hosts
     assert sorted(p["host"] for p in procs) == ["decnode-h0", "decnode-h1"]
+    # Each host has its own cores, as a real machine does, and divides them among its processes: no thread of
+    # one host competes with the other's, and decnode says nothing of oversubscription.
+    cores = [set(p["cores"]) for p in procs]
+    assert not cores[0] & cores[1] and all(cores)
+    assert all(p["threads"] == len(p["cores"]) for p in procs)
+    assert "warning: host" not in output
+
+
+@pytest.mark.skipif(not (ROOT and TOOLS and shutil.which("taskset")), reason="needs root, ip, tc, unshare, taskset")
+def test_a_slowed_host_and_a_capped_link_are_what_the_simulated_clock_predicts(measured):
+    """The validation table's smallest cell (benchmarks/netns.py): 2 hosts, k=1, 100 Mbit/s, host 1 slowed 2× by a
+    CPU quota; the same job on loopback with the matching profile. At 100 Mbit/s the wire is most of the
+    communication and tbf sets it, so the comparison does not hang on this host's CPU speed."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import netns as bench
+
+    env = dict(os.environ, PYTHON=sys.executable, NETNS_TAG=f"v{os.getpid()}")
+    job = ["--agents-per-process", "2", "--iterations", "5", "--set", "env.n_agents=4", "--set", "eval.interval=0",
+           "--set", "eval.episodes=1", "--set", "eval.test_episodes=1", "--set", "run.tensorboard=false",
+           "--set", "run.checkpoint_interval=0"]
+    try:
+        row = bench.measure(dict(k=1, rate="100mbit", slow=2.0), job, env, Path(tempfile.mkdtemp()), hosts=2)
+    finally:
+        _remove(env["NETNS_TAG"])
+    left = [d for d in os.listdir("/sys/fs/cgroup/cpu" if os.path.isdir("/sys/fs/cgroup/cpu") else "/sys/fs/cgroup")
+            if d.startswith(f"dn-{env['NETNS_TAG']}-")]
+    assert left == [], f"cgroups left behind: {left}"
+    comm, it = row["s_comm"] / row["m_comm"], row["s_iter"] / row["m_iter"]
+    measured(f"simulated/measured: communication {comm:.3f}, iteration {it:.3f} "
+             f"(measured {row['m_iter']:.3f} s/it, {row['m_comm']:.3f} s comm)")
+    assert 0.75 <= comm <= 1.33, row
+    assert 0.6 <= it <= 1.5, row
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX only")
