@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from decnode.metricsfile import records  # noqa: E402
+from decnode.job.metricsfile import records  # noqa: E402
 
 
 def run_cell(n: int, algo: str, k: int, profile: str, iterations: int) -> dict:
