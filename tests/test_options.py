@@ -18,7 +18,8 @@ from test_reliability import decnode, metrics, models
 
 from decnode.nn.models import RecurrentNet
 from decnode.net.profile import load_profile
-from decnode.tools.netmodel import job_config, predict_iteration_comm
+from decnode.net.model import predict_iteration_comm
+from decnode.tools.netmodel import job_config
 
 # 3 iterations (smoothing over 3 points needs them), each one 5-step episode on 2 envs
 TINY = ["--iterations", "3", "--set", "env.episode_length=5", "--set", "env.n_envs=2", "--set", "train.hidden=16",
