@@ -3,7 +3,7 @@
 A process holds a block of consecutive agents (rows of an [a, D] tensor). With one process the fabric touches
 no torch.distributed at all: gossip is the local product P @ Θ and an all-reduce is a mean over rows — the
 paper's single-worker setting and our reference. With several processes the same calls become gloo
-point-to-point messages and collectives (collectives.py: waits, timeouts, headers, the simulated clock).
+point-to-point messages and collectives (transport.py: waits, timeouts, headers, the simulated clock).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 gloo matches a receive by (peer, tag) alone, so a stale or reordered message on the same tag would be mixed in
 silently. Each message therefore carries the iteration and stream it belongs to and its number among the messages
 of its (sender, receiver, tag); the receiver refuses one that does not match, naming both. With a network profile
-the header also holds the sender's simulated stamp (net.py), so no second message is needed. Header and payload
+the header also holds the sender's simulated stamp (net/profile.py), so no second message is needed. Header and payload
 travel as one uint8 buffer staged once per (peer, stream, direction, shape): no allocation per message.
 """
 

@@ -1,9 +1,9 @@
 """What the job's processes say to each other without agents to place: sums, broadcasts, gathers, and the framed
-point-to-point messages that the Fabric (comm.py) builds its gossip and exchange on.
+point-to-point messages that the Fabric (fabric.py) builds its gossip and exchange on.
 
 With one process every call is local. With several they are gloo collectives and posted isend/irecv; every wait
-carries a timeout and is watched (watch.py), so a dead or frozen peer becomes an error naming it. Every point-to-
-point message carries a header (frames.py). With a network profile (net.py) every message also carries its
+carries a timeout and is watched (watchdog.py), so a dead or frozen peer becomes an error naming it. Every point-to-
+point message carries a header (frames.py). With a network profile (net/profile.py) every message also carries its
 sender's simulated clock and every collective joins the ranks' clocks, so each rank knows the time a real node
 would see. Evaluation and the analysis tools use `Collectives` alone.
 """
@@ -68,7 +68,7 @@ class Collectives:
         self.distributed = world > 1
         self._sum_buffers: dict[tuple, torch.Tensor] = {}
         self.context = "setup"  # what the job is doing, for error messages (e.g. "iteration 12")
-        # A network profile: every message and collective also advances this node's simulated clock (net.py).
+        # A network profile: every message and collective also advances this node's simulated clock (net/profile.py).
         self.net = net or PRESETS["loopback"]
         active = self.net.active and self.distributed
         self.clock = NodeClock(self.net, rank, seed) if active else None
@@ -105,7 +105,7 @@ class Collectives:
 
     def _wait_all(self, works: list, what: str, nbytes: int = 0) -> None:
         """Wait on works, each a Work or (peer rank, Work, bytes); failures name the peer when it is known, and a
-        timeout names the rank everybody waits on (watch.py) or the fault that explains it (faults.py)."""
+        timeout names the rank everybody waits on (watchdog.py) or the fault that explains it (faults.py)."""
         watch = self.watch
         for item in works:
             peer, work, size = item if isinstance(item, tuple) else (None, item, nbytes)
@@ -278,7 +278,7 @@ def world_from_env() -> tuple[int, int]:
 @contextmanager
 def process_group(timeout_s: float, build, hang_warning_s: float | None = None):
     """Create the process group (if several processes) with an explicit timeout, yield build(rank, world), and
-    always tear the group down. A multi-process group also gets its hang watchdog (watch.py; default threshold:
+    always tear the group down. A multi-process group also gets its hang watchdog (watchdog.py; default threshold:
     a quarter of the timeout)."""
     rank, world = world_from_env()
     if world > 1:  # under an elastic agent: in this attempt's own namespace of its store (elastic.py)

@@ -2,7 +2,7 @@
 
 torch_xla's launcher runs the job in a process it spawns, one thread per local device (4 CPU devices with
 PJRT_DEVICE=CPU CPU_NUM_DEVICES=4; a TPU host's chips with PJRT_DEVICE=TPU). Every thread trains through an
-XlaFabric (comm_xla.py): device 0's thread is also the coordinator (environments, central critic, logging),
+XlaFabric (comm/xla.py): device 0's thread is also the coordinator (environments, central critic, logging),
 as rank 0 is in the CPU placement. torch_xla is imported only here, inside functions.
 """
 

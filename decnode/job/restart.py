@@ -25,7 +25,7 @@ from . import metricsfile
 from ..elastic import attempt, max_restarts
 
 NOTES = "attempts"
-# How a survivor's error reads when a peer went away: ours (collectives.py) or gloo's own words.
+# How a survivor's error reads when a peer went away: ours (comm/transport.py) or gloo's own words.
 PEER_LOST = re.compile(r"^(CommError|DistBackendError)|Connection (closed|reset) by peer|Broken pipe")
 
 
@@ -123,7 +123,7 @@ def cause(run_dir: Path, n: int, world: int) -> tuple[int | str, str]:
     if own:
         rank, error = own[0]
         return rank, f"failed ({error.splitlines()[0][:300]})"
-    # The hang watchdog's verdict (watch.py) names the rank everybody waited on: frozen or stuck, then killed.
+    # The hang watchdog's verdict (comm/watchdog.py) names the rank everybody waited on: frozen or stuck, then killed.
     hung = {int(m) for e in errors.values() for m in re.findall(r"rank (\d+) stopped answering", e)}
     if len(hung) == 1:
         return hung.pop(), "stopped answering"

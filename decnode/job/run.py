@@ -258,7 +258,8 @@ def _yaml(data: dict) -> str:
 
 
 def network_profile(cfg: Config, n_procs: int | None = None):
-    """The run's network profile (net.py); a bad name or file, or one that would do nothing, is a ConfigError."""
+    """The run's network profile (net/profile.py); a bad name or file, or one that would do nothing, is a
+    ConfigError."""
     return profile.job_profile(cfg, n_procs)
 
 

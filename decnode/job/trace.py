@@ -1,7 +1,7 @@
 """trace.json: a few iterations of every rank as a timeline, in Chrome's trace-event format (Perfetto, chrome://tracing).
 
 Two timelines, each with one row per rank: "host" is this machine's wall-clock (perf_counter, shared by the
-processes of one host), "simulated" is the per-node clock of the network profile (net.py), when one is set.
+processes of one host), "simulated" is the per-node clock of the network profile (net/profile.py), when one is set.
 Sections are complete events ("X", nested as they ran); each point-to-point message is a flow arrow from the
 section that sent it to the one that received it.
 """

@@ -1,7 +1,7 @@
 """The training loop every process runs: act, advantages, PPO epochs combined by the algorithm, evaluate, log.
 
-PS and DecPG share every line here; they differ only in the Combiner (algos.py). One process holding all
-agents and many processes holding one each differ only in the Fabric (comm.py).
+PS and DecPG share every line here; they differ only in the Combiner (marl/combiners.py). One process holding all
+agents and many processes holding one each differ only in the Fabric (comm/fabric.py).
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def predict_iteration_comm(cfg: Config, profile: NetProfile, n_procs: int, overl
             one = p.allreduce_s(W, 4 * (D + (Dc if local else 0)))
         out["combine_raw"] = rounds * one
         out["combine"] = rounds * max(one - overlap_s, 0.0)
-        # metrics.py: Σ rows of ∇, Δθ, θ (float64), their 3 squared norms, 8 scalars, one NaN flag per rank
+        # marl/noise.py: Σ rows of ∇, Δθ, θ (float64), their 3 squared norms, 8 scalars, one NaN flag per rank
         out["stats"] = p.allreduce_s(W, 8 * (3 * D + 3 + 8 + W))
     out["total"] = sum(out[k] for k in KINDS)
     return out

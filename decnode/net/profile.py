@@ -8,7 +8,7 @@ run: compute advances it by the rank's own CPU time (not wall time, which ten pr
 times its slowdown; a message leaves at max(sender's clock, the sender's link free again), occupies the link for
 bytes/β and arrives α later; a receive completes at max(receiver's clock, arrival); a collective completes, from
 its latest participant, after the cost of the algorithm gloo runs (e.g. ring all-reduce: 2(n−1) steps of size/n).
-Pure Python, no torch: the fabric stamps its real messages with these numbers (collectives.py).
+Pure Python, no torch: the fabric stamps its real messages with these numbers (comm/transport.py).
 """
 
 from __future__ import annotations

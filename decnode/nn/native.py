@@ -1,4 +1,4 @@
-"""decnode's C++ kernels (decnode/*.cpp), compiled on first use by torch's extension builder and then cached.
+"""decnode's C++ kernels (decnode/nn/*.cpp), compiled on first use by torch's extension builder and then cached.
 
 torch.utils.cpp_extension builds with ninja and the system's C++ compiler: about 11 s once per machine, torch
 version and source, then a load in milliseconds. The cache is $TORCH_EXTENSIONS_DIR (default

@@ -5,7 +5,7 @@
 The sweep file (YAML): `config` (base config, required), `overlays`, `out`, `processes`, `set`, `grid`, `seeds`;
 paths are relative to the sweep file (configs/sweeps/*.yaml show every key). Every cell is composed and validated
 with decnode's own config machinery, and every command the sweep will start is checked by decnode-run's own checks
-(sweepplan.py), before anything is written; bad input is one line on stderr and exit code 2, and --dry-run refuses
+(plan.py), before anything is written; bad input is one line on stderr and exit code 2, and --dry-run refuses
 exactly what the run would. A cell name longer than the filesystem takes is shortened (its start and a digest).
 
 The sweep directory holds sweep.yaml (the file as given and the resolved cells), configs/<cell>.yaml (the cell's

@@ -1,5 +1,5 @@
 """A sweep file and its cells: the grid expanded, every cell composed and validated with decnode's own config
-machinery before anything runs (bad input is one line). decnode-sweep (sweep.py) runs the cells."""
+machinery before anything runs (bad input is one line). decnode-sweep (command.py) runs the cells."""
 
 from __future__ import annotations
 
