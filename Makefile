@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# torch==2.13.0 is pinned in pyproject.toml: the CPU wheel, not a multi-GB CUDA build
 	$(PY) -m pip install -q -e '.[smax,test]'
 	# the C++ GRU kernel, compiled once here (~11 s) rather than by the first job's processes
-	$(PY) -m decnode.native
+	$(PY) -m decnode.nn.native
 	touch $(STAMP)
 
 # The XLA placement (issue #15) lives in its own venv: torch_xla 2.9.0 loads only with torch 2.9.0, and the main
@@ -34,7 +34,7 @@ $(XSTAMP): pyproject.toml
 		'numpy>=1.26' 'pyyaml>=6.0' 'tqdm>=4.66' 'tensorboard>=2.16' 'matplotlib>=3.8' 'pytest>=8' 'pytest-timeout>=2.3' \
 		'ninja>=1.11'
 	$(XPY) -m pip install -q --no-deps -e .
-	$(XPY) -m decnode.native
+	$(XPY) -m decnode.nn.native
 	touch $(XSTAMP)
 
 .PHONY: install run test bench install-xla test-xla

@@ -3,8 +3,9 @@
     python benchmarks/cluster.py                                  # n=10: PS, DecPG k=2, k=4 on ethernet and wan
     python benchmarks/cluster.py --n 10 --profiles datacenter edge --ks 2 4 8 --iterations 5
 
-Each cell is a real `decnode.run` job with `--net PROFILE` on this machine. The figures are the simulated clock's
-(net.py): compute is each rank's own CPU time, so they do not depend on how many processes share the host's cores.
+Each cell is a real `decnode.run` job with `--net PROFILE` on this machine. The figures are the simulated
+clock's (net/profile.py): compute is each rank's own CPU time, so they do not depend on how many processes share
+the host's cores.
 Seconds per iteration: median over iterations after the first (warm-up), from rank 0's metrics.jsonl `sim`;
 compute / wire / waiting and the communication share: averaged over ranks and iterations from timing.json.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from decnode.metricsfile import records  # noqa: E402
+from decnode.job.metricsfile import records  # noqa: E402
 
 
 def run_cell(n: int, algo: str, k: int, profile: str, iterations: int) -> dict:

@@ -39,7 +39,7 @@ def bench_worker(n: int, ks: list[int], reps: int, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from decnode.comm import Fabric, open_fabric
+    from decnode.comm.fabric import Fabric, open_fabric
 
     torch.set_num_threads(1)
     rows = {}
@@ -78,7 +78,7 @@ def bench_worker(n: int, ks: list[int], reps: int, out: str) -> None:
 
 
 def run(n: int, reps: int) -> dict:
-    from decnode.launch import launch
+    from decnode.job.launch import launch
 
     ks = sorted({k for k in (1, 2, 4, n - 1) if k <= n - 1})
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from decnode.metricsfile import records  # noqa: E402
+from decnode.job.metricsfile import records  # noqa: E402
 from decnode.timing import grouped  # noqa: E402
 
 COMM = ("step_exchange", "gossip/allreduce", "waiting")

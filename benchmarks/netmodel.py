@@ -4,7 +4,7 @@
     python benchmarks/netmodel.py --nproc 4 --nets wan --iterations 3
 
 Each case trains a short real job with --net (the last iteration, which also evaluates, is left out) and prints
-rank 0's simulated wire + waiting per iteration (median) beside decnode.netmodel's prediction; target: a ratio
+rank 0's simulated wire + waiting per iteration (median) beside decnode.tools.netmodel's prediction; target: a ratio
 within 15% of 1. Saves JSON (default benchmarks/results/netmodel.json).
 """
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
-    from decnode.netmodel import compare, format_compare, job_config
+    from decnode.tools.netmodel import compare, format_compare, job_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc", type=int, default=10)

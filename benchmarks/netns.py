@@ -31,8 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from decnode.metricsfile import records  # noqa: E402
-
+from decnode.job.metricsfile import records  # noqa: E402
 # Every section the host spends in a message or collective (its waiting for the peer included, as in the clock).
 COMM = ("step_exchange", "reward_scatter", "state_broadcast", "gossip", "gossip_critic", "allreduce",
         "allreduce_critic", "stats", "broadcast", "gather", "wait")

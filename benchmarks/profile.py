@@ -21,10 +21,10 @@ from torch.profiler import profile, record_function
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from decnode.comm import open_fabric  # noqa: E402
+from decnode.comm.fabric import open_fabric  # noqa: E402
 from decnode.config import load, resolve  # noqa: E402
-from decnode.cores import intra_op_threads  # noqa: E402
-from decnode.trainer import Trainer  # noqa: E402
+from decnode.job.cores import intra_op_threads  # noqa: E402
+from decnode.job.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from decnode.metricsfile import records  # noqa: E402
+from decnode.job.metricsfile import records  # noqa: E402
 # One process per agent where that fits comfortably on 2 cores; 27m_vs_30m: 3 agents per process (9 processes).
 DEFAULT_NPROC = {"5m_vs_6m": 5, "10m_vs_11m": 10, "6h_vs_8z": 6, "27m_vs_30m": 9}
 

@@ -47,7 +47,7 @@ def saved_figures(monkeypatch):
     file is still written, unchanged."""
     from pathlib import Path
 
-    from decnode import plots
+    from decnode.tools import plots
 
     figures = {}
     save = plots.save_figure

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from decnode import analysis, landscape, plots
-from decnode.analysis import MODES, evaluate_run, load_models
-from decnode.checkpoint import atomic_save
-from decnode.collectives import Collectives
-from decnode.evaluate import Evaluator
+from decnode.tools import evalmodes, landscape, plots
+from decnode.tools.evalmodes import MODES, evaluate_run, load_models
+from decnode.job.checkpoint import atomic_save
+from decnode.comm.transport import Collectives
+from decnode.marl.evaluate import Evaluator
 from figcheck import assert_curve, bar_series, bars
 
 N = 3
 
 
 def _train(out, seed: int) -> None:
-    from decnode.run import main
+    from decnode.job.run import main
     main(["--nproc", "1", "--agents-per-process", str(N), "--k", "1", "--iterations", "2", "--seed", str(seed),
           "--out", str(out), "--overwrite", "--set", "eval.episodes=4", "--set", "eval.test_episodes=8",
           "--set", "eval.interval=1", "--set", "env.n_envs=8", "--set", "run.tensorboard=false"])
@@ -83,13 +83,13 @@ def test_equal_rows_make_local_equal_average(equal_rows_run):
 
 
 def test_cli_writes_eval_json_and_multiprocess_matches(run_dir, capsys):
-    analysis.main([str(run_dir), "--out", "one.json"])
+    evalmodes.main([str(run_dir), "--out", "one.json"])
     one = json.loads((run_dir / "one.json").read_text())
     assert set(one["modes"]) == set(MODES)
     for entry in one["modes"].values():
         assert {"train", "test", "gap"} <= set(entry)
     assert "average_stochastic" in capsys.readouterr().out
-    analysis.main([str(run_dir), "--nproc", "2", "--out", "two.json"])  # 3 agents over 2 processes
+    evalmodes.main([str(run_dir), "--nproc", "2", "--out", "two.json"])  # 3 agents over 2 processes
     two = json.loads((run_dir / "two.json").read_text())
     assert two["processes"] == 2 and one["processes"] == 1
     _close(one["modes"], two["modes"])
@@ -98,9 +98,9 @@ def test_cli_writes_eval_json_and_multiprocess_matches(run_dir, capsys):
 def test_launch_failure_message_names_the_tool(run_dir, tmp_path, capsys):
     """A failing decnode-eval worker is reported under its own name, without training's iteration/--resume
     hints (run_dir holds a finished training run with metrics and a checkpoint)."""
-    from decnode.launch import launch
+    from decnode.job.launch import launch
     payload = (str(tmp_path / "nope"), ["average"], 1, 1, str(tmp_path / "x.json"), 30.0)
-    assert launch(1, analysis.eval_worker, payload, run_dir, prog="decnode-eval") == 1
+    assert launch(1, evalmodes.eval_worker, payload, run_dir, prog="decnode-eval") == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("decnode-eval: error: rank 0 failed"), err
     assert "--resume" not in err and "iteration" not in err
@@ -158,10 +158,10 @@ def test_landscape(run_dir, tmp_path, saved_figures):
         [centre] = hist.get_lines()  # θ̄'s value, marked on the histogram
         assert list(centre.get_xdata()) == [values[1, 1]] * 2 and centre.get_label() == r"$\bar\theta$ (centre)"
     cfg = models["config"]
-    direct = Evaluator(Collectives(), analysis.env_factory(cfg, N), n_agents=N, episodes=2,
+    direct = Evaluator(Collectives(), evalmodes.env_factory(cfg, N), n_agents=N, episodes=2,
                        obs_dim=models["obs_dim"], n_actions=models["n_actions"], hidden=cfg["train"]["hidden"])
     theta_bar = models["actor_mean"].expand(N, -1)
-    assert data["reward"][1, 1] == direct.run(theta_bar, analysis.eval_seeds(cfg)[0])["return"]
+    assert data["reward"][1, 1] == direct.run(theta_bar, evalmodes.eval_seeds(cfg)[0])["return"]
     assert abs(data["loss"][1, 1]) < 1e-5  # ratio 1 and normalised advantages: ≈ −mean(adv) = 0
 
 
@@ -170,7 +170,7 @@ def test_plots_two_seeds(run_dir, tmp_path, saved_figures):
 
     other = tmp_path / "s2"
     _train(other, seed=2)
-    analysis.main([str(other), "--mode", "average"])
+    evalmodes.main([str(other), "--mode", "average"])
     groups = plots.group_runs([plots.load_run(run_dir), plots.load_run(other)])
     assert [(label, len(runs)) for label, runs in groups] == [("DecPG k=1", 2)]
     out = tmp_path / "plots"
@@ -260,7 +260,7 @@ def test_median_band():
 @pytest.mark.parametrize("cli", ["eval", "landscape", "plot"])
 @pytest.mark.parametrize("case", ["missing_dir", "no_models", "bad_mode"])
 def test_bad_input_one_line_exit_2(cli, case, tmp_path, capsys):
-    mains = {"eval": analysis.main, "landscape": landscape.main, "plot": plots.main}
+    mains = {"eval": evalmodes.main, "landscape": landscape.main, "plot": plots.main}
     empty = tmp_path / "empty"
     empty.mkdir()
     argv = {"missing_dir": [str(tmp_path / "nope")], "no_models": [str(empty)],

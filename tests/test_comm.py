@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from decnode.collectives import CommError
+from decnode.comm.transport import CommError
 
-from decnode.comm import Fabric, open_fabric
+from decnode.comm.fabric import Fabric, open_fabric
 from decnode.topology import mixing_matrix
 from multiproc import run_ranks
 
@@ -17,7 +17,7 @@ def theta(n: int) -> torch.Tensor:
 
 
 def _gossip_worker(per_process: int, rounds: int):
-    from decnode.collectives import world_from_env
+    from decnode.comm.transport import world_from_env
     rank, world = world_from_env()
     n = per_process * world
     out = {}
@@ -59,7 +59,7 @@ def test_gossip_matches_P_theta_and_reaches_consensus(world, per_process):
 
 
 def _two_streams_worker(per_process: int):
-    from decnode.collectives import world_from_env
+    from decnode.comm.transport import world_from_env
     from decnode.timing import Section
     rank, world = world_from_env()
     n = per_process * world
@@ -110,7 +110,7 @@ def test_single_process_fabric_needs_no_process_group():
 
 
 def _exchange_worker(per_process: int, exchange: str):
-    from decnode.collectives import world_from_env
+    from decnode.comm.transport import world_from_env
     rank, world = world_from_env()
     n = per_process * world
     with open_fabric(n, 1, timeout_s=60, exchange=exchange) as fabric:
@@ -140,7 +140,7 @@ def test_coordinator_exchange_round_trip(world, per_process, exchange):
 
 
 def _silent_peer_worker():
-    from decnode.collectives import world_from_env
+    from decnode.comm.transport import world_from_env
     rank, world = world_from_env()
     import torch.distributed as dist
     from datetime import timedelta
@@ -164,18 +164,18 @@ def test_silent_peer_becomes_a_named_error_not_a_hang():
     assert "rank 0" in message and "iteration 7" in message, message
 
 
-_PROBE = "import sys, decnode.comm_xla as c; print(c.available(), 'torch_xla' in sys.modules)"
+_PROBE = "import sys, decnode.comm.xla as c; print(c.available(), 'torch_xla' in sys.modules)"
 
 
 def test_xla_fabric_module_imports_without_torch_xla(tmp_path):
-    """decnode.comm_xla imports torch_xla only inside: the main venv (torch 2.13, no torch_xla) imports it, and
+    """decnode.comm.xla imports torch_xla only inside: the main venv (torch 2.13, no torch_xla) imports it, and
     available() says whether torch_xla is importable without importing it."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    import decnode.comm_xla as comm_xla
+    import decnode.comm.xla as comm_xla
     assert comm_xla.available() is False  # pyproject.toml does not install torch_xla into the main venv
 
     # A fake torch_xla on the path: available() must find it, and neither it nor importing comm_xla may import

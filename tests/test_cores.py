@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from decnode.cores import oversubscribed
+from decnode.job.cores import oversubscribed
 
 TINY = ["--k", "1", "--iterations", "2", "--set", "env.n_envs=2", "--set", "env.episode_length=5",
         "--set", "train.hidden=16", "--set", "eval.episodes=2", "--set", "eval.test_episodes=2",

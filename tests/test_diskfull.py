@@ -15,9 +15,9 @@ import pytest
 import torch
 from test_reliability import BASE, _wait_for_iterations, decnode
 
-from decnode import checkpoint as ckpt
-from decnode.logger import RunLogger
-from decnode.rundir import RunDirWriteError, writing
+from decnode.job import checkpoint as ckpt
+from decnode.job.logger import RunLogger
+from decnode.job.rundir import RunDirWriteError, writing
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs / a read-only bind")
 COMMON = [*BASE, "--set", "eval.test_episodes=4", "--iterations", "400", "--set", "run.checkpoint_interval=2"]

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from decnode.collectives import Collectives
+from decnode.comm.transport import Collectives
 from decnode.envs import EnvFactory
 from decnode.envs.perturb import PerturbedEnv
 from decnode.envs.spread import BatchedSpread
-from decnode.evaluate import Evaluator, share
-from decnode.models import RecurrentNet, flatten_parameters
+from decnode.marl.evaluate import Evaluator, share
+from decnode.nn.models import RecurrentNet, flatten_parameters
 from multiproc import run_ranks
 
 N, EPISODES, SEED = 3, 7, 17
@@ -39,7 +39,7 @@ CASES = [(BatchedSpread, False), (BatchedSpread, True), (HeavySpread, False)]
 
 
 def _worker():
-    from decnode.collectives import open_collectives
+    from decnode.comm.transport import open_collectives
     with open_collectives(timeout_s=60) as group:
         return [_evaluate(group, cls, perturbed) for cls, perturbed in CASES]
 

@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from decnode.collectives import CommError
+from decnode.comm.transport import CommError
 
-from decnode.comm import Fabric
+from decnode.comm.fabric import Fabric
 from multiproc import run_ranks
 from test_reliability import BASE, _wait_for_iterations, decnode, models
 
@@ -119,8 +119,8 @@ def test_a_frozen_rank_ends_the_job_soon_after_the_timeout_naming_it_and_the_ite
 
 
 def _stale_worker():
-    from decnode.collectives import world_from_env
-    from decnode.comm import open_fabric
+    from decnode.comm.transport import world_from_env
+    from decnode.comm.fabric import open_fabric
     rank, world = world_from_env()
     with open_fabric(2, 1, timeout_s=30) as fabric:
         fabric.begin_iteration(8 if rank == 0 else 7)  # rank 1 is an iteration behind
@@ -180,7 +180,7 @@ def test_a_killed_rank_is_named_with_its_fault(tmp_path, kind):
 
 
 def test_a_link_down_holds_its_messages_until_it_is_up_again_on_the_simulated_clock():
-    from decnode.faults import Faults
+    from decnode.net.faults import Faults
 
     class Clock:
         def advance(self):

@@ -410,11 +410,11 @@ def test_io_errors_are_one_line_naming_the_path(box, setup, args, needle):
 
 
 @pytest.mark.parametrize("module,prog,args,needle", [
-    ("decnode.plots", "decnode-plot", ["{run}", "--out", "{box}/home/thesis.tex"], "is a file, not a directory"),
-    ("decnode.analysis", "decnode-eval", ["{run}", "--out", "/proc/decnode-test/eval.json"], "not writable"),
-    ("decnode.analysis", "decnode-eval", ["{run}", "--out", "{box}/home"], "is a directory; name a file"),
-    ("decnode.analysis", "decnode-eval", ["{run}", "--mode", "best"], "mode"),
-    ("decnode.landscape", "decnode-landscape", ["{box}/home"], "models.pt"),
+    ("decnode.tools.plots", "decnode-plot", ["{run}", "--out", "{box}/home/thesis.tex"], "is a file, not a directory"),
+    ("decnode.tools.evalmodes", "decnode-eval", ["{run}", "--out", "/proc/decnode-test/eval.json"], "not writable"),
+    ("decnode.tools.evalmodes", "decnode-eval", ["{run}", "--out", "{box}/home"], "is a directory; name a file"),
+    ("decnode.tools.evalmodes", "decnode-eval", ["{run}", "--mode", "best"], "mode"),
+    ("decnode.tools.landscape", "decnode-landscape", ["{box}/home"], "models.pt"),
 ])
 def test_analysis_tools_check_their_output_before_the_work(box, finished, module, prog, args, needle):
     copy = box / "home" / "run"
@@ -470,7 +470,7 @@ def test_missing_optional_dependencies_are_named_with_the_extra(monkeypatch):
     # In-process: jax is installed here, so hide it from the finder the check uses (the CLI path is shared).
     import importlib.util
 
-    from decnode import preflight
+    from decnode.job import preflight
     from decnode.config import ConfigError, load, resolve
 
     real = importlib.util.find_spec

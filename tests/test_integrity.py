@@ -24,21 +24,21 @@ import torch
 import yaml
 from test_inputs import ROOT, cli, one_line, snapshot
 
-from decnode import checkpoint as ckpt
-from decnode.models import RecurrentNet
+from decnode.job import checkpoint as ckpt
+from decnode.nn.models import RecurrentNet
 
 TINY = ["--nproc", "1", "--k", "1", "--iterations", "2", "--set", "env.n_envs=2", "--set", "env.episode_length=5",
         "--set", "train.hidden=16", "--set", "eval.episodes=2", "--set", "eval.test_episodes=2",
         "--set", "run.tensorboard=false"]
-TOOLS = {"eval": ("decnode.analysis", "decnode-eval", ["--episodes", "2", "--test-episodes", "2"]),
-         "landscape": ("decnode.landscape", "decnode-landscape", ["--grid", "3", "--episodes", "1"])}
+TOOLS = {"eval": ("decnode.tools.evalmodes", "decnode-eval", ["--episodes", "2", "--test-episodes", "2"]),
+         "landscape": ("decnode.tools.landscape", "decnode-landscape", ["--grid", "3", "--episodes", "1"])}
 
 
 def _train(base: Path, name: str, agents: int) -> Path:
     (base / "cwd").mkdir(exist_ok=True)
     res = cli([*TINY, "--agents-per-process", agents, "--out", base / name], base / "cwd", timeout=240)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
-    res = cli([base / name, *TOOLS["eval"][2]], base / "cwd", module="decnode.analysis", timeout=240)
+    res = cli([base / name, *TOOLS["eval"][2]], base / "cwd", module="decnode.tools.evalmodes", timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]  # eval.json: what a refused tool must leave as it is
     return base / name
 
@@ -220,7 +220,7 @@ def test_an_intact_run_verifies_with_sha256sum_and_evaluates(box, run):
     if shutil.which("sha256sum"):  # the digest files are sha256sum's own format
         for name in ("checkpoint.pt.sha256", "models.pt.sha256"):
             assert subprocess.run(["sha256sum", "-c", name], cwd=run, capture_output=True, timeout=30).returncode == 0
-    res = cli([run, *TOOLS["eval"][2]], box / "cwd", module="decnode.analysis")
+    res = cli([run, *TOOLS["eval"][2]], box / "cwd", module="decnode.tools.evalmodes")
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr[-2000:]
 
 
@@ -235,7 +235,7 @@ def test_files_from_before_digests_are_checked_by_their_crcs_and_get_a_digest_on
     manifest["writes"] = [p for p in manifest["writes"] if "sha256" not in p]
     (run / ".decnode-run.json").write_text(json.dumps(manifest))
 
-    res = cli([run, *TOOLS["eval"][2]], box / "cwd", module="decnode.analysis")
+    res = cli([run, *TOOLS["eval"][2]], box / "cwd", module="decnode.tools.evalmodes")
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr[-2000:]
     flipped = box / "flipped"
     shutil.copytree(run, flipped)
@@ -259,7 +259,7 @@ def test_files_from_before_digests_are_checked_by_their_crcs_and_get_a_digest_on
 CRASH = """
 import os, sys, torch
 from pathlib import Path
-from decnode import checkpoint
+from decnode.job import checkpoint
 real, calls, die = os.replace, [0], int(sys.argv[2])
 def replace(a, b):  # the process dies (no cleanup, no flush) just before the die-th rename
     calls[0] += 1

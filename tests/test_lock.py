@@ -196,7 +196,7 @@ def test_a_sweep_cell_and_a_run_by_hand_on_one_directory(box):
     path = _sweep_file(box / "home", 100000)
     cell = box / "home" / "grid" / "cells" / "k-1"
     # 1. the sweep's cell runs; decnode-run by hand on its directory is refused
-    proc = start([sys.executable, "-m", "decnode.sweep", path], box / "cwd")
+    proc = start([sys.executable, "-m", "decnode.tools.sweep.command", path], box / "cwd")
     try:
         holder = wait_live(proc, cell, checkpoint=True)
         assert holder["pid"] != proc.pid  # the cell's decnode-run, not the sweep
@@ -214,7 +214,7 @@ def test_a_sweep_cell_and_a_run_by_hand_on_one_directory(box):
     try:
         holder = wait_live(live, cell)
         before = digest(box, skip=cell)
-        res = cli([path], box / "cwd", module="decnode.sweep")
+        res = cli([path], box / "cwd", module="decnode.tools.sweep.command")
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
         assert lines(res) == [f"decnode-sweep: error: {path}: cell k-1: run directory {cell} is in use by another job (pid "
                               f"{holder['pid']} on host {socket.gethostname()}, decnode-run since {holder['since']}); "
@@ -253,7 +253,7 @@ def test_a_lock_left_by_a_killed_job_is_taken_over_and_said(box):
 def test_a_killed_sweep_is_taken_over_and_its_cell_resumes(box):
     path = _sweep_file(box / "home", 30)
     out, cell = box / "home" / "grid", box / "home" / "grid" / "cells" / "k-1"
-    proc = start([sys.executable, "-m", "decnode.sweep", path], box / "cwd")
+    proc = start([sys.executable, "-m", "decnode.tools.sweep.command", path], box / "cwd")
     holder = None
     try:
         holder = wait_live(proc, cell, checkpoint=True)
@@ -263,7 +263,7 @@ def test_a_killed_sweep_is_taken_over_and_its_cell_resumes(box):
         stop(proc, signal.SIGKILL)  # the sweep; its cell runs in a session of its own: killed next
         if holder is not None:
             os.killpg(holder["pid"], signal.SIGKILL)
-    res = cli([path], box / "cwd", module="decnode.sweep", timeout=300)
+    res = cli([path], box / "cwd", module="decnode.tools.sweep.command", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert lines(res) == [f"decnode-sweep: {out} was locked by a sweep that died (pid {sweeper['pid']} on host "
                           f"{socket.gethostname()}, decnode-sweep since {sweeper['since']}); taking it over"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from decnode.mappo import ValueNorm, gae, linear_lr, normalize_advantages, ppo_policy_loss, value_loss
+from decnode.nn.losses import ValueNorm, gae, linear_lr, normalize_advantages, ppo_policy_loss, value_loss
 
 
 def test_gae_with_done_in_the_middle() -> None:

@@ -13,9 +13,9 @@ def rows_for(rank: int, name: str) -> torch.Tensor:
 
 
 def _worker():
-    from decnode.collectives import world_from_env
-    from decnode.comm import open_fabric
-    from decnode.metrics import agent_variance_and_sums
+    from decnode.comm.transport import world_from_env
+    from decnode.comm.fabric import open_fabric
+    from decnode.marl.noise import agent_variance_and_sums
 
     rank, world = world_from_env()
     with open_fabric(N_PER * world, 1, timeout_s=60) as fabric:
@@ -39,8 +39,8 @@ def test_variance_matches_direct_computation_on_gathered_rows():
 
 
 def test_single_process_and_identical_rows():
-    from decnode.comm import Fabric
-    from decnode.metrics import agent_variance_and_sums
+    from decnode.comm.fabric import Fabric
+    from decnode.marl.noise import agent_variance_and_sums
 
     same = torch.ones(4, 5).mul(3.0)
     variance, _ = agent_variance_and_sums(Fabric(4, 1), {"x": same, "y": torch.arange(20.).view(4, 5)}, [])

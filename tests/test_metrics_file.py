@@ -116,11 +116,11 @@ def test_plot_and_report_drop_a_cut_line_and_say_so(copy, box):
     cut_last_line(copy)
     note = f"{copy / 'metrics.jsonl'}: its last line after iteration 3 is cut short (a write interrupted by a " \
            "crash or a full disk): dropped"
-    res = cli([copy], box / "cwd", module="decnode.plots")
+    res = cli([copy], box / "cwd", module="decnode.tools.plots")
     assert res.returncode == 0 and lines(res.stderr) == [], res.stderr[-3000:]
     assert lines(res.stdout)[0] == f"decnode-plot: {note}" and (copy / "plots" / "reward.png").is_file()
     res = cli([box / "home", "--include-unfinished", "--out", box / "cwd" / "report"], box / "cwd",
-              module="decnode.report")
+              module="decnode.tools.report.command")
     assert res.returncode == 0 and lines(res.stderr) == [], res.stderr[-3000:]
     assert note in lines(res.stdout) and "included unfinished run (3 of 4 iterations logged)" in res.stdout
     assert note in (box / "cwd" / "report" / "results.md").read_text()
@@ -131,13 +131,13 @@ def test_a_damaged_line_before_the_last_is_one_line_everywhere(copy, box):
     (copy / "metrics.jsonl").write_text("".join([text[0], '{"iteration": 2, "trai\n', *text[2:]]))
     before = digest(box)
     needle = f"{copy / 'metrics.jsonl'}: line 2 is not a metrics record (damaged or edited"
-    refused(cli([copy], box / "cwd", module="decnode.plots"), needle, "decnode-plot")
+    refused(cli([copy], box / "cwd", module="decnode.tools.plots"), needle, "decnode-plot")
     refused(cli(["--resume", copy, "--iterations", "6"], box / "cwd"), needle)
     assert digest(box) == before
 
 
 def test_the_sweep_reads_the_same_way(copy):
-    from decnode import sweep, sweepplan
+    from decnode.tools.sweep import command as sweep, plan as sweepplan
 
     cut_last_line(copy)
     assert sweepplan.logged(copy) == 3 and [m["iteration"] for m in sweep._metrics(copy)] == [1, 2, 3]

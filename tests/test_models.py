@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from decnode import native
-from decnode.gru import gru_native, gru_reference, gru_sequence
-from decnode.models import (
+from decnode.nn import native
+from decnode.nn.gru import gru_native, gru_reference, gru_sequence
+from decnode.nn.models import (
     AgentGRU,
     RecurrentNet,
     categorical_sample,
@@ -148,7 +148,7 @@ def test_init_orthogonal_and_zero_bias() -> None:
     assert net.out.weight.abs().max() <= 0.01 + 1e-12
 
 
-# pytest resets warning filters per test, undoing the module-level ignore in decnode.models
+# pytest resets warning filters per test, undoing the module-level ignore in decnode.nn.models
 @pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract")
 def test_flatten_parameters_views_and_grads() -> None:
     A, T, M = 2, 4, 3
@@ -264,8 +264,8 @@ def test_without_a_compiler_the_python_kernel_runs_after_one_warning(tmp_path) -
     import sys
 
     code = ("import warnings, torch\n"
-            "from decnode import native\n"
-            "from decnode.gru import recurrence, gru_sequence\n"
+            "from decnode.nn import native\n"
+            "from decnode.nn.gru import recurrence, gru_sequence\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    assert recurrence('native', torch.device('cpu')) is gru_sequence\n"

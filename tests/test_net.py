@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from decnode.config import ConfigError
-from decnode.net import PRESETS, NetProfile, NodeClock, load_profile, make_profile
+from decnode.net.profile import PRESETS, NetProfile, NodeClock, load_profile, make_profile
 from multiproc import run_ranks
 
 SLOW_LINK = NetProfile("test", latency_s=0.005, bandwidth_bit_s=8e6)  # 1 MB/s: 100 KB take 0.1 s on the wire
@@ -22,7 +22,7 @@ def burn(cpu_seconds: float) -> None:
 
 
 def _two_messages(d1: int, d2: int):
-    from decnode.comm import Fabric
+    from decnode.comm.fabric import Fabric
 
     fabric = Fabric(2, 1, *_rank_world(), timeout_s=60, net=SLOW_LINK)
     x1, x2 = torch.full((1, d1), float(fabric.rank)), torch.full((1, d2), float(fabric.rank))
@@ -54,7 +54,7 @@ def test_a_message_arrives_after_latency_and_bandwidth_and_the_next_one_queues_b
 
 
 def _burn_then_collective(cpu_seconds: float, profile: NetProfile, k: int, algo: str):
-    from decnode.comm import Fabric
+    from decnode.comm.fabric import Fabric
 
     fabric = Fabric(4, k, *_rank_world(), timeout_s=60, net=profile)
     x = torch.ones(1, 1000)
@@ -109,10 +109,10 @@ def test_a_slow_node_makes_its_neighbours_wait_in_decpg_and_everyone_wait_in_ps(
 def _train(root: str, profile: NetProfile | None):
     from pathlib import Path
 
-    from decnode.comm import Fabric
+    from decnode.comm.fabric import Fabric
     from decnode.config import load, resolve
-    from decnode.run import DEFAULT_CONFIG
-    from decnode.trainer import train
+    from decnode.job.run import DEFAULT_CONFIG
+    from decnode.job.trainer import train
 
     cfg = resolve(load(DEFAULT_CONFIG, ["algo.k=1", "train.iterations=2", "env.n_envs=4", "eval.interval=0",
                                         "eval.episodes=2", "eval.test_episodes=2", "run.tensorboard=false",
@@ -182,7 +182,7 @@ def _rounds_on_a_slow_link(profile: NetProfile, rounds: int):
     as real waits too. Per mode: (simulated seconds, host time at the start, at the end)."""
     from dataclasses import replace
 
-    from decnode.comm import Fabric
+    from decnode.comm.fabric import Fabric
 
     rank, world = _rank_world()
     x = torch.ones(1, 25_000)  # 100 KB
@@ -226,7 +226,7 @@ def test_emulate_mode_makes_the_host_wall_clock_show_the_simulated_network(measu
 def test_trace_json_shows_both_clocks_with_every_message_as_an_arrow(tmp_path, saved_figures):
     import json
 
-    from decnode.plots import CATEGORY_NAMES, Run, plot_timeline
+    from decnode.tools.plots import CATEGORY_NAMES, Run, plot_timeline
     from decnode.timing import ORDER
 
     profile = make_profile({"preset": "ethernet", "latency_s": 0.002})

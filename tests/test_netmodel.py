@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from decnode.net import PRESETS, NetProfile
-from decnode.netmodel import SIZES, calibrate, compare, fit_alpha_beta, job_config, main, predict_iteration_comm
+from decnode.net.profile import PRESETS, NetProfile
+from decnode.net.model import predict_iteration_comm
+from decnode.tools.netmodel import SIZES, calibrate, compare, fit_alpha_beta, job_config, main
 
 
 def test_the_fit_recovers_a_known_latency_and_bandwidth_from_noisy_timings():

@@ -16,9 +16,10 @@ import yaml
 from test_cli import run as command
 from test_reliability import decnode, metrics, models
 
-from decnode.models import RecurrentNet
-from decnode.net import load_profile
-from decnode.netmodel import job_config, predict_iteration_comm
+from decnode.nn.models import RecurrentNet
+from decnode.net.profile import load_profile
+from decnode.net.model import predict_iteration_comm
+from decnode.tools.netmodel import job_config
 
 # 3 iterations (smoothing over 3 points needs them), each one 5-step episode on 2 envs
 TINY = ["--iterations", "3", "--set", "env.episode_length=5", "--set", "env.n_envs=2", "--set", "train.hidden=16",
@@ -78,8 +79,8 @@ SETS = ["env.episode_length=5", "env.n_envs=2", "train.hidden=16"]
 
 def test_netmodel_predict_prints_the_models_prediction():
     # wan has jitter: the model's expected maximum draws from a fixed generator, so the numbers are reproducible
-    res = tool("netmodel", "predict", "--nproc", 3, "--algo", "decpg", "--k", 2, "--net", "wan", "--overlap-s", 0.005,
-               *(x for s in SETS for x in ("--set", s)))
+    res = tool("tools.netmodel", "predict", "--nproc", 3, "--algo", "decpg", "--k", 2, "--net", "wan",
+               "--overlap-s", 0.005, *(x for s in SETS for x in ("--set", s)))
     want = predict_iteration_comm(job_config(3, "decpg", 2, None, None, SETS), load_profile("wan"), 3, 0.005)
     said = {k: float(v) for k, v in re.findall(r"(step_exchange|reward_scatter|combine|stats) ([\d.]+)", res.stdout)}
     said["total"] = float(re.search(r": ([\d.]+) ms per iteration", res.stdout)[1])
@@ -94,8 +95,8 @@ def test_netmodel_compare_puts_a_real_jobs_simulated_clock_beside_the_prediction
     profile = tmp_path / "slow.yaml"  # 10 ms, 20 Mbit/s: communication dominates this tiny job
     profile.write_text("preset: ethernet\nlatency_s: 0.01\nbandwidth_bit_s: 20000000\n")
     sets = [*SETS, "train.ppo_epochs=2"]
-    res = tool("netmodel", "compare", "--nproc", 2, "--algo", "decpg", "--k", 1, "--iterations", 2, "--net", profile,
-               *(x for s in sets for x in ("--set", s)), timeout=300)
+    res = tool("tools.netmodel", "compare", "--nproc", 2, "--algo", "decpg", "--k", 1, "--iterations", 2,
+               "--net", profile, *(x for s in sets for x in ("--set", s)), timeout=300)
     m = re.search(r"predicted\s+([\d.]+) ms\s+simulated\s+([\d.]+) ms\s+simulated/predicted ([\d.]+)\s+"
                   r"host-measured \(loopback, oversubscribed\)\s+([\d.]+) ms", res.stdout)
     assert m, res.stdout
@@ -112,7 +113,7 @@ def test_netmodel_compare_puts_a_real_jobs_simulated_clock_beside_the_prediction
 
 def test_netmodel_sweep_draws_a_column_per_latency_and_says_where_decpg_wins(tmp_path):
     out = tmp_path / "bandwidth.png"
-    res = tool("netmodel", "sweep", "--latency-s", 0.0001, 0.002, 0.02, "--compute-s", 0.2, "--out", out)
+    res = tool("tools.netmodel", "sweep", "--latency-s", 0.0001, 0.002, 0.02, "--compute-s", 0.2, "--out", out)
     head = out.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", head[16:24]) == (3 * 6 * 110, 7 * 110)  # figsize (6 per α, 7) inches at 110 dpi
@@ -131,7 +132,7 @@ def test_netmodel_sweep_draws_a_column_per_latency_and_says_where_decpg_wins(tmp
 
 def test_netmodel_calibrate_writes_a_profile_that_net_accepts(tmp_path):
     out = tmp_path / "calibrated.yaml"
-    res = tool("netmodel", "calibrate", "--reps", 2, "--out", out, timeout=300)
+    res = tool("tools.netmodel", "calibrate", "--reps", 2, "--out", out, timeout=300)
     profile = load_profile(str(out))  # what decnode-run --net FILE reads
     assert profile.active and profile.name == "calibrated"
     assert math.isfinite(profile.latency_s) and profile.latency_s > 0
@@ -255,7 +256,7 @@ def test_native_smax_reward_is_smaxs_own(tmp_path):
 # ---- analysis commands ---------------------------------------------------------------------------------------------
 def test_eval_episodes_sets_the_episodes_played(trained, tmp_path):
     out = tmp_path / "eval.json"
-    tool("analysis", trained("ps")[0], "--mode", "average", "--episodes", 5, "--test-episodes", 3, "--out", out)
+    tool("tools.evalmodes", trained("ps")[0], "--mode", "average", "--episodes", 5, "--test-episodes", 3, "--out", out)
     result = json.loads(out.read_text())
     assert result["episodes"] == {"train": 5, "test": 3}  # the run's own config says 2 and 2
     entry = result["modes"]["average"]
@@ -265,7 +266,7 @@ def test_eval_episodes_sets_the_episodes_played(trained, tmp_path):
 def test_landscape_span_sets_the_grids_extent(trained, tmp_path):
     run_dir = tmp_path / "run"  # the landscape writes into the run directory: a copy
     shutil.copytree(trained("ps")[0], run_dir)
-    tool("landscape", run_dir, "--grid", 3, "--span", 0.25, "--episodes", 1)
+    tool("tools.landscape", run_dir, "--grid", 3, "--span", 0.25, "--episodes", 1)
     data = np.load(run_dir / "landscape.npz")
     assert list(data["alphas"]) == list(data["betas"]) == [-0.25, 0.0, 0.25] and float(data["span"]) == 0.25
     assert data["loss"][0, 0] != data["loss"][1, 1]  # the corners are away from θ̄
@@ -274,7 +275,7 @@ def test_landscape_span_sets_the_grids_extent(trained, tmp_path):
 def test_plot_smooth_averages_every_per_iteration_curve(trained, tmp_path):
     figures = {}
     for w in (1, 3):
-        tool("plots", trained("ps")[0], "--out", tmp_path / f"w{w}", "--smooth", w)
+        tool("tools.plots", trained("ps")[0], "--out", tmp_path / f"w{w}", "--smooth", w)
         figures[w] = {p.name: p.read_bytes() for p in (tmp_path / f"w{w}").glob("*.png")}
     # Entropy and the noise metrics have a point per iteration, 3 ≥ W: drawn smoothed.
     assert figures[1]["entropy.png"] != figures[3]["entropy.png"]

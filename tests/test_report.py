@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from decnode import analysis, config, report, report_text
+from decnode import config
+from decnode.tools import evalmodes
+from decnode.tools.report import command as report, text as report_text
 import figcheck
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +29,7 @@ FILES = ("runs.csv", "groups.csv", "results.md", "eval_modes.md", "train_reward.
 
 
 def _train(out: Path, algo: str, k: int, seed: int) -> None:
-    from decnode.run import main
+    from decnode.job.run import main
     main(["--nproc", "1", "--algo", algo, "--k", str(k), "--iterations", "3", "--seed", str(seed), "--out", str(out),
           "--set", "env.n_agents=3", "--set", "env.n_envs=4", "--set", "eval.interval=1", "--set", "eval.episodes=2",
           "--set", "eval.test_episodes=2", "--set", "run.tensorboard=false"])
@@ -39,7 +41,7 @@ def sweep(tmp_path_factory) -> Path:
     (root / "sweep.yaml").write_text("# a stand-in for decnode-sweep's grid\ngrid: {}\n")
     for name, (algo, k, seed) in CELLS.items():
         _train(root / "cells" / name, algo, k, seed)
-    analysis.main([str(root / "cells" / "decpg-k1-s1"), "--mode", "all"])  # Table 3 needs the four modes
+    evalmodes.main([str(root / "cells" / "decpg-k1-s1"), "--mode", "all"])  # Table 3 needs the four modes
     return root
 
 
@@ -60,8 +62,8 @@ def _metrics(run_dir: Path) -> list[dict]:
 def made(sweep, tmp_path_factory) -> Path:
     """The report, written through the command line as a user runs it."""
     out = tmp_path_factory.mktemp("report") / "report"
-    proc = subprocess.run([sys.executable, "-m", "decnode.report", str(sweep), "--out", str(out)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "decnode.tools.report.command", str(sweep), "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return out
 

@@ -28,10 +28,10 @@ RUN_TIMEOUT_S = TEST_TIMEOUT_S - 60
 
 
 def untrained_eval(seed: int = 1) -> float:
-    from decnode.actor import ActorBlock
-    from decnode.collectives import Collectives
+    from decnode.marl.actor import ActorBlock
+    from decnode.comm.transport import Collectives
     from decnode.envs import env_factory
-    from decnode.evaluate import EVAL_SEED_OFFSET, Evaluator
+    from decnode.marl.evaluate import EVAL_SEED_OFFSET, Evaluator
 
     make = env_factory("smax:5m_vs_6m", 5)
     env = make(1)

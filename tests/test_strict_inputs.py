@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--nproc", "2", "--k", "1", "--set", "env.n_envs=2", "--set", "env.episode_length=5", "--set",
          "train.hidden=16", "--set", "eval.episodes=2", "--set", "eval.test_episodes=2", "--set", "eval.interval=0",
          "--set", "run.tensorboard=false", "--no-preflight"]
-PROGS = {"decnode.run": "decnode-run", "decnode.sweep": "decnode-sweep", "decnode.plots": "decnode-plot",
-         "decnode.landscape": "decnode-landscape", "decnode.analysis": "decnode-eval",
-         "decnode.netmodel": "decnode-netmodel"}
+PROGS = {"decnode.run": "decnode-run", "decnode.tools.sweep.command": "decnode-sweep",
+         "decnode.tools.plots": "decnode-plot", "decnode.tools.landscape": "decnode-landscape",
+         "decnode.tools.evalmodes": "decnode-eval", "decnode.tools.netmodel": "decnode-netmodel"}
 
 
 def cli(module, *args, cwd, timeout=240):
@@ -75,7 +75,7 @@ SWEEP = ("config: {base}\nset: {{env.n_agents: 2, algo.k: 1, env.n_envs: 2, trai
 KINDS = {  # how each kind of file is given to its command, with what a valid file of it holds
     "config": ("config file", "base: {base}\n", lambda f: ("decnode.run", *SMALL, "--config", f, "--print-config")),
     "profile": ("network profile", "preset: wan\n", lambda f: ("decnode.run", *SMALL, "--net", f, "--print-config")),
-    "sweep": ("sweep file", SWEEP, lambda f: ("decnode.sweep", f, "--dry-run")),
+    "sweep": ("sweep file", SWEEP, lambda f: ("decnode.tools.sweep.command", f, "--dry-run")),
 }
 BAD = {  # one bad content, the same message (after the file's kind and name) whatever the kind of file
     "duplicate": ("{valid}{first}: 1\n", "not valid YAML (line {line}: duplicate key '{first}' (first at line 1))"),
@@ -107,7 +107,7 @@ def test_every_file_decnode_reads_is_refused_alike_in_one_line(box, kind, bad):
 def test_an_empty_profile_is_refused_an_empty_config_is_the_defaults(box):
     empty = write(box / "home" / "empty.yaml", "")
     refused(box, "decnode.run", *SMALL, "--net", empty, "--print-config", needle=f"network profile {empty} is empty")
-    refused(box, "decnode.sweep", empty, "--dry-run", needle="`config:` must name the base config file")
+    refused(box, "decnode.tools.sweep.command", empty, "--dry-run", needle="`config:` must name the base config file")
     assert resolved(box, "--config", empty)["train"]["iterations"] == 1000  # the defaults, as documented
 
 
@@ -125,10 +125,11 @@ def test_a_fault_list_with_a_duplicate_key_is_refused(box, faults, needle):
 
 def test_a_sweep_reads_numbers_and_refuses_a_duplicate_key(box):
     good = write(box / "home" / "s.yaml", SWEEP.format(base=ROOT / "configs" / "simple_spread.yaml"))
-    res = cli("decnode.sweep", good, "--dry-run", "--out", box / "cwd" / "s", cwd=box / "cwd")
+    res = cli("decnode.tools.sweep.command", good, "--dry-run", "--out", box / "cwd" / "s", cwd=box / "cwd")
     assert res.returncode == 0 and "lr-0.001" in res.stdout and "lr-0.002" in res.stdout, res.stderr
     dup = write(box / "home" / "d.yaml", good.read_text() + "grid: {train.lr: [1]}\n")
-    refused(box, "decnode.sweep", dup, "--dry-run", needle="line 4: duplicate key 'grid' (first at line 3)")
+    refused(box, "decnode.tools.sweep.command", dup, "--dry-run",
+            needle="line 4: duplicate key 'grid' (first at line 3)")
 
 
 # ---- a stopped run with a profile from a file: what it records, what a resume says ------------------------------
@@ -209,7 +210,7 @@ def test_a_config_yaml_with_a_duplicate_key_is_refused_by_every_reader(stopped, 
     run = _copy(stopped, box)
     write(run / "config.yaml", (run / "config.yaml").read_text() + "train:\n  lr: 0.5\n")
     refused(box, "decnode.run", "--nproc", "2", "--resume", run, needle="duplicate key 'train'")
-    refused(box, "decnode.plots", run, "--out", box / "cwd" / "plots", needle="duplicate key 'train'")
+    refused(box, "decnode.tools.plots", run, "--out", box / "cwd" / "plots", needle="duplicate key 'train'")
 
 
 # ---- class 5: silent no-ops -------------------------------------------------------------------------------------
@@ -270,17 +271,17 @@ def test_a_timeout_at_the_floor_is_accepted(box):
     (["compare", "--iterations", "nan"], "argument --iterations: invalid int value: 'nan'"),
 ])
 def test_netmodel_numbers_must_be_finite_and_non_negative(box, args, needle):
-    refused(box, "decnode.netmodel", *args, needle=needle)
+    refused(box, "decnode.tools.netmodel", *args, needle=needle)
 
 
 @pytest.mark.parametrize("module,args,needle", [
-    ("decnode.landscape", ["RUN", "--span", "inf"], "argument --span: must be > 0 and finite, got 'inf'"),
-    ("decnode.landscape", ["RUN", "--span", "nan"], "argument --span: must be > 0 and finite, got 'nan'"),
-    ("decnode.landscape", ["RUN", "--span", "0"], "argument --span: must be > 0 and finite, got '0'"),
-    ("decnode.landscape", ["RUN", "--grid", "inf"], "argument --grid: invalid int value: 'inf'"),
-    ("decnode.analysis", ["RUN", "--episodes", "nan"], "argument --episodes: invalid int value: 'nan'"),
-    ("decnode.plots", ["RUN", "--smooth", "inf"], "argument --smooth: invalid int value: 'inf'"),
-    ("decnode.sweep", ["S.yaml", "--jobs", "inf"], "argument --jobs/-j: invalid int value: 'inf'"),
+    ("decnode.tools.landscape", ["RUN", "--span", "inf"], "argument --span: must be > 0 and finite, got 'inf'"),
+    ("decnode.tools.landscape", ["RUN", "--span", "nan"], "argument --span: must be > 0 and finite, got 'nan'"),
+    ("decnode.tools.landscape", ["RUN", "--span", "0"], "argument --span: must be > 0 and finite, got '0'"),
+    ("decnode.tools.landscape", ["RUN", "--grid", "inf"], "argument --grid: invalid int value: 'inf'"),
+    ("decnode.tools.evalmodes", ["RUN", "--episodes", "nan"], "argument --episodes: invalid int value: 'nan'"),
+    ("decnode.tools.plots", ["RUN", "--smooth", "inf"], "argument --smooth: invalid int value: 'inf'"),
+    ("decnode.tools.sweep.command", ["S.yaml", "--jobs", "inf"], "argument --jobs/-j: invalid int value: 'inf'"),
     ("decnode.run", ["--iterations", "inf"], "argument --iterations: invalid int value: 'inf'"),
 ])
 def test_every_numeric_flag_refuses_inf_and_nan(box, module, args, needle):

@@ -24,8 +24,8 @@ def env():
 
 
 def sweep(*args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "decnode.sweep", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env())
+    return subprocess.run([sys.executable, "-m", "decnode.tools.sweep.command", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=env())
 
 
 def write_sweep(tmp_path, iterations, grid, name="grid.yaml", **extra):
@@ -96,8 +96,8 @@ def test_ctrl_c_checkpoints_every_cell_and_the_same_command_resumes_exactly(tmp_
     path = write_sweep(tmp_path, n, grid)
     out = tmp_path / "grid"
     cells = [out / "cells" / c for c in ("name-ps", "name-decpg")]
-    proc = subprocess.Popen([sys.executable, "-m", "decnode.sweep", str(path), "--jobs", "2"], cwd=ROOT, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "decnode.tools.sweep.command", str(path), "--jobs", "2"], cwd=ROOT,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait(lambda: all((c / "metrics.jsonl").exists() and len(metrics(c)) >= 2 for c in cells), proc, 120)
         proc.send_signal(signal.SIGINT)

@@ -56,12 +56,12 @@ def made_by_sweep(out: Path, path: Path) -> None:
 def refused_alike(box, path, needle, *extra):
     """--dry-run and the run refuse with the same one line, exit 2, and change nothing in the sandbox."""
     before = tree(box)
-    dry = run("decnode.sweep", path, "--dry-run", *extra, cwd=box / "cwd")
+    dry = run("decnode.tools.sweep.command", path, "--dry-run", *extra, cwd=box / "cwd")
     assert dry.returncode == 2, (dry.stdout, dry.stderr)
     line = one_line(dry)
     assert line.startswith("decnode-sweep: error: ") and needle in line, line
     assert tree(box) == before
-    real = run("decnode.sweep", path, *extra, cwd=box / "cwd")
+    real = run("decnode.tools.sweep.command", path, *extra, cwd=box / "cwd")
     assert real.returncode == 2, (real.stdout, real.stderr[-3000:])
     assert same(one_line(real)) == same(line)
     assert tree(box) == before  # no sweep.yaml, configs/, logs/, lock or cell started
@@ -182,7 +182,7 @@ def test_a_bad_sweep_file(box, change, needle):
 # ---- with cells that ran ----------------------------------------------------------------------------------------
 def test_an_edited_set_is_refused_by_the_dry_run_not_listed_as_done(box):
     path = write_sweep(box, {"algo.k": [1]})
-    first = run("decnode.sweep", path, cwd=box / "cwd", timeout=180)
+    first = run("decnode.tools.sweep.command", path, cwd=box / "cwd", timeout=180)
     assert first.returncode == 0, first.stderr[-3000:]
     body = json.loads(path.read_text())
     body["set"]["env.n_envs"] = 4
@@ -196,7 +196,7 @@ def test_an_edited_set_is_refused_by_the_dry_run_not_listed_as_done(box):
     refused_alike(box, path, f"cell k-1 already ran with another config ({out / 'cells' / 'k-1' / 'config.yaml'})")
     body["set"]["env.n_envs"] = 2  # back as it ran: done, nothing refused, nothing rerun
     path.write_text(json.dumps(body))
-    dry = run("decnode.sweep", path, "--dry-run", cwd=box / "cwd")
+    dry = run("decnode.tools.sweep.command", path, "--dry-run", cwd=box / "cwd")
     assert dry.returncode == 0 and dry.stdout.splitlines()[0].split()[:4] == ["k-1", "processes", "1", "done"], dry
 
 
@@ -211,31 +211,31 @@ def test_cell_names_too_long_for_a_file_are_shortened_and_stay_apart(box):
             "algo.critic": ["central"], "env.backend": ["batched"], "env.reward": ["smac"], "eval.interval": [0],
             "eval.episodes": [2], "eval.test_episodes": [2], "run.tensorboard": [False]}
     path = write_sweep(box, grid, seeds=[1, 2], set={**TINY, "train.iterations": 1})
-    dry = run("decnode.sweep", path, "--dry-run", cwd=box / "cwd")
+    dry = run("decnode.tools.sweep.command", path, "--dry-run", cwd=box / "cwd")
     assert dry.returncode == 0, dry.stderr
     names = [line.split()[0] for line in dry.stdout.splitlines()[:-1]]
     assert len(names) == 2 and names[0] != names[1] and all(len(n) <= 245 for n in names), names
     assert all(n.startswith("lr-0.01_min_lr-0.001_clip-0.2") for n in names)
-    res = run("decnode.sweep", path, "--jobs", "2", cwd=box / "cwd", timeout=240)
+    res = run("decnode.tools.sweep.command", path, "--jobs", "2", cwd=box / "cwd", timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 of 2 cells done" in res.stdout
     out = box / "sweeps" / "grid"
     for n in names:
         assert (out / "cells" / n / "models.pt").exists() and (out / "configs" / f"{n}.yaml").exists()
         assert (out / "logs" / f"{n}.log").exists()
-    again = run("decnode.sweep", path, "--dry-run", cwd=box / "cwd")  # the same names: both done
+    again = run("decnode.tools.sweep.command", path, "--dry-run", cwd=box / "cwd")  # the same names: both done
     assert again.returncode == 0 and "(2 done, 0 stopped, 0 failed, 0 pending)" in again.stdout, again
 
 
 # ---- class 9: a NaN in iteration 1 is not "failed during setup?" ---------------------------------------------------
 def test_the_report_names_the_nan_that_stopped_a_cell_in_iteration_1(box):
     path = write_sweep(box, {"train.lr": [1e30]}, set={**TINY, "train.min_lr": 1e30})
-    res = run("decnode.sweep", path, cwd=box / "cwd", timeout=180)
+    res = run("decnode.tools.sweep.command", path, cwd=box / "cwd", timeout=180)
     assert res.returncode == 1 and "NaN or inf in iteration 1" in res.stderr, res.stderr[-3000:]
     out = box / "sweeps" / "grid"
     assert (out / "cells" / "lr-1e30" / "metrics.jsonl").read_text() == ""  # nothing logged: why is in the log
     before = tree(box)
-    report = run("decnode.report", out, cwd=box / "cwd")
+    report = run("decnode.tools.report.command", out, cwd=box / "cwd")
     assert report.returncode == 2
     line = one_line(report)
     assert "skipped cells/lr-1e30: no iteration logged; its last attempt ended: rank 0: actor parameters of agent " \

@@ -21,11 +21,14 @@ TINY = ["--nproc", "1", "--k", "1", "--iterations", "2", "--set", "env.n_agents=
 PROGS = {"report": "decnode-report", "plots": "decnode-plot", "analysis": "decnode-eval",
          "landscape": "decnode-landscape", "netmodel": "decnode-netmodel", "sweep": "decnode-sweep",
          "run": "decnode-run"}
+MODULES = {"report": "decnode.tools.report.command", "plots": "decnode.tools.plots",
+           "analysis": "decnode.tools.evalmodes", "landscape": "decnode.tools.landscape",
+           "netmodel": "decnode.tools.netmodel", "sweep": "decnode.tools.sweep.command", "run": "decnode.run"}
 EVAL = ["--mode", "average", "--episodes", "1", "--test-episodes", "1"]
 
 
 def cli(module: str, *args, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"decnode.{module}", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", MODULES[module], *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -213,7 +216,7 @@ def test_netmodel_calibrate_refuses_a_users_profile_and_replaces_its_own(box):
     assert first.startswith("# written by decnode-netmodel calibrate (sha256 ")
     ok(cli("netmodel", "calibrate", "--reps", "1", "--out", out, cwd=box / "cwd"))
     assert out.read_text() != first  # a new measurement replaced decnode's own profile
-    from decnode.net import load_profile
+    from decnode.net.profile import load_profile
     assert load_profile(str(out)).name == "calibrated"  # the mark is a comment: the profile reads as before
     out.write_text(out.read_text().replace("name: calibrated", "name: our cluster"))
     unchanged_by(box, "netmodel", "calibrate", "--reps", "1", "--out", out, words=("was edited since",))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from decnode.config import load, resolve
-from decnode.run import DEFAULT_CONFIG
+from decnode.job.run import DEFAULT_CONFIG
 from multiproc import run_ranks
 
 N = 3
@@ -26,8 +26,8 @@ def _train_cases(root: str, n_procs: int, threads: int = 1):
     threads = 2 in one process: the actors' backward runs as two row blocks in two threads (actor.py)."""
     from pathlib import Path
 
-    from decnode.comm import Fabric, open_fabric
-    from decnode.trainer import train
+    from decnode.comm.fabric import Fabric, open_fabric
+    from decnode.job.trainer import train
 
     results = {}
     with open_fabric(N, 1, timeout_s=120) as fabric:
@@ -62,7 +62,7 @@ def test_three_processes_equal_one_process_holding_three_agents(trained, algo, c
     torch.testing.assert_close(dist_run["actor_rows"], single_run["actor_rows"], atol=1e-5, rtol=0)
     torch.testing.assert_close(dist_run["critic"], single_run["critic"], atol=1e-5, rtol=0)
     # the run really moved the parameters (otherwise equality would prove nothing)
-    from decnode.actor import ActorBlock
+    from decnode.marl.actor import ActorBlock
     start = ActorBlock(range(N), dist_run["obs_dim"], dist_run["n_actions"], 64, seed=1).params
     assert (dist_run["actor_rows"] - start).abs().max() > 1e-4
 
@@ -87,7 +87,7 @@ def test_row_threads_compute_the_same_gradients(measured):
     only the math library may block a batched GEMM differently for another row count. What is guaranteed is
     therefore equality to float32 rounding; bit-identity holds where the library rounds every shape alike (the
     measured line says which it was here)."""
-    from decnode.actor import ActorBlock, PPOBatch, row_pool
+    from decnode.marl.actor import ActorBlock, PPOBatch, row_pool
 
     a, T, M, obs, K = 5, 6, 4, 7, 3
     g = torch.Generator().manual_seed(5)
@@ -136,9 +136,9 @@ def _train_until_nonfinite(root: str):
     set after validation, which rightly refuses such a schedule). Returns (error message, checkpoint iteration)."""
     from pathlib import Path
 
-    from decnode import checkpoint as ckpt
-    from decnode.comm import Fabric, open_fabric
-    from decnode.trainer import NonFiniteError, train
+    from decnode.job import checkpoint as ckpt
+    from decnode.comm.fabric import Fabric, open_fabric
+    from decnode.job.trainer import NonFiniteError, train
 
     torch.set_num_threads(1)
     cfg = small_config("decpg", "local", N, f"{root}/nan", iterations=4)

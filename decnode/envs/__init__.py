@@ -1,4 +1,7 @@
-"""Environment backends behind one batched interface (see base.py); `env_factory` picks one from the config."""
+"""Environment backends behind one batched interface (see base.py); `env_factory` picks one from the config.
+
+May import: the root modules only.
+"""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def theta(n: int, dtype=torch.float64) -> torch.Tensor:
 
 # ---- workers: run in every device thread --------------------------------------------------------------------
 def xla_gossip(n: int, ks: list, dtype: torch.dtype) -> dict:
-    from decnode.comm_xla import XlaFabric
+    from decnode.comm.xla import XlaFabric
     out = {}
     for k in ks:
         fabric = XlaFabric(n, k, timeout_s=120)
@@ -42,8 +42,8 @@ def xla_gossip(n: int, ks: list, dtype: torch.dtype) -> dict:
 
 
 def gloo_gossip(n: int, ks: list) -> dict:
-    from decnode.collectives import world_from_env
-    from decnode.comm import Fabric, open_fabric
+    from decnode.comm.transport import world_from_env
+    from decnode.comm.fabric import Fabric, open_fabric
     rank, world = world_from_env()
     out = {}
     with open_fabric(n, 0, timeout_s=60):
@@ -55,7 +55,7 @@ def gloo_gossip(n: int, ks: list) -> dict:
 
 def xla_parameter_sharing(n: int, steps: int) -> tuple:
     """PS: every device holds the same replica θ; each agent's gradient pulls it towards its own target."""
-    from decnode.comm_xla import XlaFabric
+    from decnode.comm.xla import XlaFabric
     fabric = XlaFabric(n, 0, timeout_s=120)
     targets = theta(n, torch.float32)[fabric.agents.start: fabric.agents.stop].to(fabric.device)
     params = torch.zeros(1, DIM, dtype=torch.float32).to(fabric.device)
@@ -71,7 +71,7 @@ def xla_parameter_sharing(n: int, steps: int) -> tuple:
 
 
 def xla_host_exchange(n: int) -> tuple:
-    from decnode.comm_xla import XlaFabric
+    from decnode.comm.xla import XlaFabric
     fabric = XlaFabric(n, 0, timeout_s=60)
     full = torch.arange(n * 3, dtype=torch.float32).view(n, 3) if fabric.rank == 0 else None
     back = torch.empty(n, 3) if fabric.rank == 0 else None
@@ -90,8 +90,8 @@ def xla_one_thread_fails(n: int) -> str:
     """Device thread 2 gives up (launch_xla.device_main does this on any error); the others are in a host wait."""
     import time
 
-    from decnode.collectives import CommError
-    from decnode.comm_xla import XlaFabric
+    from decnode.comm.transport import CommError
+    from decnode.comm.xla import XlaFabric
     fabric = XlaFabric(n, 0, timeout_s=120)
     fabric.barrier()
     start = time.perf_counter()

@@ -1,0 +1,183 @@
+"""The communication fabric: every message the algorithm sends goes through `Fabric`.
+
+A process holds a block of consecutive agents (rows of an [a, D] tensor). With one process the fabric touches
+no torch.distributed at all: gossip is the local product P @ Θ and an all-reduce is a mean over rows — the
+paper's single-worker setting and our reference. With several processes the same calls become gloo
+point-to-point messages and collectives (transport.py: waits, timeouts, headers, the simulated clock).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .transport import Collectives, PendingReduce, process_group, stream_tag
+from ..net.profile import NetProfile
+from ..timing import Recorder, Section
+from ..topology import block_plan, mixing_matrix
+
+
+class GossipHandle:
+    """An in-flight gossip round: `wait()` returns P @ Θ for the local rows (a persistent buffer)."""
+
+    def __init__(self, fabric: "Fabric", state: dict, works: list, timer_name: str, stamps: list):
+        self._fabric, self._state, self._works, self._name, self._stamps = fabric, state, works, timer_name, stamps
+
+    def wait(self) -> torch.Tensor:
+        st = self._state
+        with self._fabric.recorder.section(self._name):
+            with self._fabric.transport():
+                self._fabric._wait_all(self._works, self._name)
+                self._fabric._arrived(self._stamps)
+            torch.matmul(st["weights"], st["buf"], out=st["out"])
+        st["in_flight"] = False
+        return st["out"]
+
+
+class Fabric(Collectives):
+    """The collectives plus what needs the agents: gossip over the kNN ring, the mean over all agents, and the
+    per-step exchange between rank 0 (the environments) and each rank's block of agents."""
+
+    def __init__(self, n_agents: int, k: int, rank: int = 0, world: int = 1, timeout_s: float = 300.0,
+                 recorder: Recorder | None = None, exchange: str = "p2p", net: NetProfile | None = None,
+                 seed: int = 0):
+        if n_agents % world:
+            raise ValueError(f"{n_agents} agents cannot be split evenly over {world} processes")
+        super().__init__(rank, world, timeout_s, recorder, net, seed)
+        self.n_agents = n_agents
+        self.per_process = n_agents // world
+        self.agents = range(rank * self.per_process, (rank + 1) * self.per_process)
+        # How rank 0 and the agents swap observations and actions each step: posted point-to-point messages, or
+        # scatter/gather collectives (benchmarks/comm.py measures both; they are close here).
+        self.exchange = exchange
+        self.P = mixing_matrix(n_agents, k)
+        self.plan = block_plan(self.P, world, rank)
+        self._gossip_state: dict[str, dict] = {}
+
+    def rows_of(self, rank: int) -> range:
+        return range(rank * self.per_process, (rank + 1) * self.per_process)
+
+    # ---- DSGD mixing -----------------------------------------------------------------------------------------
+    def gossip_start(self, x: torch.Tensor, name: str = Section.GOSSIP) -> GossipHandle:
+        """Post one mixing round of the local rows x [a, D] on stream `name` (one of P2P_STREAMS); x may be
+        changed as soon as this returns. Each stream has its own tag and buffers, so several may be in flight."""
+        st = self._gossip_state.get(name) or self._make_gossip_state(name, x.shape[1], x.dtype)
+        if st["in_flight"]:
+            raise RuntimeError(f"gossip stream '{name}' posted again before its previous round was waited on")
+        if (x.shape[1], x.dtype) != st["key"]:
+            raise ValueError(f"gossip stream '{name}' carries rows of {st['key']}, got {(x.shape[1], x.dtype)}: "
+                             "give a differently sized vector its own stream")
+        tag = st["tag"]
+        with self.recorder.section(name), self.transport():
+            st["buf"][: self.per_process].copy_(x)
+            works, stamps = [], []
+            for peer, (lo, hi) in st["recv_slices"].items():
+                works += self._irecv(st["buf"][lo:hi], peer, tag, stamps)
+            for peer, rows in st["send_rows"].items():
+                works += self._isend(x, peer, tag, rows)
+            self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
+        st["in_flight"] = True
+        return GossipHandle(self, st, works, name, stamps)
+
+    def gossip(self, x: torch.Tensor, name: str = Section.GOSSIP) -> torch.Tensor:
+        return self.gossip_start(x, name).wait()
+
+    def _make_gossip_state(self, name: str, dim: int, dtype: torch.dtype) -> dict:
+        # Allocated once per stream: no model-sized allocation per round.
+        plan = self.plan
+        n_recv = sum(len(v) for v in plan.recv.values())
+        st = {
+            "tag": stream_tag(name),
+            "key": (dim, dtype),
+            "in_flight": False,
+            "buf": torch.empty(self.per_process + n_recv, dim, dtype=dtype),
+            "out": torch.empty(self.per_process, dim, dtype=dtype),
+            "weights": torch.as_tensor(plan.weights, dtype=dtype),
+            "recv_slices": {},
+            "send_rows": {q: torch.as_tensor(rows, dtype=torch.long) for q, rows in plan.send.items()},
+        }
+        offset = self.per_process
+        for q in sorted(plan.recv):
+            st["recv_slices"][q] = (offset, offset + len(plan.recv[q]))
+            offset += len(plan.recv[q])
+        st["send_bytes"] = sum(len(r) for r in plan.send.values()) * dim * st["buf"].element_size()
+        self._gossip_state[name] = st
+        return st
+
+    # ---- parameter sharing -----------------------------------------------------------------------------------
+    def allreduce_mean(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:
+        """Mean over all n agents of the rows x [a, D] -> [D] (a persistent buffer)."""
+        return self.allreduce_mean_start(x, name).wait()
+
+    def allreduce_mean_start(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> PendingReduce:
+        """Post the mean over all agents' rows; x may change as soon as this returns. `.wait()` -> [D]."""
+        return self.allreduce_sum_start(x.sum(dim=0) if x.shape[0] > 1 else x[0], name, scale=1 / self.n_agents)
+
+    # ---- coordinator <-> agents ------------------------------------------------------------------------------
+    def to_agents(self, full: torch.Tensor | None, like: torch.Tensor,
+                  name: str = Section.STEP_EXCHANGE) -> torch.Tensor:
+        """Rank 0 sends each rank its agents' slice of full [n, ...]; returns the local slice [a, ...].
+
+        `like` is a local-sized template (shape and dtype) that receiving ranks fill. `name` is the stream
+        (P2P_STREAMS): the per-step exchange, or the per-iteration reward scatter.
+        """
+        tag = stream_tag(name)  # checked with one process too, so tests catch an unknown stream
+        if not self.distributed:
+            return full
+        if self.exchange == "collective":
+            with self.recorder.section(name), self.transport():
+                chunks = list(full.split(self.per_process)) if self.rank == 0 else None
+                sim = self._join_start(self.net.gather_s(self.world, like.numel() * like.element_size()))
+                self._wait_all([dist.scatter(like, chunks, src=0, async_op=True)], name)
+                self._joined(sim)
+            return like
+        stamps = []
+        with self.recorder.section(name), self.transport():
+            if self.rank == 0:
+                works = [w for r in range(1, self.world)
+                         for w in self._isend(full[self.rows_of(r).start: self.rows_of(r).stop], r, tag)]
+                self.recorder.count(name, nbytes=(full.numel() - like.numel()) * full.element_size(),
+                                    messages=self.world - 1)
+                self._wait_all(works, name)
+                return full[: self.per_process]
+            self._wait_all(self._irecv(like, 0, tag, stamps), name)
+            self._arrived(stamps)
+            return like
+
+    def to_coordinator(self, local: torch.Tensor, full: torch.Tensor | None,
+                       name: str = Section.STEP_EXCHANGE) -> torch.Tensor | None:
+        """Every rank sends its rows local [a, ...] to rank 0, which returns them stacked in full [n, ...].
+        Same stream name as to_agents: the messages travel the other way, so they cannot be confused."""
+        tag = stream_tag(name)  # checked with one process too, so tests catch an unknown stream
+        if not self.distributed:
+            return local
+        if self.exchange == "collective":
+            with self.recorder.section(name), self.transport():
+                chunks = list(full.split(self.per_process)) if self.rank == 0 else None
+                sim = self._join_start(self.net.gather_s(self.world, local.numel() * local.element_size()))
+                self._wait_all([dist.gather(local.contiguous(), chunks, dst=0, async_op=True)], name)
+                self._joined(sim)
+            return full if self.rank == 0 else None
+        stamps = []
+        with self.recorder.section(name), self.transport():
+            if self.rank == 0:
+                full[: self.per_process].copy_(local)
+                works = [w for r in range(1, self.world)
+                         for w in self._irecv(full[self.rows_of(r).start: self.rows_of(r).stop], r, tag, stamps)]
+                self._wait_all(works, name)
+                self._arrived(stamps)
+                return full
+            self.recorder.count(name, nbytes=local.numel() * local.element_size(), messages=1)
+            self._wait_all(self._isend(local.contiguous(), 0, tag), name)
+            return None
+
+
+def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None, exchange: str = "p2p",
+                net: NetProfile | None = None, seed: int = 0, hang_warning_s: float | None = None, faults=None):
+    """The training job's Fabric over this process group (context manager); `net`: the network to simulate,
+    `faults`: a faults.Faults to inject."""
+    def build(rank, world):
+        fabric = Fabric(n_agents, k, rank, world, timeout_s, recorder, exchange, net, seed)
+        fabric.faults = faults
+        return fabric
+    return process_group(timeout_s, build, hang_warning_s)

@@ -1,0 +1,418 @@
+"""Entry point: parse -> validate -> (launch processes | join as a worker) -> train.
+
+    decnode-run --nproc 10 --k 4                                   our launcher (torch's elastic launcher API)
+    torchrun --standalone --nproc-per-node 10 -m decnode.run --k 4  torchrun; each worker joins here
+    decnode-run --nproc 1 --agents-per-process 10 --k 4            all agents in one process, no process group
+
+Bad input ends in one line on stderr, exit code 2, before any process starts and before the run directory is
+touched. Config sources, lowest first: defaults < --config file (< its base:) < per_algo.<algo> < flags, --set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import checkpoint as ckpt
+from .. import yamlio
+from ..net import faults, profile
+from . import cores, dirlock, metricsfile, preflight, restart, rundir
+from ..elastic import attempt, max_restarts
+from ..cli import OneLineParser
+from ..cli import fail as _fail
+from ..config import ALGOS, Config, ConfigError, compose, from_dict, help_config, parse_override, read_file, resolve
+from .launch import WorkerEnv, torchrun_env
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "simple_spread.yaml"
+# What a resume may change (and says it changed); any other difference from the checkpoint is refused.
+RESUMABLE = {"train": ("iterations",), "eval": None, "run": None, "net": None, "algo": ("agents_per_process",)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="decnode-run", description="Train DecPG / PS with one process per agent block.",
+                      epilog="Every config key: decnode-run --help-config")
+    p.add_argument("--nproc", "--nproc-per-node", type=int, default=None, dest="nproc",
+                   help="number of processes to start (ignored under torchrun, which sets it)")
+    p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name} in configs/)")
+    p.add_argument("--algo", choices=ALGOS, help="algorithm (config algo.name)")
+    p.add_argument("--k", type=int, help="kNN topology: neighbours per agent (config algo.k)")
+    p.add_argument("--critic", choices=("central", "local"), help="critic placement (config algo.critic)")
+    p.add_argument("--iterations", type=int, help="training iterations (config train.iterations)")
+    p.add_argument("--seed", type=int, help="random seed (config train.seed)")
+    p.add_argument("--agents-per-process", type=int, help="agents held by each process (config algo.agents_per_process)")
+    p.add_argument("--out", help="run directory (config run.out)")
+    p.add_argument("--net", metavar="NAME|FILE",
+                   help="simulate a network: loopback, datacenter, ethernet, wan, edge or a YAML file (config net.profile)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. train.lr=1e-3 or per_algo.ps.lr=0.5 (see --help-config)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--max-restarts", type=int, default=None, metavar="R",
+                   help="when a rank dies, restart every worker up to R times, each continuing from the last "
+                        "checkpoint (default 0; under torchrun pass torchrun's own --max-restarts)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run directory decnode made (deletes only decnode's own files in it)")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the memory and open-file estimate made before starting (see README)")
+    p.add_argument("--verbose", action="store_true", help="show torch's launcher logs")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its type, default and doc")
+    p.add_argument("--print-config", action="store_true",
+                   help="check everything, print the resolved config that would train, start nothing")
+    return p
+
+
+def under_torchrun() -> bool:
+    """Started by torchrun (a complete, valid set of its variables); False when they are absent or broken."""
+    try:
+        return torchrun_env() is not None
+    except ConfigError:
+        return False
+
+
+def _cli_layers(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    flags = {"algo": {"name": args.algo, "k": args.k, "critic": args.critic,
+                      "agents_per_process": args.agents_per_process},
+             "train": {"iterations": args.iterations, "seed": args.seed}, "run": {"out": args.out},
+             "net": {"profile": args.net}}
+    flags = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
+    return [("command line", flags), *(("--set", parse_override(text)) for text in args.set)]
+
+
+def prepare(args: argparse.Namespace, n_procs: int, run_id: str | None = None,
+            restarted: bool = False, config: dict | None = None) -> tuple[Config, Path, dict | None, list[str]]:
+    """Config, run directory, checkpoint and notes for stdout; raises ConfigError/CheckpointError.
+    `restarted`: torchrun started this command again after a failure (its checkpoint may be the last one).
+    `config`: the --config file's content, given by a caller that has not written the file yet."""
+    if args.resume:
+        return _prepare_resume(args, n_procs, restarted)
+    path = Path(args.config) if args.config else DEFAULT_CONFIG
+    cfg = compose([(str(path), read_file(path) if config is None else config)], _cli_layers(args))
+    resolve(cfg, n_procs)
+    cfg.net.profile = profile.record(cfg.net.profile)
+    run_dir = Path(cfg.run.out) if cfg.run.out is not None else default_run_dir(cfg, run_id)
+    cfg.run.out = str(run_dir)
+    return cfg, run_dir, None, []
+
+
+def _prepare_resume(args, n_procs, restarted=False):
+    """The run's own config (checkpoint < its config.yaml, which the user may have edited) < flags and --set.
+    Only RESUMABLE keys may differ from the checkpoint; the changes are listed, not made silently."""
+    run_dir = Path(args.resume)
+    if args.config:
+        raise ConfigError(f"--config cannot apply to --resume: the run keeps its config; edit {run_dir}/config.yaml "
+                          "(iterations, eval.*, run.*) or pass --set")
+    if args.overwrite:
+        raise ConfigError("--overwrite cannot apply to --resume (it would delete the run being resumed)")
+    if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
+        raise ConfigError(f"--out cannot apply to --resume: the run stays in {run_dir}")
+    if not run_dir.is_dir():
+        raise ckpt.CheckpointError(f"cannot resume: {run_dir} is not a directory")
+    if not (run_dir / ckpt.CHECKPOINT).exists() and (run_dir / rundir.MANIFEST).exists():
+        why = ("it was deleted, or the run stopped before its first one" if rundir.has_trained(run_dir) else
+               "the run stopped before its first one")
+        raise ckpt.CheckpointError(f"no checkpoint in {run_dir} ({why}): start the run again from iteration 0 "
+                                   f"with {start_again(run_dir)}")
+    state = ckpt.load(run_dir)
+    saved = from_dict(state["config"], f"checkpoint {run_dir}").to_dict()
+    # Injected faults belong to the attempt that ran them: a resume runs only those given again with --set.
+    lower = [(f"checkpoint {run_dir}", {k: v for k, v in saved.items() if k not in ("per_algo", "faults")})]
+    yaml_path = run_dir / "config.yaml"
+    if yaml_path.is_file():
+        lower.append((str(yaml_path), {k: v for k, v in read_file(yaml_path).items() if k != "faults"}))
+    cli = _cli_layers(args)
+    cfg = compose(lower, cli)
+    cfg.run.out = str(run_dir)
+    given_stop = any("stop_after" in layer.get("run", {}) for _, layer in cli)
+    if not any("agents_per_process" in layer.get("algo", {}) for _, layer in cli):
+        cfg.algo.agents_per_process = None  # derived again from the process count, which may change on resume
+    done = state["iteration"]
+    if not given_stop and cfg.run.stop_after is not None and cfg.run.stop_after <= done:
+        cfg.run.stop_after = None  # the planned stop is over; a new one must be asked for
+    _refuse_identity_changes(saved, cfg.to_dict())  # before resolve, so a changed env or algorithm is named as such
+    resolve(cfg, n_procs)
+    cfg.net.profile = profile.record(cfg.net.profile)
+    new = cfg.to_dict()
+    _refuse_identity_changes(saved, new)
+    if cfg.train.iterations <= done and not restarted:  # a restart may have only the end left to do
+        raise ConfigError(f"train.iterations={cfg.train.iterations}: the checkpoint in {run_dir} is already at "
+                          f"iteration {done}; pass --iterations N with N > {done}")
+    if cfg.run.stop_after is not None and cfg.run.stop_after <= done and not restarted:
+        raise ConfigError(f"run.stop_after={cfg.run.stop_after} is not after the checkpoint's iteration {done}")
+    changes = _changes(saved, new) + ([f"faults: {'; '.join(map(faults.describe, cfg.faults))}"] if cfg.faults else [])
+    notes = [f"resuming {run_dir} at iteration {done}" + (f", with changes: {', '.join(changes)}" if changes else "")]
+    if not ckpt.has_digest(run_dir / ckpt.CHECKPOINT):
+        notes.append(f"{run_dir / ckpt.CHECKPOINT} predates digest files: checked by its zip CRCs only "
+                     "(the next checkpoint gets one)")
+    try:  # the worker's logger rewrites metrics.jsonl by the same plan (the run directory is locked meanwhile)
+        plan = metricsfile.plan_resume(run_dir, done, state.get("metrics_line"),
+                                       f", or start the run again from iteration 0 with {start_again(run_dir)}")
+    except metricsfile.MetricsError as err:
+        raise ConfigError(str(err)) from None
+    given_net = any("profile" in layer.get("net", {}) for _, layer in cli)
+    drift = None if given_net else _profile_drift(cfg.net.profile)
+    return cfg, run_dir, state, notes + plan.notes + ([drift] if drift else [])
+
+
+def _changes(saved: dict, new: dict) -> list[str]:
+    """What a resume changes, key by key (a recorded network profile too: each of its keys that differs)."""
+    out = []
+    for section, values in new.items():
+        if section in ("per_algo", "faults"):
+            continue
+        for key, value in values.items():
+            old = saved[section][key]
+            if old == value or (section, key) == ("run", "out"):
+                continue
+            if isinstance(old, dict) and isinstance(value, dict):
+                out += [f"{section}.{key}.{k} {old.get(k)!r} → {value.get(k)!r}" for k in {**old, **value}
+                        if old.get(k) != value.get(k)]
+            else:
+                out.append(f"{section}.{key} {old!r} → {value!r}")
+    return out
+
+
+def _profile_drift(recorded) -> str | None:
+    """A note when the file a run recorded its profile from has changed since: the run keeps its record (as it
+    keeps its config), and the user who edited the file learns how to use it."""
+    if not isinstance(recorded, dict) or not recorded.get("file"):
+        return None
+    try:
+        now = profile.record(recorded["file"])
+    except ConfigError:
+        return None  # gone or broken: nothing is taken from it
+    differ = [f"{k} {recorded.get(k)!r} → {now[k]!r}" for k in now if recorded.get(k) != now[k]]
+    return (f"note: {recorded['file']} changed since this run recorded it ({', '.join(differ)}); the run keeps its "
+            f"recorded profile (config.yaml net.profile): pass --net {recorded['file']} to take the file's"
+            if differ else None)
+
+
+def start_again(run_dir: Path) -> str:
+    """The command that trains the run in run_dir again from iteration 0 with the config it trained, in place
+    (what a resume cannot do without a checkpoint)."""
+    overwrite = " --overwrite" if rundir.has_trained(run_dir) else ""  # else prepare() replaces it by itself
+    path = run_dir / "config.yaml"
+    try:
+        cfg = read_file(path)
+        nproc = int(cfg["env"]["n_agents"]) // int(cfg["algo"]["agents_per_process"])
+    except (ConfigError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return f"your first command and --out {run_dir}{overwrite} (its config.yaml is missing or unreadable)"
+    faults = " --set 'faults=[]'" if cfg.get("faults") else ""  # they belonged to the attempt that ran them
+    return (f"decnode-run --config {shlex.quote(str(path))} --nproc {nproc} --out {shlex.quote(str(run_dir))}"
+            f"{faults}{overwrite}")
+
+
+def _refuse_identity_changes(saved: dict, new: dict) -> None:
+    for section, values in new.items():
+        if section in ("per_algo", "faults"):
+            continue
+        allowed = RESUMABLE.get(section, ())
+        for key, value in values.items():
+            if allowed is not None and key not in allowed and saved[section][key] != value:
+                raise ckpt.CheckpointError(
+                    f"cannot resume: {section}.{key} was {saved[section][key]!r} in the checkpoint, now {value!r} "
+                    "(a resume may change only train.iterations, eval.*, run.*, net.* and the process count)")
+
+
+def default_run_dir(cfg: Config, run_id: str | None = None) -> Path:
+    # Under torchrun every worker computes this alone: the shared run id keeps them in agreement.
+    tag = run_id[:8] if run_id else time.strftime("%Y%m%d-%H%M%S")
+    env = cfg.env.name.replace(":", "_")
+    k = f"-k{cfg.algo.k}" if cfg.algo.name == "decpg" else ""
+    return Path("runs") / f"{env}-n{cfg.env.n_agents}-{cfg.algo.name}{k}-s{cfg.train.seed}-{tag}"
+
+
+def set_up_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, job: str | None = None) -> list[str]:
+    """Rank 0 only, once per job: check, lock, then (and only then) create the run directory and its config.yaml."""
+    notes = []
+    if resume:
+        rundir.lock(run_dir, job)
+    else:
+        rundir.prepare(run_dir, overwrite)  # refused here, nothing is written (not even a lock file)
+        rundir.lock(run_dir, job)
+        note = rundir.prepare(run_dir, overwrite)  # again under the lock: another job may have been there meanwhile
+        notes += [note] if note else []
+        rundir.create(run_dir)
+    text = _yaml(cfg.to_dict())
+    path = run_dir / "config.yaml"
+    try:
+        old = path.read_text() if path.is_file() else None
+        if old != text:
+            if resume and old is not None:
+                notes.append(f"{path} rewritten with the resolved config that trains")
+            # Atomically: under torchrun the other workers may be reading it while rank 0 writes.
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        rundir.mark(run_dir)
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
+    return notes
+
+
+def _yaml(data: dict) -> str:
+    return yamlio.dump(data)
+
+
+def network_profile(cfg: Config, n_procs: int | None = None):
+    """The run's network profile (net/profile.py); a bad name or file, or one that would do nothing, is a
+    ConfigError."""
+    return profile.job_profile(cfg, n_procs)
+
+
+def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
+    """What every process runs (under our launcher, torchrun, or alone)."""
+    import torch
+
+    from ..comm.transport import world_from_env
+
+    from ..comm.fabric import open_fabric
+    from ..net.faults import make_faults
+    from .logger import RunLogger
+    from .trainer import train
+
+    cfg = from_dict(cfg_dict, "launcher")
+    torch.set_num_threads(cfg.run.threads or cores.intra_op_threads())
+    run_dir, rank = Path(run_dir), int(os.environ.get("RANK", "0"))
+    if attempt():  # the elastic agent started us again after a failure: continue by ourselves
+        resume = (run_dir / ckpt.CHECKPOINT).exists()  # else start over, in the same directory
+    state = ckpt.load(run_dir) if resume else None
+    record = None
+    if attempt() and rank == 0:
+        saved = state["iteration"] if state else None
+        record = restart.record(run_dir, int(os.environ.get("WORLD_SIZE", "1")), saved)
+        print(f"decnode-run: {restart.describe(record)}", flush=True)
+    k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
+    world = world_from_env()[1]
+    with restart.noted(run_dir, rank, record), \
+            open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange, net=network_profile(cfg),
+                        seed=cfg.train.seed, hang_warning_s=cfg.run.hang_warning_s,
+                        faults=make_faults(cfg, rank, world)) as fabric:
+        restarts = restart.unlogged(run_dir, state and state["iteration"]) if record else None
+        try:
+            summary = train(cfg, fabric, run_dir, state, restarts)
+        except BaseException:
+            RunLogger.abandon()
+            raise
+    if summary.get("signal") and under_torchrun():
+        # Checkpoint written and the group torn down: now let the launcher's signal end this process, as it
+        # expects (it would otherwise wait for a return value nobody reads, then SIGKILL us).
+        signal.signal(summary["signal"], signal.SIG_DFL)
+        dirlock.release_all()  # the signal skips atexit: a stop is not a death, so leave no lock behind
+        os.kill(os.getpid(), summary["signal"])
+    return summary
+
+
+def fail(message: str, code: int = 2) -> None:
+    _fail("decnode-run", message, code)
+
+
+def _check(args: argparse.Namespace, env: WorkerEnv | None,
+           config: dict | None = None) -> tuple[Config, Path, list[str], int]:
+    """Everything that can be refused, in the order a user would fix it; the run directory is touched last."""
+    if args.max_restarts is not None and args.max_restarts < 0:
+        raise ConfigError(f"--max-restarts must be ≥ 0, got {args.max_restarts}")
+    if env is not None:
+        n_procs = env.world_size
+        if args.nproc not in (None, n_procs):
+            raise ConfigError(f"--nproc {args.nproc} disagrees with torchrun's {n_procs} processes")
+        if args.max_restarts not in (None, max_restarts()):
+            raise ConfigError(f"--max-restarts {args.max_restarts} disagrees with torchrun's "
+                              f"--max-restarts {max_restarts()} (pass it to torchrun)")
+    else:
+        n_procs = 1 if args.nproc is None else args.nproc
+        if n_procs < 1:
+            raise ConfigError(f"--nproc must be ≥ 1, got {n_procs}")
+    restarted = env is not None and attempt() > 0
+    first, job = env is None or env.rank == 0, env.run_id if env else None
+    guard = first and not restarted and not args.print_config  # says who uses the run directory, if anybody
+    if guard and args.resume:  # a live run is named before its checkpoint is read
+        rundir.refuse_if_busy(Path(args.resume), job)
+    cfg, run_dir, state, notes = prepare(args, n_procs, job, restarted, config)
+    if guard:
+        rundir.refuse_if_busy(run_dir, job)
+    done = state["iteration"] if state and not restarted else 0  # a restarted job runs no faults: none to refuse
+    del state  # workers load the checkpoint themselves (it may be large to pickle to every process)
+    if cfg.run.device == "xla" and (env is not None or args.max_restarts):
+        raise ConfigError("run.device=xla starts its own device threads (--nproc devices): run it with decnode-run "
+                          "and without --max-restarts" + (", not under torchrun" if env is not None else ""))
+    network_profile(cfg, n_procs)
+    faults.validate(cfg, n_procs, done)
+    preflight.check_dependencies(cfg)
+    if not args.no_preflight:
+        preflight.check_resources(cfg, n_procs)
+    if args.print_config:
+        return cfg, run_dir, notes, n_procs
+    if not first:
+        # Another torchrun worker writes into the run directory only after the process group forms, which rank 0
+        # joins once it holds the lock; with restarts it first leaves its note (restart.py), so it waits for the
+        # lock (the directory is shared then: every rank reloads the checkpoint from it).
+        if max_restarts() and not dirlock.wait_for(run_dir, rundir.LOCK, job, attempt(), cfg.run.timeout_s):
+            raise ConfigError(f"rank 0 did not lock {run_dir} within run.timeout_s={cfg.run.timeout_s:g} s")
+        return cfg, run_dir, notes, n_procs
+    if restarted:  # torchrun runs the whole command again: the run directory is this job's, never replaced
+        # Its rank 0 of the last attempt is gone, and with it the lock: take it again (unless another job did).
+        rundir.lock(run_dir, job, attempt(), wait_s=cfg.run.timeout_s)
+        return cfg, run_dir, [], n_procs
+    # Once per job, whoever launched it: this process holds the lock for the job's life (our launcher's workers
+    # are its children; torchrun's other workers waited above).
+    notes += set_up_run_dir(cfg, run_dir, bool(args.resume), args.overwrite, job)
+    return cfg, run_dir, notes, n_procs
+
+
+def check_command(argv: list[str], config: dict | None = None) -> Config:
+    """What `decnode-run ARGV` refuses before it starts (ConfigError, CheckpointError, OSError), writing nothing;
+    `config`: its --config file's content when that is not written yet. decnode-sweep checks every cell it will
+    start with this, so that neither its dry run nor its run promises a cell that decnode-run then refuses."""
+    args = build_parser().parse_args([*argv, "--print-config"])
+    cfg, run_dir, _, _ = _check(args, None, config)
+    if not args.resume:
+        rundir.prepare(run_dir, args.overwrite)  # what set_up_run_dir() checks first; it only reads
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.help_config:
+        print(help_config())
+        return
+    env = None
+    try:
+        env = torchrun_env()
+        cfg, run_dir, notes, n_procs = _check(args, env)
+    except (ConfigError, ckpt.CheckpointError, OSError) as err:
+        if isinstance(err, OSError):  # a path we could not read: say which, in one line
+            err = ConfigError(f"{err.filename or 'I/O'}: {err.strerror or err}")
+        # Under torchrun every worker finds the same error: each says it, so no worker ends without a word.
+        fail(str(err) if env is None or env.rank == 0 else f"rank {env.rank}: {err}")
+    if args.print_config:
+        print(_yaml(cfg.to_dict()), end="")
+        return
+    for note in notes if env is None or env.rank == 0 else ():  # under torchrun every worker has them: one says
+        print(f"decnode-run: {note}", flush=True)
+    payload = (cfg.to_dict(), str(run_dir), bool(args.resume))
+    restarts = args.max_restarts or 0
+    xla = cfg.run.device == "xla"  # one process, a thread per XLA device (launch_xla.py)
+    if xla or env is not None or (n_procs == 1 and not restarts):  # one process that nothing restarts runs here
+        from ..comm.transport import CommError
+        from .trainer import NonFiniteError
+        try:
+            if xla:
+                from .launch_xla import run_on_devices
+                run_on_devices(*payload, devices=n_procs)
+            else:
+                worker(*payload)
+        except (NonFiniteError, rundir.RunDirWriteError, CommError) as err:
+            if env is not None:
+                raise  # the launcher reports it
+            fail(str(err), code=1)
+        return
+    from .launch import launch
+    sys.exit(launch(n_procs, worker, payload, run_dir, verbose=args.verbose, max_restarts=restarts))
+
+
+if __name__ == "__main__":
+    main()

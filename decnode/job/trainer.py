@@ -1,0 +1,412 @@
+"""The training loop every process runs: act, advantages, PPO epochs combined by the algorithm, evaluate, log.
+
+PS and DecPG share every line here; they differ only in the Combiner (marl/combiners.py). One process holding all
+agents and many processes holding one each differ only in the Fabric (comm/fabric.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from ..nn import native
+from . import cores, metricsfile
+from .rundir import writing
+from ..marl.actor import ActorBlock, row_pool
+from ..marl.combiners import make_combiner
+from ..comm.fabric import Fabric
+from ..config import Config
+from ..marl.critic import make_critic
+from ..envs import env_factory, make_env
+from ..envs.perturb import test_env_wrapper
+from ..marl.evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
+from ..nn.losses import linear_lr
+from ..marl.noise import agent_variance_and_sums
+from ..net.profile import clock_delta, format_clock_table
+from ..marl.rollout import Rollout
+from ..timing import Section, delta_seconds
+from .trace import write_trace
+
+
+class StopRequested:
+    """SIGINT/SIGTERM only set a flag; the ranks agree on it at the next iteration boundary and stop together."""
+
+    def __init__(self):
+        self.flag, self.signum = False, None
+        if threading.current_thread() is not threading.main_thread():
+            return  # an XLA device thread: only the main thread may handle signals (torch_xla's launcher's)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._set)
+
+    def _set(self, signum, _frame):
+        self.flag, self.signum = True, signum
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or parameter became NaN or inf; the message names the rank, the quantity and the iteration."""
+
+
+# What the non-finite check looks at, in order; its index travels in the per-iteration all-reduce.
+WATCHED = ("policy loss", "actor parameters", "value loss", "critic parameters")
+
+
+class Trainer:
+    def __init__(self, cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None):
+        self.cfg, self.fabric, self.run_dir = cfg, fabric, Path(run_dir)
+        self.rec, self.coordinator = fabric.recorder, fabric.rank == 0
+        env_cfg, tr = cfg.env, cfg.train
+        n = fabric.n_agents
+        self.n, self.T, self.B = n, env_cfg.episode_length, env_cfg.n_envs
+        self.env_kwargs = dict(backend=env_cfg.backend, local_ratio=env_cfg.local_ratio,
+                               max_cycles=env_cfg.episode_length, reward=env_cfg.reward)
+        env = make_env(env_cfg.name, n, self.B, **self.env_kwargs) if self.coordinator else None
+        dims = torch.tensor([env.obs_dim, env.state_dim, env.n_actions] if env else [0, 0, 0])
+        self.obs_dim, state_dim, self.n_actions = (int(x) for x in fabric.broadcast(dims))
+        self.chunk = tr.chunk_length or self.T
+        self.mix_epochs = (range(tr.ppo_epochs) if cfg.algo.mix_every == "step"  # DecPG: which epochs gossip
+                           else range(tr.ppo_epochs - 1, tr.ppo_epochs))
+
+        self.actor_combiner = make_combiner(cfg.algo.name, fabric)
+        native.gru_ops()  # load (or build) the C++ GRU now: in the first rollout step it would delay iteration 1
+        self.critic = make_critic(cfg.algo.critic, fabric, algo=cfg.algo.name, state_dim=state_dim,
+                                  agent_id=env_cfg.state_agent_id, seed=tr.seed, T=self.T, B=self.B, hidden=tr.hidden,
+                                  chunk=self.chunk, gamma=tr.gamma, lam=tr.gae_lambda, clip=tr.clip,
+                                  huber_delta=tr.huber_delta, value_coef=tr.value_coef, max_grad_norm=tr.max_grad_norm)
+        # Several agents and c ≥ 2 cores for this process: their PPO backward runs as row blocks on c threads of one
+        # intra-op thread each, which keeps every core busy between the GEMMs too (README, "Speed"). A central critic
+        # here (rank 0) sends no messages in its epoch: that epoch is one more task, queued first, and the actor gets
+        # one block more than threads, so whichever thread takes the critic's epoch takes a smaller share of rows.
+        cores, a = torch.get_num_threads(), len(fabric.agents)
+        threads = min(cores, a) if fabric.device.type == "cpu" and a > 1 else 1
+        self.overlap_critic = threads > 1 and self.critic.net is not None and not self.critic.per_agent
+        self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed, fabric.device,
+                                blocks=threads + self.overlap_critic if threads > 1 else 1)
+        self.row_threads = threads
+        per_thread = max(1, cores // threads)
+        self.pool = row_pool(threads, per_thread) if threads > 1 else None
+        if self.pool is not None:
+            torch.set_num_threads(per_thread)
+        self.rollout = Rollout(fabric, self.actor, env, T=self.T, B=self.B, obs_dim=self.obs_dim,
+                               state_dim=state_dim, n_actions=self.n_actions, hidden=tr.hidden)
+        self.evaluator = Evaluator(fabric, env_factory(env_cfg.name, n, **self.env_kwargs), n_agents=n,
+                                   episodes=cfg.eval.episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
+                                   hidden=tr.hidden)
+        self.iteration, self.env_steps, self.last_eval = 0, 0, float("nan")
+        self.saved = None  # the iteration of the last checkpoint on disk: what a failed write leaves intact
+        self.last_line = None  # rank 0: the metrics line of the last iteration, kept in the checkpoint
+        self.rollout.start(tr.seed)
+        if resume is not None:
+            self.load_state_dict(resume)
+        fabric.sync()  # θ₀ (or the checkpoint's θ) on an XLA device: computed once, not again in iteration 1
+        self.stop = StopRequested()
+
+    # ---- one iteration -----------------------------------------------------------------------------------------
+    def iterate(self) -> dict:
+        tr, rec = self.cfg.train, self.rec
+        self.fabric.begin_iteration(self.iteration + 1)  # counted from 1, as metrics.jsonl; fires faults.py
+        lr = linear_lr(self.iteration, tr.iterations, tr.lr, tr.min_lr)
+        theta_start = self.actor.params.cpu().clone()
+
+        batch, coord = self.rollout.collect()
+        critic_batch = self.critic.prepare(coord)  # this rank's advantages and the critic's training data
+        ppo = self.actor.ppo_batch(batch, critic_batch.advantages, self.chunk)
+
+        actor, combiner = self.actor, self.actor_combiner
+        for epoch in range(tr.ppo_epochs):  # one full-batch SGD step each
+            mix = epoch in self.mix_epochs
+            with rec.section(Section.ACTOR_UPDATE):
+                combiner.before_backward(actor.params, mix)  # DecPG posts the gossip of θ here...
+                # (overlapped: the central critic's epoch inside this section, on the row threads' pool)
+                critic = self.pool.submit(self.critic.epoch, critic_batch, lr, mix) if self.overlap_critic else None
+                stats = actor.backward(ppo, clip=tr.clip, entropy_coef=tr.entropy_coef,
+                                       health=epoch == tr.ppo_epochs - 1, pool=self.pool)
+                if critic is not None:
+                    critic.result()
+                if epoch == 0:  # the noise metrics use the gradient at θₘ
+                    first = {**stats, "grad": actor.grads.clone()}
+                combiner.after_backward(actor.grads)  # ...and PS the all-reduce of ∇ here
+            if critic is None:
+                with rec.section(Section.CRITIC):
+                    self.critic.epoch(critic_batch, lr, mix)  # while the actor's message is in flight
+            with rec.section(Section.ACTOR_UPDATE):
+                combiner.step(actor.params, actor.grads, lr, tr.max_grad_norm)
+            self.fabric.sync()  # XLA: one graph per epoch, run by every device together (nothing on the CPU)
+
+        self.iteration += 1
+        self.env_steps += self.T * self.B
+        # Host copies of what the statistics read (on the CPU: the same tensors, no copy).
+        first, stats = ({key: x.cpu() for key, x in d.items()} for d in (first, stats))
+        if critic_batch.losses:  # (the statistics read the first epoch's value loss)
+            critic_batch.losses[0] = critic_batch.losses[0].cpu()
+        return self._iteration_stats(first, stats, critic_batch, theta_start, actor.params.cpu(), coord, lr)
+
+    def _nonfinite(self, first: dict, critic_batch, params: torch.Tensor) -> tuple[int, int]:
+        """(index into WATCHED + 1, local row) of the first NaN/inf on this rank; (0, 0) if all is finite."""
+        watched = [first["policy_loss"], params,
+                   critic_batch.losses[0] if critic_batch.losses else None,
+                   self.critic.net.params.cpu() if self.critic.net is not None else None]
+        for code, x in enumerate(watched, start=1):
+            if x is not None:
+                bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1)
+                if bad.any():
+                    return code, int(bad.nonzero()[0])
+        return 0, 0
+
+    def _iteration_stats(self, first, last, critic_batch, theta_start, params, coord, lr) -> dict:
+        """One all-reduce per iteration carries the losses, PPO's health metrics, the noise metrics (paper A.5),
+        the non-finite check and the stop flag. Dₘ uses the first epoch's gradient (taken at θₘ); Vₘ the whole
+        iteration's update θₘ₊₁ − θₘ; approx-KL and clip fraction the last epoch (the first one's ratio is 1)."""
+        ev = critic_batch.explained_variance
+        scalars = {"policy_loss": first["policy_loss"].sum().item(), "entropy": first["entropy"].sum().item(),
+                   "grad_norm": first["grad"].norm(dim=1).sum().item(), "approx_kl": last["approx_kl"].sum().item(),
+                   "clip_fraction": last["clip_fraction"].sum().item(),
+                   "value_loss": critic_batch.losses[0].sum().item() if critic_batch.losses else 0.0,
+                   "explained_variance": ev.sum().item() if ev is not None else 0.0, "stop": float(self.stop.flag)}
+        # Which rank saw a NaN/inf, and where: one slot per rank, so every rank can name the culprit.
+        code, row = self._nonfinite(first, critic_batch, params)
+        flags = [0.0] * self.fabric.world
+        flags[self.fabric.rank] = float(code + len(WATCHED) * row) if code else 0.0
+        variances, totals = agent_variance_and_sums(
+            self.fabric, {"grad_disagreement": first["grad"], "update_variance": params - theta_start,
+                          "consensus_distance": theta_start}, [*scalars.values(), *flags])
+        sums = dict(zip(scalars, totals))
+        self._raise_if_nonfinite(totals[len(scalars):])
+        n, critic_rows = self.n, self.critic.total_rows
+        out = {"iteration": self.iteration, "env_steps": self.env_steps, "lr": lr,
+               **{key: sums[key] / n for key in ("policy_loss", "entropy", "grad_norm", "approx_kl", "clip_fraction")},
+               "value_loss": sums["value_loss"] / critic_rows,
+               "explained_variance": sums["explained_variance"] / critic_rows, **variances}
+        if self.coordinator:
+            rets = coord.episode_returns
+            out["train_reward"] = float(np.mean(rets)) if rets else None
+            if coord.episode_wins:
+                out["train_win_rate"] = float(np.mean(coord.episode_wins))
+        out["stop"] = sums["stop"] > 0
+        return out
+
+    def _raise_if_nonfinite(self, flags: list[float]) -> None:
+        bad = [(rank, int(f)) for rank, f in enumerate(flags) if f]
+        if not bad:
+            return
+        rank, value = bad[0]
+        code, row = (value - 1) % len(WATCHED) + 1, (value - 1) // len(WATCHED)
+        what = WATCHED[code - 1]
+        if what != "critic parameters" or self.critic.per_agent:
+            what += f" of agent {self.fabric.rows_of(rank)[row]}"
+        others = f" (and on {len(bad) - 1} more of the {self.fabric.world} ranks)" if len(bad) > 1 else ""
+        raise NonFiniteError(f"rank {rank}: {what} became NaN or inf in iteration {self.iteration}{others}; "
+                             f"stopped without saving, so the last checkpoint is the last good state "
+                             f"(a smaller train.lr or train.max_grad_norm may help)")
+
+    # ---- evaluation and models ----------------------------------------------------------------------------------
+    def average_actor(self) -> torch.Tensor:
+        """θ̄ = mean θᵢ over all agents (PS: the shared θ), as rows for every agent [n, D]."""
+        mean = self.fabric.to_host(self.fabric.allreduce_mean(self.actor.params, name=Section.EVAL))
+        return mean.unsqueeze(0).expand(self.n, -1)
+
+    def evaluate(self) -> dict:
+        with self.rec.section(Section.EVAL):
+            result = self.evaluator.run(self.average_actor(), seed=self.cfg.train.seed + EVAL_SEED_OFFSET)
+        self.last_eval = result["return"]
+        return result
+
+    def evaluate_train_and_test(self) -> dict:
+        """Mode 1 of the paper's A.6 on the train env and on the perturbed test env (obs noise c·std, ε actions)."""
+        cfg = self.cfg
+        obs_std = torch.zeros(self.obs_dim, dtype=torch.float64)
+        if self.coordinator:
+            obs_std.copy_(torch.from_numpy(self.rollout.obs_stats.std))
+        obs_std = self.fabric.broadcast(obs_std, name=Section.EVAL)
+        seed = cfg.train.seed
+        test = Evaluator(self.fabric, env_factory(cfg.env.name, self.n, **self.env_kwargs), n_agents=self.n,
+                         episodes=cfg.eval.test_episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
+                         hidden=cfg.train.hidden,
+                         wrap=test_env_wrapper(cfg.to_dict(), obs_std.numpy(), seed + TEST_SEED_OFFSET))
+        rows = self.average_actor()
+        train_result = self.evaluator.run(rows, seed=seed + EVAL_SEED_OFFSET)
+        test_result = test.run(rows, seed=seed + TEST_SEED_OFFSET)
+        return {"train": train_result, "test": test_result, "gap": test_result["return"] - train_result["return"]}
+
+    # ---- checkpoints: the union of the components' state_dicts ----------------------------------------------------
+    def state_dict(self) -> dict:
+        """The checkpoint (complete on rank 0): every agent's rows gathered by agent id, so a run may resume on
+        another process count, plus rank 0's coordinator state and the counters."""
+        rollout, critic = self.rollout.state_dict(), self.critic.state_dict()
+        rows = {"actor": self.actor.state_dict(), "rollout": rollout["rows"], "critic": critic["rows"]}
+        per_rank = self.fabric.gather_objects(rows)
+        if not self.coordinator:
+            return {}
+        return {"iteration": self.iteration, "env_steps": self.env_steps, "config": self.cfg.to_dict(),
+                "last_eval": self.last_eval, "agents": ckpt.cat_rows(per_rank), "metrics_line": self.last_line,
+                "coordinator": {"rollout": rollout["coordinator"], "critic": critic["coordinator"]}}
+
+    def load_state_dict(self, state: dict) -> None:
+        rows = ckpt.take_rows(state["agents"], self.fabric.agents)
+        self.actor.load_state_dict(rows["actor"])
+        self.rollout.load_state_dict({"rows": rows["rollout"], "coordinator": state["coordinator"]["rollout"]})
+        self.critic.load_state_dict({"rows": rows["critic"], "coordinator": state["coordinator"]["critic"]})
+        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
+        self.saved = state["iteration"]
+        self.last_eval = state.get("last_eval", float("nan"))
+        self.last_line = state.get("metrics_line")
+
+    def save_checkpoint(self) -> None:
+        with self.rec.section(Section.CHECKPOINT):
+            state = self.state_dict()
+            if self.coordinator:
+                with self.writing(f"the checkpoint of iteration {self.iteration}"):
+                    metricsfile.sync(self.run_dir)  # its lines on disk first: a checkpoint never outlives them
+                    ckpt.atomic_save(state, self.run_dir / ckpt.CHECKPOINT)
+                self.saved = self.iteration
+
+    def writing(self, what: str):
+        """Around rank 0's writes into the run directory: a full or read-only disk ends the run in one line."""
+        return writing(self.run_dir, what, self.saved)
+
+    def save_models(self) -> None:
+        """models.pt: every agent's actor, the averaged actor θ̄, the critic(s) with their value normaliser, and
+        the observation std for the test env."""
+        rows = self.fabric.gather_rows(self.actor.params)
+        critic, value_norm = self.critic.saved_params()
+        if self.coordinator:
+            with self.writing("models.pt"):
+                ckpt.atomic_save({"actor_rows": rows, "actor_mean": rows.mean(0), "config": self.cfg.to_dict(),
+                                  "obs_dim": self.obs_dim, "state_dim": self.critic.input_dim,
+                                  "n_actions": self.n_actions, "obs_std": self.rollout.obs_stats.std,
+                                  "iteration": self.iteration, "critic": critic, "value_norm": value_norm},
+                                 self.run_dir / "models.pt")
+
+    def is_eval_iteration(self) -> bool:
+        ev = self.cfg.eval.interval
+        return self.iteration == self.cfg.train.iterations or (ev > 0 and self.iteration % ev == 0)
+
+    def metrics_line(self, stats: dict, timing: dict, extra: dict | None = None) -> str:
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in stats.items() if k != "stop"}
+        clean.update(extra or {})
+        clean["timing"] = timing
+        return json.dumps(clean)
+
+
+def _netns() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/net")  # e.g. net:[4026531840]
+    except OSError:  # not Linux
+        return None
+
+
+def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None,
+          restarts: list[dict] | None = None) -> dict:
+    """Run (or continue) a training job on this process; rank 0 logs. Returns a summary dict. `restarts`: records
+    of restarts (restart.py) for rank 0 to put on the first metrics line it writes."""
+    from .logger import RunLogger
+
+    rec, tr = fabric.recorder, cfg.train
+    with rec.section(Section.SETUP):
+        trainer = Trainer(cfg, fabric, run_dir, resume)
+    # Which process is which rank: for whoever has to inspect or stop one of them. netns: the network namespace
+    # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
+    procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
+                                   "netns": _netns(), "machine": cores.machine_id(), "cores": cores.allowed(),
+                                   "threads": torch.get_num_threads(), "row_threads": trainer.row_threads})
+    oversubscribed = cores.oversubscribed(procs) if trainer.coordinator else []
+    if trainer.coordinator:
+        with trainer.writing("processes.json"):
+            (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
+        for line in oversubscribed:  # once per host, from the coordinator, which sees every host
+            print(line, file=sys.stderr, flush=True)
+    logger = (RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard, trainer.writing,
+                        trainer.last_line) if trainer.coordinator else None)
+    # The heap that setup built (torch, the envs, the nets: ~10^6 objects) is moved out of the collector's sight:
+    # otherwise every full collection rescans it, a 60-120 ms pause on this CPU that a rank's simulated clock
+    # charges as its compute and its peers then wait for (issue 22: 30 % of a 3-rank job's iteration 2).
+    gc.collect()
+    gc.freeze()
+    stopped, start = False, trainer.iteration
+    clock, sim_total = fabric.clock, {}  # simulated seconds of this run's iterations, by kind
+    trace = None
+    if cfg.run.trace_iterations:  # a timeline of the first iterations (trace.py)
+        rec.start_trace()
+    while trainer.iteration < tr.iterations:
+        before, sim_before = rec.seconds(), clock.snapshot() if clock else None
+        stats = trainer.iterate()
+        if trainer.is_eval_iteration():
+            result = trainer.evaluate()
+            stats["eval_reward"] = result["return"]
+            stats["eval_episodes"] = result["episodes"]
+            if trainer.evaluator.has_win:
+                stats["eval_win_rate"] = result["win_rate"]
+        if clock is not None:  # the simulated cluster's iteration: every rank's clock joined in the stats all-reduce
+            stats["sim"] = clock_delta(clock.snapshot(), sim_before)
+            sim_total = {k: sim_total.get(k, 0.0) + v for k, v in stats["sim"].items()}
+        if logger is not None:
+            extra = {"restarts": restarts} if restarts else {}
+            restarts = None  # said once, on the first line after the restart
+            line = trainer.metrics_line(stats, delta_seconds(rec.seconds(), before), extra)
+            logger.log(line, stats, trainer.last_eval)
+            trainer.last_line = line
+        if trainer.iteration == start + cfg.run.trace_iterations:
+            trace = rec.stop_trace()
+        planned = cfg.run.stop_after is not None and trainer.iteration >= cfg.run.stop_after
+        if stats["stop"] or planned:  # every rank saw the same flag in the same all-reduce: all stop together
+            stopped = True
+            break
+        if cfg.run.checkpoint_interval and trainer.iteration % cfg.run.checkpoint_interval == 0:
+            trainer.save_checkpoint()
+    trace = trace or rec.stop_trace()  # a run shorter than the traced stretch
+    trainer.save_checkpoint()
+    trainer.save_models()
+    summary = {"iterations": trainer.iteration, "env_steps": trainer.env_steps, "stopped": stopped,
+               "signal": trainer.stop.signum,
+               "final_eval_reward": trainer.last_eval, "n_agents": trainer.n, "processes": fabric.world}
+    if not stopped:  # the paper's headline: the averaged model on the train and the perturbed test env
+        with rec.section(Section.EVAL):
+            summary["generalisation"] = trainer.evaluate_train_and_test()
+        if trainer.coordinator:
+            with trainer.writing("eval.json"):
+                (Path(run_dir) / "eval.json").write_text(json.dumps(
+                    {"run_dir": str(run_dir), "iteration": trainer.iteration,
+                     "modes": {"average": summary["generalisation"]}}, indent=1))
+    # Peak resident memory of every process (ru_maxrss is in KiB on Linux): what a job of this size needs.
+    # CPU seconds (user + system, all threads) say how much work a rank did, where wall-clock also counts waiting.
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    reports = fabric.gather_objects((rec.snapshot(), usage.ru_maxrss / 1024, sim_total, trace,
+                                     usage.ru_utime + usage.ru_stime))
+    if logger is not None:
+        timing, memory = [r[0] for r in reports], [round(r[1], 1) for r in reports]
+        summary["peak_rss_mb"] = memory
+        summary["cpu_seconds"] = [round(r[4], 2) for r in reports]
+        if clock is not None:
+            summary["simulated"] = {"profile": vars(fabric.net), "ranks": [r[2] for r in reports]}
+        if trace is not None:
+            with trainer.writing("trace.json"):
+                write_trace(Path(run_dir) / "trace.json", [r[3] for r in reports], fabric.net.name if clock else None)
+        print(logger.finish(timing, summary), flush=True)
+        if clock is not None:
+            summary["simulated"]["unreliable"] = oversubscribed
+            print(format_clock_table(fabric.net, summary["simulated"]["ranks"], trainer.iteration - start,
+                                     unreliable=bool(oversubscribed)), flush=True)
+        if fabric.device.type == "cpu":
+            print(f"peak memory per process: rank 0 {memory[0]:.0f} MB, others up to {max(memory[1:], default=0):.0f} "
+                  f"MB; sum over processes {sum(memory):.0f} MB (an upper bound on the job's peak)", flush=True)
+        else:  # the device threads share one process
+            threads = f"{fabric.world} device thread" + ("s" if fabric.world > 1 else "")
+            print(f"peak memory of the process holding the {threads}: {memory[0]:.0f} MB", flush=True)
+        if "generalisation" in summary:
+            g = summary["generalisation"]
+            print(f"averaged model, deterministic: train {g['train']['return']:.3f} ({g['train']['episodes']} episodes)"
+                  f"  test {g['test']['return']:.3f} ({g['test']['episodes']} episodes)  gap {g['gap']:.3f}", flush=True)
+        if stopped:
+            print(f"stopped at iteration {trainer.iteration}; continue with --resume {run_dir}", flush=True)
+    return summary
