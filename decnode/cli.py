@@ -9,6 +9,10 @@ import tempfile
 from pathlib import Path
 
 
+class AnalysisError(ValueError):
+    """Bad input for a tool that reads runs (decnode-eval, -landscape, -plot, -report); the message is one line."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports bad arguments as `prog: error: …` in one line (its messages already name the
     allowed choices or the expected type) and exits with code 2."""

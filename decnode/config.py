@@ -27,6 +27,8 @@ INT_MAX = 2**63 - 1
 # evaluation and checkpoint writes), seconds on a busy host. A 1 ms timeout failed connecting to the store, in five
 # lines of c10d errors; a few seconds is the floor, far below the default 300 s.
 TIMEOUT_MIN_S = 5.0
+# The config decnode-run (and decnode-netmodel) trains without --config: the paper's Simple Spread setting.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "simple_spread.yaml"
 
 
 class ConfigError(ValueError):

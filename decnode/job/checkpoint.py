@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import re
 import zipfile
 from pathlib import Path
+
+from .rundir import replace_atomically, temporary
 
 CHECKPOINT = "checkpoint.pt"
 DIGEST_SUFFIX = ".sha256"
@@ -58,32 +59,10 @@ class _Hashing:
         self.f.flush()
 
 
-def _replace_durably(tmp: Path, path: Path, data: bytes | None = None) -> None:
-    """(Write `data` to tmp,) flush it to disk, rename it over path and flush the directory, so a crash of the
-    machine cannot reorder this rename after the next one."""
-    try:
-        if data is not None:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # not every platform or filesystem can sync a directory
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_digests(path: Path, digests: list[str]) -> None:
     sidecar = digest_path(path)
     text = "".join(f"{d}  {path.name}\n" for d in dict.fromkeys(digests))
-    _replace_durably(sidecar.with_name(sidecar.name + ".tmp"), sidecar, text.encode())
+    replace_atomically(sidecar, text)
 
 
 def _listed(path: Path, text: bytes | None) -> list[str] | None:
@@ -126,7 +105,7 @@ def atomic_save(obj: dict, path: Path) -> None:
     `path` and its digest file as they were."""
     import torch  # here, not at the top: the CLI checks its input before paying for torch's import
 
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary(path)
     try:
         with open(tmp, "wb") as f:
             out = _Hashing(f)
@@ -136,11 +115,9 @@ def atomic_save(obj: dict, path: Path) -> None:
                 if isinstance(err.__context__, OSError):
                     raise err.__context__ from None
                 raise
-            f.flush()
-            os.fsync(f.fileno())
         new = out.sha.hexdigest()
         _write_digests(path, [new, *_current_digests(path)])  # both files verify while path is replaced
-        _replace_durably(tmp, path)
+        replace_atomically(path)  # syncs tmp, renames it over path
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from . import metricsfile
+from .rundir import replace_atomically
 from ..elastic import attempt, max_restarts
 
 NOTES = "attempts"
@@ -44,9 +45,7 @@ def _write(path: Path, data: dict) -> None:
     (the writes that matter say so themselves)."""
     with contextlib.suppress(OSError):
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        replace_atomically(path, json.dumps(data))
 
 
 class _Note:

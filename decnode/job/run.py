@@ -26,9 +26,9 @@ from ..elastic import attempt, max_restarts
 from ..cli import OneLineParser
 from ..cli import fail as _fail
 from ..config import ALGOS, Config, ConfigError, compose, from_dict, help_config, parse_override, read_file, resolve
+from ..config import DEFAULT_CONFIG  # noqa: F401 - also decnode.job.run.DEFAULT_CONFIG, as tests import it
 from .launch import WorkerEnv, torchrun_env
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "simple_spread.yaml"
 # What a resume may change (and says it changed); any other difference from the checkpoint is refused.
 RESUMABLE = {"train": ("iterations",), "eval": None, "run": None, "net": None, "algo": ("agents_per_process",)}
 
@@ -120,9 +120,9 @@ def _prepare_resume(args, n_procs, restarted=False):
     saved = from_dict(state["config"], f"checkpoint {run_dir}").to_dict()
     # Injected faults belong to the attempt that ran them: a resume runs only those given again with --set.
     lower = [(f"checkpoint {run_dir}", {k: v for k, v in saved.items() if k not in ("per_algo", "faults")})]
-    yaml_path = run_dir / "config.yaml"
+    yaml_path = run_dir / rundir.CONFIG
     if yaml_path.is_file():
-        lower.append((str(yaml_path), {k: v for k, v in read_file(yaml_path).items() if k != "faults"}))
+        lower.append((str(yaml_path), {k: v for k, v in rundir.read_config(run_dir).items() if k != "faults"}))
     cli = _cli_layers(args)
     cfg = compose(lower, cli)
     cfg.run.out = str(run_dir)
@@ -194,9 +194,9 @@ def start_again(run_dir: Path) -> str:
     """The command that trains the run in run_dir again from iteration 0 with the config it trained, in place
     (what a resume cannot do without a checkpoint)."""
     overwrite = " --overwrite" if rundir.has_trained(run_dir) else ""  # else prepare() replaces it by itself
-    path = run_dir / "config.yaml"
+    path = run_dir / rundir.CONFIG
     try:
-        cfg = read_file(path)
+        cfg = rundir.read_config(run_dir)
         nproc = int(cfg["env"]["n_agents"]) // int(cfg["algo"]["agents_per_process"])
     except (ConfigError, KeyError, TypeError, ValueError, ZeroDivisionError):
         return f"your first command and --out {run_dir}{overwrite} (its config.yaml is missing or unreadable)"
@@ -237,16 +237,14 @@ def set_up_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, jo
         notes += [note] if note else []
         rundir.create(run_dir)
     text = _yaml(cfg.to_dict())
-    path = run_dir / "config.yaml"
+    path = run_dir / rundir.CONFIG
     try:
         old = path.read_text() if path.is_file() else None
         if old != text:
             if resume and old is not None:
                 notes.append(f"{path} rewritten with the resolved config that trains")
             # Atomically: under torchrun the other workers may be reading it while rank 0 writes.
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            rundir.replace_atomically(path, text)
         rundir.mark(run_dir)
     except OSError as err:
         raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None

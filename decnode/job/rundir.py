@@ -19,11 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import dirlock
+from . import dirlock, metricsfile
 from ..cli import check_output
-from ..config import ConfigError
+from ..config import ConfigError, read_file
 
 MANIFEST = ".decnode-run.json"
+CONFIG, MODELS = "config.yaml", "models.pt"  # the resolved config that trains; the final models (trainer.py)
 LOCK = ".decnode-run.lock"  # held by the job using the directory (dirlock.py); never deleted by --overwrite
 # Everything decnode writes into a run directory: training (trainer, logger, checkpoint), decnode-eval's default
 # output, decnode-landscape, decnode-plot's default RUN_DIR/plots.
@@ -86,8 +87,50 @@ def _names(paths: list[str], limit: int = 4) -> str:
 def has_trained(run_dir: Path) -> bool:
     if any((run_dir / name).exists() for name in TRAINED):
         return True
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / metricsfile.NAME
     return metrics.is_file() and metrics.stat().st_size > 0
+
+
+def read_config(run_dir: Path) -> dict:
+    """The run's config.yaml as a dict (not validated: callers take what they need); ConfigError, one line."""
+    return read_file(Path(run_dir) / CONFIG)
+
+
+def temporary(path: Path) -> Path:
+    """Where replace_atomically stages `path` (WRITES lists these names: a crash may leave one behind)."""
+    return path.with_name(path.name + ".tmp")
+
+
+def replace_atomically(path: Path, data: bytes | str | None = None) -> None:
+    """Replace `path` whole or not at all: write `data` (str: UTF-8) to temporary(path) — None: the caller wrote
+    that file already —, flush it to disk, rename it over `path`, then flush the directory, so that a crash of the
+    machine can neither leave a cut file nor reorder this rename after the next one. A failure (an OSError saying
+    why) removes the temporary file and leaves `path` as it was. Every file decnode replaces in place goes
+    through here: readers, even other processes mid-run, see the old file or the new one."""
+    tmp = temporary(Path(path))
+    try:
+        if data is not None:
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # not every platform or filesystem can sync a directory
+        fd = os.open(Path(path).parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def clear(run_dir: Path, patterns) -> None:

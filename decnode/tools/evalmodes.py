@@ -30,31 +30,16 @@ import torch
 
 from .. import envs
 from ..job.checkpoint import IDENTITY_KEYS, CheckpointError, load_file
-from ..cli import check_output
+from ..job.rundir import CONFIG, MODELS, read_config, replace_atomically
+from ..cli import AnalysisError, OneLineParser, fail
 from .outputs import Writer, check_files
 from ..comm.transport import Collectives
-from ..config import ConfigError, read_file
+from ..config import ConfigError
 from ..envs.perturb import test_env_wrapper
 from ..marl.evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from ..nn.models import RecurrentNet
 
 MODES = ("average", "average_stochastic", "local", "individual")
-
-
-class AnalysisError(ValueError):
-    """Bad input for an analysis tool; the message is one line."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments in one line (no usage block) and exits with code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def fail(prog: str, message: str) -> None:
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
 
 
 # ---- run directory -------------------------------------------------------------------------------------------
@@ -64,9 +49,9 @@ def load_models(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AnalysisError(f"run directory not found: {run_dir}")
-    path = run_dir / "models.pt"
+    path = run_dir / MODELS
     if not path.is_file():
-        raise AnalysisError(f"no models.pt in {run_dir} (is the run finished?)")
+        raise AnalysisError(f"no {MODELS} in {run_dir} (is the run finished?)")
     try:
         models = load_file(path)
     except CheckpointError as err:
@@ -84,11 +69,11 @@ def check_models(models: dict, path: Path) -> None:
     """A models.pt is the run's own: the config it was trained with agrees with the run's config.yaml on what no
     resume may change, and its tensors have the shapes that config makes. Otherwise a tool would evaluate other
     agents and write its results into this run (AnalysisError naming both values)."""
-    ours, yaml_path = models["config"], path.parent / "config.yaml"
+    ours, yaml_path = models["config"], path.parent / CONFIG
     source = f"its config ({path.name})"
     if yaml_path.is_file():
         try:
-            run = read_file(yaml_path)
+            run = read_config(path.parent)
         except ConfigError as err:
             raise AnalysisError(str(err)) from None
         for section, keys in IDENTITY_KEYS.items():
@@ -217,9 +202,7 @@ def format_result(result: dict) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    replace_atomically(path, json.dumps(data, indent=1))
 
 
 def eval_worker(run_dir: str, modes: list[str], episodes: int | None, test_episodes: int | None, out: str,

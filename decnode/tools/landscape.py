@@ -43,8 +43,8 @@ import torch
 
 from ..marl.acting import SamplePerAgent, acting_loop
 from ..marl.actor import sampler_seed
-from .evalmodes import AnalysisError, OneLineParser, env_factory, eval_seeds, fail, load_models
-from ..cli import finite
+from .evalmodes import env_factory, eval_seeds, load_models
+from ..cli import AnalysisError, OneLineParser, fail, finite
 from .outputs import Writer, check_files
 from ..comm.transport import Collectives
 from ..marl.critic import critic_from_models

@@ -22,13 +22,12 @@ import numpy as np
 
 from ..job import metricsfile
 from ..cli import OneLineParser, fail, finite
-from ..config import Config, ConfigError, compose, parse_override, read_file, resolve
+from ..config import DEFAULT_CONFIG, Config, ConfigError, compose, parse_override, read_file, resolve
 from ..net.model import KINDS, job_shapes, predict_iteration_comm
 from ..net.profile import PRESETS, NetProfile, load_profile
 from .outputs import Writer, check_files
 
 PROG = "decnode-netmodel"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "simple_spread.yaml"
 
 
 # ---- what a combine hides behind, measured here -----------------------------------------------------------------

@@ -30,9 +30,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .. import yamlio  # noqa: E402
-from .evalmodes import AnalysisError, OneLineParser, fail  # noqa: E402
-from ..job import metricsfile  # noqa: E402
+from ..cli import AnalysisError, OneLineParser, fail  # noqa: E402
+from ..config import ConfigError  # noqa: E402
+from ..job import metricsfile, rundir  # noqa: E402
 from .outputs import Writer, check_dir  # noqa: E402
 from ..timing import ORDER, grouped  # noqa: E402
 
@@ -65,15 +65,15 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise AnalysisError(f"run directory not found: {path}")
-    for name in ("config.yaml", "metrics.jsonl"):
+    for name in (rundir.CONFIG, metricsfile.NAME):
         if not (path / name).is_file():
             raise AnalysisError(f"no {name} in {path} (not a decnode run directory?)")
     try:
         metrics = metricsfile.read(path)
-        cfg = yamlio.read(path / "config.yaml")
+        cfg = rundir.read_config(path)
         return Run(path, cfg, metrics.records, _read_json(path / "timing.json"), _read_json(path / "eval.json"),
                    metrics.cut)
-    except (metricsfile.MetricsError, yamlio.YamlError) as err:  # one line naming the file and line already
+    except (metricsfile.MetricsError, ConfigError) as err:  # one line naming the file and line already
         raise AnalysisError(str(err)) from None
     except (json.JSONDecodeError, KeyError) as err:
         raise AnalysisError(f"{path}: unreadable run files ({str(err).splitlines()[0][:100]})") from None

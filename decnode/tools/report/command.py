@@ -39,9 +39,10 @@ import yaml
 from ... import config, yamlio
 from .. import outputs, plots
 from . import figures as report_figures, text as report_text
-from ..evalmodes import MODES, AnalysisError
-from ...cli import OneLineParser, fail
-from ...job.rundir import MANIFEST
+from ..evalmodes import MODES
+from ...cli import AnalysisError, OneLineParser, fail
+from ...job import metricsfile
+from ...job.rundir import CONFIG, MANIFEST
 from ...topology import mixing_matrix, spectral_gap
 
 PROG = "decnode-report"
@@ -64,7 +65,7 @@ GROUP_COLUMNS = GROUP_ID + [f"{col}_{stat}" for col in NUMBERS for stat in STATS
 def find_runs(root: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        if "config.yaml" in filenames and "metrics.jsonl" in filenames:
+        if CONFIG in filenames and metricsfile.NAME in filenames:
             found.append(Path(dirpath))
             dirnames.clear()  # a run's own subfolders (tb/, plots/) hold no runs
     return sorted(found)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import signal
@@ -71,12 +72,11 @@ def write_csv(out: Path, cells: list[Cell], states: dict) -> None:
     keys = list(dict.fromkeys(k for c in cells for k in c.values))
     fields = ["cell", "status", *keys, "iterations", "env_steps", "train_reward", "eval_reward", "gen_train",
               "gen_test", "gen_gap", "wall_s", "git_commit", "run_dir"]
-    tmp = out / "runs.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields, restval="")
-        writer.writeheader()
-        writer.writerows(csv_row(out, c, states[c.name]) for c in cells)
-    os.replace(tmp, out / "runs.csv")  # whoever reads it mid-sweep sees a whole table
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fields, restval="")
+    writer.writeheader()
+    writer.writerows(csv_row(out, c, states[c.name]) for c in cells)
+    rundir.replace_atomically(out / "runs.csv", table.getvalue())  # whoever reads it mid-sweep sees a whole table
 
 
 # ---- running --------------------------------------------------------------------------------------------------------
@@ -87,8 +87,7 @@ def prepare_dir(path: Path, out: Path, cells: list[Cell]) -> None:
     summary = {"sweep_file": str(path.resolve()), "given": path.read_text(),
                "cells": [{"name": c.name, "values": c.values, "processes": c.procs, "config": str(c.config_file),
                           "run_dir": str(c.run_dir)} for c in cells]}
-    (out / "sweep.yaml.tmp").write_text(yamlio.dump(summary))
-    os.replace(out / "sweep.yaml.tmp", out / "sweep.yaml")  # whole or absent: it is what marks the directory ours
+    rundir.replace_atomically(out / "sweep.yaml", yamlio.dump(summary))  # whole or absent: it marks the directory ours
     for c in cells:
         text = config_text(c)
         if not c.config_file.exists() or c.config_file.read_text().split("\n", 1)[-1] != text:
