@@ -31,9 +31,10 @@ from .rundir import replace_atomically, temporary
 CHECKPOINT = "checkpoint.pt"
 DIGEST_SUFFIX = ".sha256"
 DIGESTED = "digest"  # key every file atomic_save writes holds: "sha256", its digest file is beside it
-# What a resumed run must agree on with the checkpoint; anything else may change (e.g. iterations).
-IDENTITY_KEYS = {"env": ("name", "n_agents", "n_envs", "episode_length"),
-                 "algo": ("name", "k", "critic", "mix_every"), "train": ("hidden", "seed")}
+# What a resume may change (and says it changed): None, the whole section. Every other key is what the run is:
+# decnode-run refuses a resume that changes one, decnode-eval and -landscape a models.pt whose run disagrees on one.
+RESUMABLE = {"train": ("iterations",), "eval": None, "run": None, "net": None, "algo": ("agents_per_process",)}
+NOT_COMPARED = ("per_algo", "faults")  # folded into the train keys already; faults belong to the attempt that ran them
 _LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")  # sha256sum's line: digest, a space, ' ' or '*' (binary), the name
 
 
@@ -188,13 +189,18 @@ def load(run_dir: Path) -> dict:
     return state
 
 
-def check_compatible(saved_config: dict, config: dict) -> None:
-    """One-line error when a resume would change what the run is (agents, topology, algorithm, env)."""
-    for section, keys in IDENTITY_KEYS.items():
-        for key in keys:
-            old, new = saved_config[section][key], config[section][key]
-            if old != new:
-                raise CheckpointError(f"cannot resume: {section}.{key} was {old!r} in the checkpoint, now {new!r}")
+def identity_change(saved: dict, new: dict) -> tuple[str, str, object, object] | None:
+    """The first key of config dict `new`, in its order, that RESUMABLE does not allow to change and whose value
+    differs from `saved`'s, as (section, key, saved value, new value); None when they are the same run."""
+    for section, values in new.items():
+        allowed = RESUMABLE.get(section, ())
+        if section in NOT_COMPARED or allowed is None:
+            continue
+        for key, value in values.items():
+            old = (saved.get(section) or {}).get(key)
+            if key not in allowed and old != value:
+                return section, key, old, value
+    return None
 
 
 def cat_rows(per_rank: list):

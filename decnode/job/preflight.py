@@ -96,8 +96,3 @@ def check_resources(cfg: Config, n_procs: int) -> None:
         raise ConfigError(f"{n_procs} processes need about {need} open files each, but the limit is {soft} "
                           f"(ulimit -n; hard limit {hard}); use fewer processes or raise it, "
                           "or pass --no-preflight to try anyway")
-
-
-def check(cfg: Config, n_procs: int) -> None:
-    check_dependencies(cfg)
-    check_resources(cfg, n_procs)

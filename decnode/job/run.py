@@ -29,9 +29,6 @@ from ..config import ALGOS, Config, ConfigError, compose, from_dict, help_config
 from ..config import DEFAULT_CONFIG  # noqa: F401 - also decnode.job.run.DEFAULT_CONFIG, as tests import it
 from .launch import WorkerEnv, torchrun_env
 
-# What a resume may change (and says it changed); any other difference from the checkpoint is refused.
-RESUMABLE = {"train": ("iterations",), "eval": None, "run": None, "net": None, "algo": ("agents_per_process",)}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="decnode-run", description="Train DecPG / PS with one process per agent block.",
@@ -100,7 +97,7 @@ def prepare(args: argparse.Namespace, n_procs: int, run_id: str | None = None,
 
 def _prepare_resume(args, n_procs, restarted=False):
     """The run's own config (checkpoint < its config.yaml, which the user may have edited) < flags and --set.
-    Only RESUMABLE keys may differ from the checkpoint; the changes are listed, not made silently."""
+    Only checkpoint.RESUMABLE keys may differ from the checkpoint; the changes are listed, not made silently."""
     run_dir = Path(args.resume)
     if args.config:
         raise ConfigError(f"--config cannot apply to --resume: the run keeps its config; edit {run_dir}/config.yaml "
@@ -206,15 +203,12 @@ def start_again(run_dir: Path) -> str:
 
 
 def _refuse_identity_changes(saved: dict, new: dict) -> None:
-    for section, values in new.items():
-        if section in ("per_algo", "faults"):
-            continue
-        allowed = RESUMABLE.get(section, ())
-        for key, value in values.items():
-            if allowed is not None and key not in allowed and saved[section][key] != value:
-                raise ckpt.CheckpointError(
-                    f"cannot resume: {section}.{key} was {saved[section][key]!r} in the checkpoint, now {value!r} "
-                    "(a resume may change only train.iterations, eval.*, run.*, net.* and the process count)")
+    changed = ckpt.identity_change(saved, new)
+    if changed:
+        section, key, old, value = changed
+        raise ckpt.CheckpointError(
+            f"cannot resume: {section}.{key} was {old!r} in the checkpoint, now {value!r} "
+            "(a resume may change only train.iterations, eval.*, run.*, net.* and the process count)")
 
 
 def default_run_dir(cfg: Config, run_id: str | None = None) -> Path:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .. import envs
-from ..job.checkpoint import IDENTITY_KEYS, CheckpointError, load_file
+from ..job.checkpoint import CheckpointError, identity_change, load_file
 from ..job.rundir import CONFIG, MODELS, read_config, replace_atomically
 from ..cli import AnalysisError, OneLineParser, fail
 from .outputs import Writer, check_files
@@ -76,12 +76,11 @@ def check_models(models: dict, path: Path) -> None:
             run = read_config(path.parent)
         except ConfigError as err:
             raise AnalysisError(str(err)) from None
-        for section, keys in IDENTITY_KEYS.items():
-            for key in keys:
-                mine, theirs = ours.get(section, {}).get(key), (run.get(section) or {}).get(key)
-                if mine != theirs:
-                    raise AnalysisError(f"{path} was trained with {section}.{key}={mine!r} but {yaml_path} has "
-                                        f"{section}.{key}={theirs!r}: not this run's models")
+        changed = identity_change(run, ours)  # the rule of what a resume may change (checkpoint.RESUMABLE)
+        if changed:
+            section, key, theirs, mine = changed
+            raise AnalysisError(f"{path} was trained with {section}.{key}={mine!r} but {yaml_path} has "
+                                f"{section}.{key}={theirs!r}: not this run's models")
         source = str(yaml_path)
     n, hidden = ours["env"]["n_agents"], ours["train"]["hidden"]
     od, K, rows = models["obs_dim"], models["n_actions"], models["actor_rows"]
