@@ -10,7 +10,6 @@ import gc
 import json
 import math
 import os
-import resource
 import signal
 import socket
 import sys
@@ -22,7 +21,7 @@ import torch
 
 from . import checkpoint as ckpt
 from ..nn import native
-from . import cores, metricsfile
+from . import cores, metricsfile, report_end
 from .rundir import writing
 from ..marl.actor import ActorBlock, row_pool
 from ..marl.combiners import make_combiner
@@ -34,10 +33,9 @@ from ..envs.perturb import test_env_wrapper
 from ..marl.evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from ..nn.losses import linear_lr
 from ..marl.noise import agent_variance_and_sums
-from ..net.profile import clock_delta, format_clock_table
+from ..net.profile import clock_delta
 from ..marl.rollout import Rollout
 from ..timing import Section, delta_seconds
-from .trace import write_trace
 
 
 class StopRequested:
@@ -312,9 +310,26 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     of restarts (restart.py) for rank 0 to put on the first metrics line it writes."""
     from .logger import RunLogger
 
-    rec, tr = fabric.recorder, cfg.train
-    with rec.section(Section.SETUP):
+    with fabric.recorder.section(Section.SETUP):
         trainer = Trainer(cfg, fabric, run_dir, resume)
+    oversubscribed = _record_processes(trainer, run_dir)
+    logger = (RunLogger(run_dir, cfg.train.iterations, trainer.iteration, cfg.run.tensorboard, trainer.writing,
+                        trainer.last_line) if trainer.coordinator else None)
+    # The heap that setup built (torch, the envs, the nets: ~10^6 objects) is moved out of the collector's sight:
+    # otherwise every full collection rescans it, a 60-120 ms pause on this CPU that a rank's simulated clock
+    # charges as its compute and its peers then wait for (issue 22: 30 % of a 3-rank job's iteration 2).
+    gc.collect()
+    gc.freeze()
+    start = trainer.iteration
+    stopped, sim_total, trace = _loop(trainer, logger, restarts)
+    trainer.save_checkpoint()
+    trainer.save_models()
+    return report_end.finish(trainer, logger, run_dir, start, stopped, sim_total, trace, oversubscribed)
+
+
+def _record_processes(trainer: Trainer, run_dir: Path) -> list[str]:
+    """processes.json on rank 0, and the warnings (rank 0's) of machines running more threads than cores."""
+    fabric = trainer.fabric
     # Which process is which rank: for whoever has to inspect or stop one of them. netns: the network namespace
     # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
     procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
@@ -326,19 +341,19 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
             (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
         for line in oversubscribed:  # once per host, from the coordinator, which sees every host
             print(line, file=sys.stderr, flush=True)
-    logger = (RunLogger(run_dir, tr.iterations, trainer.iteration, cfg.run.tensorboard, trainer.writing,
-                        trainer.last_line) if trainer.coordinator else None)
-    # The heap that setup built (torch, the envs, the nets: ~10^6 objects) is moved out of the collector's sight:
-    # otherwise every full collection rescans it, a 60-120 ms pause on this CPU that a rank's simulated clock
-    # charges as its compute and its peers then wait for (issue 22: 30 % of a 3-rank job's iteration 2).
-    gc.collect()
-    gc.freeze()
+    return oversubscribed
+
+
+def _loop(trainer: Trainer, logger, restarts: list[dict] | None) -> tuple[bool, dict, object]:
+    """The iterations, until train.iterations, a planned stop or a signal: (stopped, this rank's simulated
+    seconds by kind, its trace of the first iterations or None)."""
+    cfg, fabric, rec = trainer.cfg, trainer.fabric, trainer.rec
     stopped, start = False, trainer.iteration
     clock, sim_total = fabric.clock, {}  # simulated seconds of this run's iterations, by kind
     trace = None
     if cfg.run.trace_iterations:  # a timeline of the first iterations (trace.py)
         rec.start_trace()
-    while trainer.iteration < tr.iterations:
+    while trainer.iteration < cfg.train.iterations:
         before, sim_before = rec.seconds(), clock.snapshot() if clock else None
         stats = trainer.iterate()
         if trainer.is_eval_iteration():
@@ -364,49 +379,4 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
             break
         if cfg.run.checkpoint_interval and trainer.iteration % cfg.run.checkpoint_interval == 0:
             trainer.save_checkpoint()
-    trace = trace or rec.stop_trace()  # a run shorter than the traced stretch
-    trainer.save_checkpoint()
-    trainer.save_models()
-    summary = {"iterations": trainer.iteration, "env_steps": trainer.env_steps, "stopped": stopped,
-               "signal": trainer.stop.signum,
-               "final_eval_reward": trainer.last_eval, "n_agents": trainer.n, "processes": fabric.world}
-    if not stopped:  # the paper's headline: the averaged model on the train and the perturbed test env
-        with rec.section(Section.EVAL):
-            summary["generalisation"] = trainer.evaluate_train_and_test()
-        if trainer.coordinator:
-            with trainer.writing("eval.json"):
-                (Path(run_dir) / "eval.json").write_text(json.dumps(
-                    {"run_dir": str(run_dir), "iteration": trainer.iteration,
-                     "modes": {"average": summary["generalisation"]}}, indent=1))
-    # Peak resident memory of every process (ru_maxrss is in KiB on Linux): what a job of this size needs.
-    # CPU seconds (user + system, all threads) say how much work a rank did, where wall-clock also counts waiting.
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    reports = fabric.gather_objects((rec.snapshot(), usage.ru_maxrss / 1024, sim_total, trace,
-                                     usage.ru_utime + usage.ru_stime))
-    if logger is not None:
-        timing, memory = [r[0] for r in reports], [round(r[1], 1) for r in reports]
-        summary["peak_rss_mb"] = memory
-        summary["cpu_seconds"] = [round(r[4], 2) for r in reports]
-        if clock is not None:
-            summary["simulated"] = {"profile": vars(fabric.net), "ranks": [r[2] for r in reports]}
-        if trace is not None:
-            with trainer.writing("trace.json"):
-                write_trace(Path(run_dir) / "trace.json", [r[3] for r in reports], fabric.net.name if clock else None)
-        print(logger.finish(timing, summary), flush=True)
-        if clock is not None:
-            summary["simulated"]["unreliable"] = oversubscribed
-            print(format_clock_table(fabric.net, summary["simulated"]["ranks"], trainer.iteration - start,
-                                     unreliable=bool(oversubscribed)), flush=True)
-        if fabric.device.type == "cpu":
-            print(f"peak memory per process: rank 0 {memory[0]:.0f} MB, others up to {max(memory[1:], default=0):.0f} "
-                  f"MB; sum over processes {sum(memory):.0f} MB (an upper bound on the job's peak)", flush=True)
-        else:  # the device threads share one process
-            threads = f"{fabric.world} device thread" + ("s" if fabric.world > 1 else "")
-            print(f"peak memory of the process holding the {threads}: {memory[0]:.0f} MB", flush=True)
-        if "generalisation" in summary:
-            g = summary["generalisation"]
-            print(f"averaged model, deterministic: train {g['train']['return']:.3f} ({g['train']['episodes']} episodes)"
-                  f"  test {g['test']['return']:.3f} ({g['test']['episodes']} episodes)  gap {g['gap']:.3f}", flush=True)
-        if stopped:
-            print(f"stopped at iteration {trainer.iteration}; continue with --resume {run_dir}", flush=True)
-    return summary
+    return stopped, sim_total, trace or rec.stop_trace()  # or: a run shorter than the traced stretch
