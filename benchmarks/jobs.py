@@ -30,25 +30,31 @@ BARE = ["--set", "eval.interval=0", "--set", "run.tensorboard=false", "--set", "
 SHORT_FINAL_EVAL = ["--set", "eval.episodes=1", "--set", "eval.test_episodes=1"]
 
 
+def run_process(cmd: list[str], cwd: Path, timeout: float, env: dict | None = None) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of CMD; on a timeout its whole process group (a launcher and its workers: it has
+    its own session) is killed, and stderr says so."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return proc.returncode, "", f"timed out after {timeout:.0f} s"
+    return proc.returncode, out, err
+
+
 def run(args: list[str], warmup: int, timeout: float = 1800) -> dict:
     """`python -m decnode.run ARGS --out TMP` (ARGS must hold --iterations); the figures, or {"error": last line}."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "decnode.run", *args, "--out", str(out)]
         start = time.monotonic()
-        # Own session: on a timeout the whole job (launcher and its workers) is stopped by its process group.
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            err = f"timed out after {timeout:.0f} s"
+        code, _, err = run_process(cmd, ROOT, timeout)
         result: dict = {"job_seconds": round(time.monotonic() - start, 1)}
-        if proc.returncode:
+        if code:
             lines = [x for x in err.splitlines() if x.strip()]
-            result["error"] = lines[-1].strip() if lines else f"exit code {proc.returncode}"
+            result["error"] = lines[-1].strip() if lines else f"exit code {code}"
             return result
         metrics = records(out)
         timing = json.loads((out / "timing.json").read_text())

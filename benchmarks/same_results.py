@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # jobs.py; it imports decnode for its readers, never for the jobs here
+
+from jobs import run_process  # noqa: E402
+
 TINY = ["--k", "2", "--iterations", "2", "--set", "env.n_agents=3", "--set", "env.episode_length=5",
         "--set", "env.n_envs=2", "--set", "train.hidden=16",
         # the end-of-run evaluation defaults to 1000 test episodes: one is enough to compare its numbers
@@ -48,21 +51,12 @@ def jobs() -> list[tuple[str, list[str]]]:
 
 def run(code: Path, args: list[str], out: Path, timeout: float) -> str | None:
     """One job with the decnode of CODE; None, or why it failed (the last line of its stderr)."""
-    env = {**os.environ, "PYTHONPATH": str(code)}
     cmd = [sys.executable, "-m", "decnode.run", *TINY, *args, "--out", str(out)]
-    # own session: on a timeout the launcher and its workers are stopped together
-    proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return f"timed out after {timeout:.0f} s"
+    status, stdout, err = run_process(cmd, code, timeout, env={**os.environ, "PYTHONPATH": str(code)})
     (out.parent / "stdout.txt").write_text(stdout)
-    if proc.returncode:
+    if status:
         lines = [x for x in err.splitlines() if x.strip()]
-        return lines[-1].strip() if lines else f"exit code {proc.returncode}"
+        return lines[-1].strip() if lines else f"exit code {status}"
     return None
 
 
