@@ -90,7 +90,9 @@ def _show(name: Any) -> str:
 
 def _where(entry: Any) -> str:
     impl = getattr(entry, "impl", entry)
-    return impl if isinstance(impl, str) else f"{getattr(impl, '__module__', '?')}.{getattr(impl, '__qualname__', impl)}"
+    if isinstance(impl, str):
+        return impl
+    return f"{getattr(impl, '__module__', '?')}.{getattr(impl, '__qualname__', impl)}"
 
 
 @dataclass(frozen=True)

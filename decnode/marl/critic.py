@@ -5,7 +5,8 @@ CentralCritic: rank 0 holds ONE critic whose head has a value per agent, so its 
 LocalCritics:  every agent holds its own critic (rows of a block) on the global state, combined after each
                step exactly like the actor (the paper's form).
 
-`make_critic` is the one place that chooses (by the placement's entry in CRITICS, decnode/extensions.py). The trainer and the landscape see only the interface:
+`make_critic` is the one place that chooses (by the placement's entry in CRITICS, decnode/extensions.py). The
+trainer and the landscape see only the interface:
     prepare(coord) -> CriticBatch    this rank's advantages [a, T, B] and what the epochs train on
     epoch(batch, lr, mix)            one PPO epoch of the value loss (per-row losses kept in the batch)
     state_dict() / load_state_dict() the critic's part of a checkpoint: `rows` per agent, `coordinator` on rank 0
