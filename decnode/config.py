@@ -17,7 +17,7 @@ from typing import Any
 from . import yamlio
 from .extensions import COMBINERS, CRITICS, ENVS, combiner, critic, env_agents
 from .extensions import env as env_entry
-from .registry import ConfigError, Registry, load_plugins
+from .registry import ConfigError, Registry, load_plugins  # ConfigError: imported from here, as always
 
 # Seeds reach numpy's SeedSequence (no negatives), torch.Generator.manual_seed (< 2⁶⁴) and JAX's PRNGKey
 # (a C long: < 2⁶³); evaluation and the landscape add offsets below 2²² (evaluate.py, landscape.py).
@@ -208,14 +208,6 @@ def check_layer(data: Any, source: str) -> dict:
     return out
 
 
-def _unknown(registry: Registry, name) -> str:
-    try:
-        registry.get(name)
-    except ConfigError as err:
-        return str(err)
-    return ""
-
-
 def _check_name(source: str, key: str, value, metadata) -> None:
     """A name a registry must know (algorithm, critic placement, environment), checked in the layer that gives it,
     so the line names the file, the sweep cell, --set or the command line."""
@@ -242,8 +234,10 @@ def _check_per_algo(values: Any, source: str) -> dict:
         raise ConfigError(f"{source}: per_algo must map algorithms to train keys, got {values!r:.40}")
     out = {}
     for algo, table in values.items():
-        if algo not in COMBINERS:
-            raise ConfigError(f"{source}: per_algo.{algo}: {_unknown(COMBINERS, algo)}")
+        try:
+            COMBINERS.get(algo)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: per_algo.{algo}: {err}") from None
         if table is not None and not isinstance(table, dict):
             raise ConfigError(f"{source}: per_algo.{algo} must be a mapping of train keys, got {table!r:.40}")
         known = _fields(TrainConfig)
@@ -271,8 +265,7 @@ def compose(lower: list[tuple[str, Any]], upper: list[tuple[str, Any]] = ()) -> 
     per_algo = yamlio.merge(merged_low.pop("per_algo", {}), merged_up.pop("per_algo", {}))
     faults = merged_up.pop("faults", merged_low.pop("faults", []))
     merged_low.pop("faults", None)
-    algo = yamlio.merge(merged_low, merged_up).get("algo", {}).get("name", AlgoConfig().name)
-    combiner(algo)
+    algo = yamlio.merge(merged_low, merged_up).get("algo", {}).get("name", AlgoConfig().name)  # checked by its layer
     merged = yamlio.merge(yamlio.merge(merged_low, {"train": per_algo.get(algo, {})}), merged_up)
     cfg = Config(faults=faults)
     for section, values in merged.items():
