@@ -24,6 +24,7 @@ import time
 
 from ..config import Config, ConfigError
 from ..elastic import attempt
+from ..extensions import combiner
 from .profile import load_profile
 from ..topology import block_plan, mixing_matrix
 
@@ -36,7 +37,7 @@ def _links(cfg: Config, world: int) -> set[tuple[int, int]]:
     links = set()
     if cfg.run.exchange == "p2p":
         links |= {(0, r) for r in range(1, world)} | {(r, 0) for r in range(1, world)}
-    if cfg.algo.name == "decpg" and world > 1:
+    if combiner(cfg.algo.name).gossips and world > 1:
         P = mixing_matrix(cfg.env.n_agents, cfg.algo.k)
         for dst in range(world):
             links |= {(src, dst) for src in block_plan(P, world, dst).recv}
