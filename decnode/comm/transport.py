@@ -85,7 +85,7 @@ class Collectives:
         self.iteration, self.context = iteration, f"iteration {iteration}"
         self.link.begin_iteration(iteration)
 
-    # Where the agents' tensors live, and the two calls a lazy device (comm_xla.XlaFabric) needs: on the CPU
+    # Where the agents' tensors live, and the two calls a lazy device (xla.XlaFabric) needs: on the CPU
     # every operation has already run, so both are free.
     device = torch.device("cpu")
 
