@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agents-per-process", type=int, help="agents held by each process (config algo.agents_per_process)")
     p.add_argument("--out", help="run directory (config run.out)")
     p.add_argument("--net", metavar="NAME|FILE",
-                   help="simulate a network: loopback, datacenter, ethernet, wan, edge or a YAML file (config net.profile)")
+                   help=f"simulate a network: {', '.join(profile.PRESETS)} or a YAML file (config net.profile)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py",
                    help="import a module or .py file first, in every process: it may register algorithms, critic "
                         "placements or environments (repeatable; config run.plugins)")
@@ -275,10 +275,8 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     """What every process runs (under our launcher, torchrun, or alone)."""
     import torch
 
-    from ..comm.transport import world_from_env
-
     from ..comm.fabric import open_fabric
-    from ..net.faults import make_faults
+    from ..net.link import Link
     from .logger import RunLogger
     from .trainer import train
 
@@ -294,11 +292,10 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
         record = restart.record(run_dir, int(os.environ.get("WORLD_SIZE", "1")), saved)
         print(f"decnode-run: {restart.describe(record)}", flush=True)
     k = topology_k(cfg.algo)  # PS never gossips: its k is not a topology
-    world = world_from_env()[1]
     with restart.noted(run_dir, rank, record), \
-            open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange, net=network_profile(cfg),
-                        seed=cfg.train.seed, hang_warning_s=cfg.run.hang_warning_s,
-                        faults=make_faults(cfg, rank, world)) as fabric:
+            open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange,
+                        link=lambda rank, world: Link.for_job(cfg, rank, world),
+                        hang_warning_s=cfg.run.hang_warning_s) as fabric:
         restarts = restart.unlogged(run_dir, state and state["iteration"]) if record else None
         try:
             summary = train(cfg, fabric, run_dir, state, restarts)

@@ -26,7 +26,7 @@ from . import cores, metricsfile
 from .rundir import writing
 from ..marl.actor import ActorBlock, row_pool
 from ..marl.combiners import make_combiner
-from ..comm.fabric import Fabric
+from ..comm.api import Fabric
 from ..config import Config
 from ..marl.critic import make_critic
 from ..envs import env_factory, make_env
@@ -334,7 +334,7 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     gc.collect()
     gc.freeze()
     stopped, start = False, trainer.iteration
-    clock, sim_total = fabric.clock, {}  # simulated seconds of this run's iterations, by kind
+    clock, sim_total = fabric.link.clock, {}  # simulated seconds of this run's iterations, by kind
     trace = None
     if cfg.run.trace_iterations:  # a timeline of the first iterations (trace.py)
         rec.start_trace()
@@ -388,14 +388,14 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
         summary["peak_rss_mb"] = memory
         summary["cpu_seconds"] = [round(r[4], 2) for r in reports]
         if clock is not None:
-            summary["simulated"] = {"profile": vars(fabric.net), "ranks": [r[2] for r in reports]}
+            summary["simulated"] = {"profile": vars(fabric.link.profile), "ranks": [r[2] for r in reports]}
         if trace is not None:
             with trainer.writing("trace.json"):
-                write_trace(Path(run_dir) / "trace.json", [r[3] for r in reports], fabric.net.name if clock else None)
+                write_trace(Path(run_dir) / "trace.json", [r[3] for r in reports], fabric.link.profile.name if clock else None)
         print(logger.finish(timing, summary), flush=True)
         if clock is not None:
             summary["simulated"]["unreliable"] = oversubscribed
-            print(format_clock_table(fabric.net, summary["simulated"]["ranks"], trainer.iteration - start,
+            print(format_clock_table(fabric.link.profile, summary["simulated"]["ranks"], trainer.iteration - start,
                                      unreliable=bool(oversubscribed)), flush=True)
         if fabric.device.type == "cpu":
             print(f"peak memory per process: rank 0 {memory[0]:.0f} MB, others up to {max(memory[1:], default=0):.0f} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..comm.fabric import Fabric, GossipHandle
+from ..comm.api import Fabric, Pending
 from ..extensions import combiner
 from ..timing import Section
 
@@ -59,7 +59,7 @@ class DecPG(LocalSGD):
 
     def __init__(self, fabric: Fabric, name: str = Section.GOSSIP):
         super().__init__(fabric, name)
-        self._handle: GossipHandle | None = None
+        self._handle: Pending | None = None
 
     def before_backward(self, params: torch.Tensor, mix: bool) -> None:
         self._handle = self.fabric.gossip_start(params, self.name) if mix else None

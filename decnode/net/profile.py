@@ -8,7 +8,7 @@ run: compute advances it by the rank's own CPU time (not wall time, which ten pr
 times its slowdown; a message leaves at max(sender's clock, the sender's link free again), occupies the link for
 bytes/β and arrives α later; a receive completes at max(receiver's clock, arrival); a collective completes, from
 its latest participant, after the cost of the algorithm gloo runs (e.g. ring all-reduce: 2(n−1) steps of size/n).
-Pure Python, no torch: the fabric stamps its real messages with these numbers (comm/transport.py).
+Pure Python, no torch: a rank's Link (link.py) stamps the real messages with these numbers.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ class NetProfile:
         return 0.0 if n <= 1 else self.latency_s + (n - 1) * self.wire_s(nbytes_each)
 
 
-# The presets the README documents; anything else comes from a YAML file with the same keys.
-PRESETS = {
+# The preset registry: a name → its profile (α, β, jitter, ...). A new preset is one line here; --net, config files,
+# --set and sweep files all look names up in it and list its names when one is unknown. Anything else comes from a
+# YAML file with the same keys.
+PRESETS: dict[str, NetProfile] = {
     "loopback": NetProfile(),
     "datacenter": NetProfile("datacenter", latency_s=10e-6, bandwidth_bit_s=25e9),
     "ethernet": NetProfile("ethernet", latency_s=100e-6, bandwidth_bit_s=1e9),
