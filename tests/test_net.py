@@ -56,6 +56,28 @@ def test_a_message_arrives_after_latency_and_bandwidth_and_the_next_one_queues_b
         torch.testing.assert_close(mixed, torch.full((1, d1), 0.5))  # the data is the real data
 
 
+def _gossip_two_agents_each(d: int):
+    from decnode.comm.fabric import Fabric
+
+    rank, world = _rank_world()
+    fabric = Fabric(4, 1, rank, world, timeout_s=60, link=Link(SLOW_LINK, rank, world))  # agents 2r, 2r+1
+    clock = fabric.link.clock
+    posted = clock.advance()
+    fabric.gossip(torch.ones(2, d))
+    return posted, clock.now
+
+
+def test_a_gossip_message_costs_the_rows_it_carries_not_the_whole_block():
+    # k=1 on 4 agents: agent i hears i+1, so each rank sends its peer one of its two rows. The wire is one row's
+    # bytes over β (the whole block once was: twice the time on the wire, issue 24's 100 Mbit/s cells).
+    d = 25_000  # 100 KB of float32 per row
+    results = run_ranks(_gossip_two_agents_each, 2, d, timeout=120)
+    one_row = SLOW_LINK.latency_s + SLOW_LINK.wire_s(4 * d)
+    for rank, (posted, done) in enumerate(results):
+        start = max(posted, results[1 - rank][0])
+        assert start + one_row <= done <= start + one_row + 0.05, (done - start, one_row)
+
+
 def _burn_then_collective(cpu_seconds: float, profile: NetProfile, k: int, algo: str):
     from decnode.comm.fabric import Fabric
 

@@ -167,7 +167,9 @@ class Collectives:
             torch.index_select(x, 0, rows, out=frame.payload)
         frame.ints[:4] = (MAGIC, self.iteration, tag, seq)
         frame.floats[SENT] = time.time()
-        stamp = self.link.send(peer, x.numel() * x.element_size())
+        # The bytes that travel: the rows sent, not the whole block they were taken from (a gossip round sends
+        # each peer only the rows it needs).
+        stamp = self.link.send(peer, frame.payload.numel() * frame.payload.element_size())
         if stamp is not None:
             frame.floats[STAMP] = stamp
         self.recorder.flow(True, flow, None if stamp is None else stamp[0])  # before the receiver can see it
