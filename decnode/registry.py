@@ -77,6 +77,16 @@ class Registry(Generic[T]):
     def items(self) -> Iterator[tuple[str, T]]:
         return iter(list(self._entries.items()))
 
+    def find(self, name: object, default: T | None = None) -> T | None:
+        """The entry, or `default` when no entry has that name (for callers that report it their own way)."""
+        return self._entries.get(name, default) if isinstance(name, str) else default
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._entries))
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._entries
 

@@ -40,8 +40,8 @@ class LateKind(faults.FaultKind):
 
 def register() -> None:
     """The two registry lines a new preset and a new fault kind need; nothing outside net/ learns their names."""
-    profile.PRESETS["testlan"] = NetProfile("testlan", latency_s=1e-3, bandwidth_bit_s=1e9)
-    faults.FAULT_KINDS["late"] = LateKind()
+    profile.PRESETS.register("testlan", NetProfile("testlan", latency_s=1e-3, bandwidth_bit_s=1e9))
+    faults.FAULT_KINDS.register("late", LateKind())
 
 
 if __name__ in ("__main__", "__mp_main__"):  # this file as decnode-run, and as its workers' main module

@@ -28,6 +28,7 @@ import time
 
 from ..config import Config, ConfigError
 from ..elastic import attempt
+from ..registry import Registry
 from ..extensions import combiner
 from .profile import load_profile
 from ..topology import block_plan, mixing_matrix
@@ -167,8 +168,10 @@ class LinkDown(FaultKind):
 
 
 # The registry: a kind's name in a config → what it is. Anything that asks about a kind asks its entry.
-FAULT_KINDS: dict[str, FaultKind] = {"kill": Kill(), "stall": Stall(), "drop": Drop(), "delay": Delay(),
-                                     "link_down": LinkDown()}
+FAULT_KINDS: Registry[FaultKind] = Registry("fault kind")
+for _name, _kind in (("kill", Kill()), ("stall", Stall()), ("drop", Drop()), ("delay", Delay()),
+                     ("link_down", LinkDown())):
+    FAULT_KINDS.register(_name, _kind)
 
 
 def _links(cfg: Config, world: int) -> set[tuple[int, int]]:
@@ -185,7 +188,7 @@ def _links(cfg: Config, world: int) -> set[tuple[int, int]]:
 
 def describe(entry: dict) -> str:
     """One fault in words, for the list of what a resume changes."""
-    kind, it = FAULT_KINDS.get(entry.get("kind"), FaultKind()), entry.get("iteration")
+    kind, it = FAULT_KINDS.find(entry.get("kind"), FaultKind()), entry.get("iteration")
     who = f"link {entry['link'][0]}→{entry['link'][1]}" if "link" in entry else f"rank {entry.get('rank')}"
     return f"{entry.get('kind')} {who}{kind.phrase(entry)} at iteration {it}"
 
@@ -199,7 +202,7 @@ def validate(cfg: Config, world: int, done: int = 0) -> list[dict]:
     for i, entry in enumerate(cfg.faults):
         where = f"faults[{i}]"
         name = entry.get("kind")
-        kind = FAULT_KINDS.get(name) if isinstance(name, str) else None
+        kind = FAULT_KINDS.find(name)
         if kind is None:
             raise ConfigError(f"{where}: unknown kind {name!r} (known: {', '.join(FAULT_KINDS)})")
         need = set(kind.keys)
