@@ -66,32 +66,77 @@ def run(cmd: list[str], env: dict, timeout: float) -> str:
     return done.stdout + done.stderr
 
 
-def measure(cell: dict, job: list[str], env: dict, tmp: Path, hosts: int) -> dict:
-    """One cell: the emulated hosts, then the simulated clock given what the hosts' links measured."""
+def on_hosts(cell: dict, job: list[str], env: dict, tmp: Path, hosts: int) -> tuple[Path, dict]:
+    """The cell's job on namespace hosts; its run directory and what the script measured of the links."""
     name = f"k{cell['k']}-{cell['rate']}-{'slow' if cell['slow'] > 1 else 'even'}"
-    real, sim = tmp / f"hosts-{name}", tmp / f"sim-{name}"
-    host_env = dict(env, HOST_SLOWDOWN=f"1:{cell['slow']:g}") if cell["slow"] > 1 else env
+    real = tmp / f"hosts-{name}"
+    host_env = dict(env, GLOO_PING="1", **({"HOST_SLOWDOWN": f"1:{cell['slow']:g}"} if cell["slow"] > 1 else {}))
     out = run([str(REPO / "launch" / "netns_hosts.sh"), str(hosts), "1", cell["rate"], *job, "--k", str(cell["k"]),
                "--out", str(real)], host_env, 900)
-    rtt_us = float(re.search(r"round trip \S+ <-> \S+: (\d+) µs", out)[1])
+    links = {"rtt_us": float(re.search(r"round trip \S+ <-> \S+: (\d+) µs", out)[1]),
+             "gloo_us": float(re.search(r"gloo one way \S+ -> \S+: (\d+) µs", out)[1])}
+    return real, links
+
+
+def simulated(cell: dict, job: list[str], env: dict, tmp: Path, hosts: int, alpha_s: float, speed: list,
+              tag: str = "") -> Path:
+    """The same job over loopback with the per-node clock of a profile: α, the cell's rate, per-rank speed."""
+    name = f"k{cell['k']}-{cell['rate']}-{'slow' if cell['slow'] > 1 else 'even'}{tag}"
+    profile, sim = tmp / f"{name}.yaml", tmp / f"sim-{name}"
+    # preset: a base to override (its name would otherwise be taken for one).
+    # An uncapped veth moves gigabytes per second: 100 Gbit/s prices its bytes at about nothing, as they cost.
+    beta = 1e11 if cell["rate"] == "none" else bits_per_s(cell["rate"])
+    rate = f"bandwidth_bit_s: {beta:.0f}\n"
+    profile.write_text(f"preset: ethernet\nname: netns-{name}\njitter_s: 0\nlatency_s: {alpha_s:.9f}\n{rate}"
+                       f"speed: {speed}\n")
+    run([sys.executable, "-m", "decnode.run", "--nproc", str(hosts), *job, "--k", str(cell["k"]), "--net",
+         str(profile), "--out", str(sim)], env, 900)
+    return sim
+
+
+def host_comm(run_dir: Path) -> tuple[float, float]:
+    """Rank 0's measured communication and iteration, seconds per steady iteration."""
+    m = steady(run_dir)
+    return (statistics.mean(sum(x["timing"].get(k, 0.0) for k in COMM) for x in m),
+            statistics.mean(sum(x["timing"].values()) for x in m))
+
+
+def sim_comm(run_dir: Path) -> float:
+    return statistics.mean(x["sim"]["wire"] + x["sim"]["waiting"] for x in steady(run_dir))
+
+
+def calibrate_alpha(k: int, job: list[str], env: dict, tmp: Path, hosts: int) -> dict:
+    """α for these hosts as decnode's messages see them, fitted once on an uncapped link: the simulated
+    communication is linear in α (slope: the latencies on rank 0's path per iteration), so two simulated runs
+    place the α at which it equals the measured one. The gloo ping-pong's one way is the floor."""
+    cell = dict(k=k, rate="none", slow=1.0)
+    real, links = on_hosts(cell, job, env, tmp, hosts)
+    measured = host_comm(real)[0]
+    a0, a1 = links["gloo_us"] * 1e-6, links["gloo_us"] * 1e-6 + 1e-3
+    s0 = sim_comm(simulated(cell, job, env, tmp, hosts, a0, [1.0], "-a0"))
+    s1 = sim_comm(simulated(cell, job, env, tmp, hosts, a1, [1.0], "-a1"))
+    slope = (s1 - s0) / (a1 - a0)
+    alpha = max(a0, a0 + (measured - s0) / slope) if slope > 0 else a0
+    return dict(links, alpha_s=alpha, latencies=slope, measured=measured, s0=s0)
+
+
+def measure(cell: dict, job: list[str], env: dict, tmp: Path, hosts: int, alpha_s: float | None = None) -> dict:
+    """One cell: the emulated hosts, then the simulated clock given α (default: the gloo one way the script
+    measured between the pinned hosts) and the rate and slowdown the hosts had."""
+    real, links = on_hosts(cell, job, env, tmp, hosts)
     procs = json.loads((real / "processes.json").read_text())
     speed = [1.0] * len(procs)
     for p in procs:  # torchrun's rendezvous decides which host holds which rank
         if p["host"] == "decnode-h1":
             speed[p["rank"]] = cell["slow"]
-    profile = tmp / f"{name}.yaml"
-    # preset: a base to override (its name would otherwise be taken for one); α: half the round trip.
-    profile.write_text(f"preset: ethernet\nname: netns-{name}\njitter_s: 0\nlatency_s: {rtt_us / 2 * 1e-6:.9f}\n"
-                       f"bandwidth_bit_s: {bits_per_s(cell['rate']):.0f}\nspeed: {speed}\n")
-    run([sys.executable, "-m", "decnode.run", "--nproc", str(hosts), *job, "--k", str(cell["k"]), "--net",
-         str(profile), "--out", str(sim)], env, 900)
-    m, s = steady(real), steady(sim)
-    m_comm = statistics.mean(sum(x["timing"].get(k, 0.0) for k in COMM) for x in m)
-    m_iter = statistics.mean(sum(x["timing"].values()) for x in m)
-    s_comm = statistics.mean(x["sim"]["wire"] + x["sim"]["waiting"] for x in s)
+    alpha = alpha_s if alpha_s is not None else links["gloo_us"] * 1e-6
+    sim = simulated(cell, job, env, tmp, hosts, alpha, speed)
+    m_comm, m_iter = host_comm(real)
+    s = steady(sim)
+    s_comm = sim_comm(sim)
     s_iter = statistics.mean(x["sim"]["seconds"] for x in s)
     threads = sorted({p["threads"] * p.get("row_threads", 1) for p in procs})
-    return dict(cell, rtt_us=rtt_us, m_iter=m_iter, s_iter=s_iter, m_comm=m_comm, s_comm=s_comm,
+    return dict(cell, **links, alpha_s=alpha, m_iter=m_iter, s_iter=s_iter, m_comm=m_comm, s_comm=s_comm,
                 m_compute=m_iter - m_comm, s_compute=statistics.mean(x["sim"]["compute"] for x in s),
                 s_wire=statistics.mean(x["sim"]["wire"] for x in s), threads=threads,
                 cores=[p["cores"] for p in sorted(procs, key=lambda p: p["rank"])])
@@ -107,16 +152,21 @@ def verdict(row: dict) -> str:
            f"{abs(d_compute if term == 'compute' else d_comm) * 1e3:.0f} ms simulated)"
 
 
-def table(rows: list[dict], hosts: int, agents: int, args, cpu: str) -> str:
-    head = ("| graph | link | straggler | RTT µs | s/it measured | s/it simulated | error | comm measured | "
+def table(rows: list[dict], hosts: int, agents: int, args, cpu: str, fit: dict) -> str:
+    head = ("| graph | link | straggler | gloo µs | s/it measured | s/it simulated | error | comm measured | "
             "comm simulated | error | compute measured | compute simulated | verdict |")
     lines = [f"{hosts} namespace hosts × 1 rank × {agents} agents (Simple Spread, n = {hosts * agents}), DecPG on the "
              f"kNN ring, {args.iterations} iterations (the first left out), each host pinned to its own core(s); "
-             f"rank 0, seconds per iteration. CPU: {cpu}.", "", head, "|" + "---|" * (head.count("|") - 1)]
+             f"rank 0, seconds per iteration. CPU: {cpu}.", "",
+             f"The profile of each cell: β = the cell's tbf rate, speed = the straggler's factor on the rank that ran "
+             f"on host 1, α = {fit['alpha_s'] * 1e6:.0f} µs fitted once on an uncapped link (k={args.ks[0]}, no "
+             f"straggler: {fit['measured'] * 1e3:.1f} ms measured communication per iteration; the gloo one way "
+             f"between the pinned hosts is {fit['gloo_us']:.0f} µs, their TCP round trip {fit['rtt_us']:.0f} µs).",
+             "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         e_it, e_comm = r["s_iter"] / r["m_iter"] - 1, r["s_comm"] / r["m_comm"] - 1
         lines.append(f"| k={r['k']} | {r['rate']} | {'host 1 ' + format(r['slow'], 'g') + '×' if r['slow'] > 1 else 'off'}"
-                     f" | {r['rtt_us']:.0f} | {r['m_iter']:.3f} | {r['s_iter']:.3f} | {100 * e_it:+.1f} % | "
+                     f" | {r['gloo_us']:.0f} | {r['m_iter']:.3f} | {r['s_iter']:.3f} | {100 * e_it:+.1f} % | "
                      f"{r['m_comm']:.3f} | {r['s_comm']:.3f} | {100 * e_comm:+.1f} % | {r['m_compute']:.3f} | "
                      f"{r['s_compute']:.3f} | {verdict(r)} |")
     errors_it = [abs(r["s_iter"] / r["m_iter"] - 1) for r in rows]
@@ -159,12 +209,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="decnode-netns-") as scratch:
         tmp = Path(args.keep or scratch)
         tmp.mkdir(parents=True, exist_ok=True)
+        fit = calibrate_alpha(args.ks[0], job, env, tmp, hosts)
+        print(f"α fitted on an uncapped link (k={args.ks[0]}): {fit['alpha_s'] * 1e6:.0f} µs (gloo one way "
+              f"{fit['gloo_us']:.0f} µs, TCP round trip {fit['rtt_us']:.0f} µs; {fit['latencies']:.0f} latencies per "
+              f"iteration on rank 0's path)", flush=True)
         for cell in cells:
-            rows.append(measure(cell, job, env, tmp, hosts))
+            rows.append(measure(cell, job, env, tmp, hosts, fit["alpha_s"]))
             r = rows[-1]
             print(f"k={r['k']} {r['rate']} slow {r['slow']:g}: s/it {r['m_iter']:.3f} measured, {r['s_iter']:.3f} "
                   f"simulated; comm {r['m_comm']:.3f} / {r['s_comm']:.3f}", flush=True)
-    text = table(rows, hosts, args.agents, args, cpu_name())
+    text = table(rows, hosts, args.agents, args, cpu_name(), fit)
     print("\n" + text)
     if args.md:
         command = "python benchmarks/netns.py " + " ".join(sys.argv[1:])

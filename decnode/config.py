@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlio
-from .smac_maps import N_AGENTS as SMAC_MAPS
+from .extensions import COMBINERS, CRITICS, ENVS, combiner, critic, env_agents
+from .extensions import env as env_entry
+from .registry import ConfigError, Registry, load_plugins  # ConfigError: imported from here, as always
 
-ALGOS = ("decpg", "ps", "ps_entropy")
 # Seeds reach numpy's SeedSequence (no negatives), torch.Generator.manual_seed (< 2⁶⁴) and JAX's PRNGKey
 # (a C long: < 2⁶³); evaluation and the landscape add offsets below 2²² (evaluate.py, landscape.py).
 SEED_MAX = 2**63 - 2**22 - 1
@@ -31,18 +32,17 @@ TIMEOUT_MIN_S = 5.0
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "simple_spread.yaml"
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message is one line that names the key and the allowed values."""
-
-
-def _key(default, doc: str, check=None):
-    """A config field: default, one-line doc, and its check (see _CHECKS; a tuple of strings = allowed values)."""
-    return field(default=default, metadata={"doc": doc, "check": check})
+def _key(default, doc: str, check=None, names: Registry | None = None):
+    """A config field: default, one-line doc, and its check (see _CHECKS; a tuple of strings = allowed values; a
+    Registry = its names, plugins' included). `names`: a registry whose names --help-config lists (env.name)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, "check": check})
+    return field(default=default, metadata={"doc": doc, "check": check, "names": names})
 
 
 @dataclass
 class EnvConfig:
-    name: str = _key("simple_spread", "environment: simple_spread | smax:<map> | smac:<map>")
+    name: str = _key("simple_spread", "environment", names=ENVS)
     backend: str = _key("batched", "simple_spread only: batched (our exact numpy twin) | mpe2 (the slow reference)",
                         ("batched", "mpe2"))
     n_agents: int | None = _key(None, "agents; null: processes × agents per process (SMAC: fixed by the map)", "min1")
@@ -55,11 +55,10 @@ class EnvConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = _key("decpg", "algorithm: decpg | ps | ps_entropy", ALGOS)
+    name: str = _key("decpg", "algorithm", COMBINERS)
     k: int = _key(4, "kNN topology: neighbours per agent (decpg only), in [0, n-1]")
     mix_every: str = _key("step", "decpg: one gossip round per SGD step, or once per iteration", ("step", "iteration"))
-    critic: str = _key("central", "central: one critic on rank 0 | local: one per agent, combined like the actor",
-                       ("central", "local"))
+    critic: str = _key("central", "", CRITICS)
     agents_per_process: int | None = _key(None, "agents held by each process; null: n_agents / processes", "min1")
 
 
@@ -109,6 +108,9 @@ class RunConfig:
                        "--nproc devices; README 'XLA devices')", ("cpu", "xla"))
     trace_iterations: int = _key(2, "first iterations recorded in RUN_DIR/trace.json (Chrome trace format, Perfetto)"
                                  "; 0: none", "nonneg")
+    plugins: list = _key([], "modules or .py files imported first in every process, registering algorithms, critic "
+                         "placements or environments (--plugin; README 'Extending decnode'); each layer adds to the "
+                         "ones below")
 
 
 @dataclass
@@ -147,7 +149,7 @@ def _fields(cls) -> dict[str, tuple[Any, dataclasses.Field]]:
 
 def _type_name(hint) -> str:
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    return " or ".join("null" if o is type(None) else o.__name__ for o in options)
+    return " or ".join("null" if o is type(None) else "list of str" if o is list else o.__name__ for o in options)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -170,6 +172,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if opt is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if opt in (str, bool, dict) and isinstance(value, opt):
+            return value
+        if opt is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
     raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r:.60}")
 
@@ -202,7 +206,20 @@ def check_layer(data: Any, source: str) -> dict:
                 raise ConfigError(f"{source}: unknown config key '{section}.{key}' "
                                   f"(known in {section}: {', '.join(known)})")
             out.setdefault(section, {})[key] = _coerce_from(source, f"{section}.{key}", value, known[key][0])
+            _check_name(source, f"{section}.{key}", value, known[key][1].metadata)
     return out
+
+
+def _check_name(source: str, key: str, value, metadata) -> None:
+    """A name a registry must know (algorithm, critic placement, environment), checked in the layer that gives it,
+    so the line names the file, the sweep cell, --set or the command line."""
+    try:
+        if isinstance(metadata.get("check"), Registry):
+            metadata["check"].get(value)
+        elif metadata.get("names") is ENVS and value is not None:
+            env_entry(value)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def _coerce_from(source: str, key: str, value: Any, hint: Any) -> Any:
@@ -219,8 +236,10 @@ def _check_per_algo(values: Any, source: str) -> dict:
         raise ConfigError(f"{source}: per_algo must map algorithms to train keys, got {values!r:.40}")
     out = {}
     for algo, table in values.items():
-        if algo not in ALGOS:
-            raise ConfigError(f"{source}: per_algo.{algo}: unknown algorithm (known: {', '.join(ALGOS)})")
+        try:
+            COMBINERS.get(algo)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: per_algo.{algo}: {err}") from None
         if table is not None and not isinstance(table, dict):
             raise ConfigError(f"{source}: per_algo.{algo} must be a mapping of train keys, got {table!r:.40}")
         known = _fields(TrainConfig)
@@ -234,7 +253,10 @@ def _check_per_algo(values: Any, source: str) -> dict:
 
 def compose(lower: list[tuple[str, Any]], upper: list[tuple[str, Any]] = ()) -> Config:
     """Defaults < lower layers (config file, its base) < per_algo[algo] < upper layers (flags, --set), merged key
-    by key. per_algo tables from every layer merge too; the result holds them applied (per_algo = {})."""
+    by key. per_algo tables from every layer merge too; the result holds them applied (per_algo = {}).
+    Every layer's run.plugins are imported first (they may register the names the layers give); the result records
+    them all, each once (a plugin, once imported, cannot be taken back)."""
+    plugins = _load_layer_plugins([*lower, *upper])
     low = [check_layer(data, source) for source, data in lower]
     up = [check_layer(data, source) for source, data in upper]
     merged_low, merged_up = {}, {}
@@ -245,15 +267,29 @@ def compose(lower: list[tuple[str, Any]], upper: list[tuple[str, Any]] = ()) -> 
     per_algo = yamlio.merge(merged_low.pop("per_algo", {}), merged_up.pop("per_algo", {}))
     faults = merged_up.pop("faults", merged_low.pop("faults", []))
     merged_low.pop("faults", None)
-    algo = yamlio.merge(merged_low, merged_up).get("algo", {}).get("name", AlgoConfig().name)
-    if algo not in ALGOS:
-        raise ConfigError(f"algo.name must be one of {', '.join(ALGOS)}, got '{algo}'")
+    algo = yamlio.merge(merged_low, merged_up).get("algo", {}).get("name", AlgoConfig().name)  # checked by its layer
     merged = yamlio.merge(yamlio.merge(merged_low, {"train": per_algo.get(algo, {})}), merged_up)
     cfg = Config(faults=faults)
     for section, values in merged.items():
         for key, value in values.items():
             setattr(getattr(cfg, section), key, value)
+    cfg.run.plugins = plugins
     return cfg
+
+
+def _load_layer_plugins(layers) -> list[str]:
+    plugins: list[str] = []
+    for source, data in layers:
+        run = data.get("run") if isinstance(data, dict) else None
+        specs = run.get("plugins") if isinstance(run, dict) else None
+        if specs is None:
+            continue
+        try:
+            specs = _coerce("run.plugins", specs, list)
+            plugins += [p for p in load_plugins(specs) if p not in plugins]
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    return plugins
 
 
 def from_dict(data: dict, source: str) -> Config:
@@ -317,6 +353,9 @@ def check_values(cfg: Config) -> None:
                 continue
             if check is None:
                 check = "any"
+            if isinstance(check, Registry):
+                check.get(value)
+                continue
             if isinstance(check, tuple):
                 if value not in check:
                     raise ConfigError(f"{section}.{name} must be {' or '.join(check)}, got '{value}'")
@@ -345,16 +384,12 @@ def resolve(cfg: Config, n_procs: int) -> Config:
         raise ConfigError("run.out (--out) must not be empty; omit it for the default runs/<name>")
     if not isinstance(n_procs, int) or isinstance(n_procs, bool) or n_procs < 1:
         raise ConfigError(f"the number of processes must be an integer ≥ 1, got {n_procs!r}")
-    kind, _, map_name = env.name.partition(":")
-    if kind in ("smax", "smac"):
-        if map_name not in SMAC_MAPS:
-            raise ConfigError(f"unknown SMAC map '{map_name}' (supported: {', '.join(SMAC_MAPS)})")
-        n_map = SMAC_MAPS[map_name]
+    entry, map_name = env_entry(env.name)
+    n_map = env_agents(env.name)
+    if n_map is not None:
         if env.n_agents not in (None, n_map):
             raise ConfigError(f"env.n_agents={env.n_agents} but map {map_name} has {n_map} agents")
         env.n_agents = n_map
-    elif kind != "simple_spread" or map_name:
-        raise ConfigError(f"env.name must be simple_spread, smax:<map> or smac:<map>, got '{env.name}'")
 
     per = algo.agents_per_process
     if env.n_agents is None:
@@ -370,11 +405,14 @@ def resolve(cfg: Config, n_procs: int) -> Config:
     algo.agents_per_process = per
 
     n = env.n_agents
-    if kind == "simple_spread" and n < 2:
-        raise ConfigError(f"Simple Spread needs at least 2 agents (processes × agents per process), got {n}")
-    if env.state_agent_id and algo.critic == "central":
-        raise ConfigError("env.state_agent_id needs algo.critic=local (the central critic has a head per agent)")
-    if algo.name == "decpg" and not 0 <= algo.k <= n - 1:
+    if n < entry.min_agents:
+        raise ConfigError(f"{entry.title} needs at least {entry.min_agents} agents (processes × agents per process), "
+                          f"got {n}")
+    if env.state_agent_id and not critic(algo.critic).per_agent:
+        per_agent = "|".join(name for name, c in CRITICS.items() if c.per_agent)
+        raise ConfigError(f"env.state_agent_id needs algo.critic={per_agent} (the {algo.critic} critic has a head "
+                          "per agent)")
+    if combiner(algo.name).gossips and not 0 <= algo.k <= n - 1:
         raise ConfigError(f"algo.k must be in [0, {n - 1}] for n={n} agents, got k={algo.k}")
     if tr.num_minibatch != 1:
         raise ConfigError(f"train.num_minibatch must be 1 (full batch, as in the paper), got {tr.num_minibatch}")
@@ -396,10 +434,20 @@ def help_config() -> str:
              "config file (< its base:) < per_algo.<algo> < flags and --set):"]
     for section, cls in SECTIONS.items():
         for name, (hint, f) in _fields(cls).items():
-            default = "null" if f.default is None else f.default
-            lines.append(f"  {section + '.' + name:<26} {_type_name(hint):<12} = {default!s:<14} {f.metadata['doc']}")
+            default = "null" if f.default is None else [] if f.default is dataclasses.MISSING else f.default
+            lines.append(f"  {section + '.' + name:<26} {_type_name(hint):<12} = {default!s:<14} {_doc(f.metadata)}")
     lines.append(f"  {'per_algo.<algo>.<key>':<26} {'mapping':<12}   {'':<14} train keys for one algorithm "
-                 f"({', '.join(ALGOS)})")
+                 f"({', '.join(COMBINERS.names())})")
     lines.append(f"  {'faults':<26} {'list':<12} = {'[]':<14} injected failures, e.g. [{{kind: stall, rank: 1, "
                  "iteration: 3, seconds: 5}] (kinds: kill, stall, drop, delay, link_down; README 'When things fail')")
     return "\n".join(lines)
+
+
+def _doc(metadata) -> str:
+    """A key's doc; a name checked against a registry lists the registry's names (with the plugins loaded)."""
+    registry = metadata.get("names") or metadata.get("check")
+    if not isinstance(registry, Registry):
+        return metadata["doc"]
+    names = " | ".join(spelled + (f": {entry.doc}" if getattr(entry, "doc", "") else "")
+                       for spelled, (_, entry) in zip(registry.spelled(), registry.items()))
+    return f"{metadata['doc']}: {names}" if metadata["doc"] else names

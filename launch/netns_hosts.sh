@@ -16,7 +16,7 @@
 # A straggler, slowed for real: HOST_SLOWDOWN=I:F[,I:F...] gives host I a CPU quota of 1/F of its cores (a cgroup,
 # 10 ms period), so its work takes F times as long; `net.speed` is the same factor in a profile.
 # Env: PYTHON (default REPO/.venv/bin/python, else python3), BURST (tbf bucket, bytes; default 1 ms at RATE,
-# at least 16000), NETNS_TAG, NETNS_SUBNET, RDZV_PORT (29500), HOST_SLOWDOWN.
+# at least 16000), NETNS_TAG, NETNS_SUBNET, RDZV_PORT (29500), HOST_SLOWDOWN, GLOO_PING (1: also time a gloo message).
 set -euo pipefail
 me=$(basename "$0")
 if (($(id -u) != 0)); then
@@ -165,6 +165,38 @@ PING=$!
 rtt=$(ip netns exec "dn-$TAG-h0" timeout 20 "$PYTHON" -c "$PING_CLIENT" "$SUBNET.2" "$((PORT + 1))") || rtt="?"
 wait "$PING" || true
 echo "$me: round trip decnode-h0 <-> decnode-h1: $rtt µs (median of 200 one-byte TCP ping-pongs)"
+
+# GLOO_PING=1: the one-way time of a small gloo message between h0 and h1, each pinned to its host's cores as the
+# workers will be: what a message costs end to end (gloo, wake-ups, the veth), the α a profile of these hosts needs.
+GLOO_PING_PY='
+import datetime, statistics, sys, time
+import torch, torch.distributed as dist
+rank, addr, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(1)
+timeout = datetime.timedelta(seconds=30)
+dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=rank, world_size=2, timeout=timeout)
+x, times = torch.zeros(16, dtype=torch.uint8), []
+for _ in range(301):
+    t = time.perf_counter()
+    if rank == 0:
+        dist.isend(x, 1, tag=1).wait(timeout)
+        dist.irecv(x, 1, tag=2).wait(timeout)
+    else:
+        dist.irecv(x, 0, tag=1).wait(timeout)
+        dist.isend(x, 0, tag=2).wait(timeout)
+    times.append(time.perf_counter() - t)
+if rank == 0:
+    print(f"{statistics.median(times[1:]) / 2 * 1e6:.0f}")
+dist.destroy_process_group()'
+if [[ ${GLOO_PING:-0} == 1 ]]; then
+    ip netns exec "dn-$TAG-h1" env GLOO_SOCKET_IFNAME=eth0 taskset -c "$(host_cpus 1)" timeout 60 "$PYTHON" -c \
+        "$GLOO_PING_PY" 1 "$SUBNET.1" "$((PORT + 2))" >/dev/null &
+    PING=$!
+    one_way=$(ip netns exec "dn-$TAG-h0" env GLOO_SOCKET_IFNAME=eth0 taskset -c "$(host_cpus 0)" timeout 60 \
+        "$PYTHON" -c "$GLOO_PING_PY" 0 "$SUBNET.1" "$((PORT + 2))") || one_way="?"
+    wait "$PING" || true
+    echo "$me: gloo one way decnode-h0 -> decnode-h1: $one_way µs (16 B, median of 300 ping-pongs, pinned as the workers)"
+fi
 
 # The stragglers' cgroups: cgroup v2 (cpu.max) or v1's cpu controller (cfs quota), whichever this machine has.
 slow_cgroup() {  # host $1 at 1/$2 of its cores; sets PROCS_FILE[$1], the cgroup's procs file

@@ -187,3 +187,20 @@ def test_xla_fabric_module_imports_without_torch_xla(tmp_path):
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)])))
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["True", "False"], res.stdout
+
+
+def test_both_fabrics_implement_the_fabric_protocol_with_its_signatures():
+    import inspect
+
+    from decnode.comm import api, xla
+
+    calls = [name for name, member in vars(api.Fabric).items() if inspect.isfunction(member) and name[0] != "_"]
+    assert "allreduce_mean_start" in calls and "to_coordinator" in calls
+    for cls in (Fabric, xla.XlaFabric):
+        for name in calls:
+            ours, theirs = inspect.signature(getattr(api.Fabric, name)), inspect.signature(getattr(cls, name))
+            assert list(ours.parameters) == list(theirs.parameters), (cls.__name__, name, theirs)
+        # rows_of and the mean over agents are written once, in the base both share
+        assert cls.rows_of is api.AgentBlocks.rows_of and cls.allreduce_mean_start is api.AgentBlocks.allreduce_mean_start
+    fabric = Fabric(4, 1)
+    assert [a for a in api.Fabric.__annotations__ if not hasattr(fabric, a)] == []  # rank, world, link, ...

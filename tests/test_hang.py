@@ -186,12 +186,12 @@ def test_a_link_down_holds_its_messages_until_it_is_up_again_on_the_simulated_cl
         def advance(self):
             return 10.0
 
-    class FakeFabric:  # what at_iteration reads: the iteration and the sender's simulated clock
-        iteration, clock = 2, Clock()
+    class FakeLink:  # what a fault reads as it fires: the rank and its simulated clock
+        rank, clock = 0, Clock()
 
     faults = Faults([{"kind": "link_down", "link": [0, 1], "iteration": 2, "seconds": 3.0, "index": 0}], rank=0)
-    faults.at_iteration(FakeFabric())
-    assert faults.link_down(0, 1, 11.0, 11.5, 0.0) == (13.0, 13.5, 0.0)  # waits the 2 s left, keeps its α + bytes/β
-    assert faults.link_down(0, 1, 13.5, 14.0, 100.0) == (13.5, 14.0, 100.0)  # up again
-    assert faults.link_down(1, 0, 11.0, 11.5, 0.0) == (11.0, 11.5, 0.0)  # the other direction is up
-    assert faults.link_down(0, 1, 12.0, 12.5, 100.0) == (13.0, 13.5, 101.0)  # emulate: the host waits too
+    faults.at_iteration(2, FakeLink())
+    assert faults.shift(0, 1, 11.0, 11.5, 0.0) == (13.0, 13.5, 0.0)  # waits the 2 s left, keeps its α + bytes/β
+    assert faults.shift(0, 1, 13.5, 14.0, 100.0) == (13.5, 14.0, 100.0)  # up again
+    assert faults.shift(1, 0, 11.0, 11.5, 0.0) == (11.0, 11.5, 0.0)  # the other direction is up
+    assert faults.shift(0, 1, 12.0, 12.5, 100.0) == (13.0, 13.5, 101.0)  # emulate: the host waits too

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from decnode.config import ConfigError
+from decnode.net.link import Link
 from decnode.net.profile import PRESETS, NetProfile, NodeClock, load_profile, make_profile
 from multiproc import run_ranks
 
@@ -24,14 +25,16 @@ def burn(cpu_seconds: float) -> None:
 def _two_messages(d1: int, d2: int):
     from decnode.comm.fabric import Fabric
 
-    fabric = Fabric(2, 1, *_rank_world(), timeout_s=60, net=SLOW_LINK)
+    rank, world = _rank_world()
+    fabric = Fabric(2, 1, rank, world, timeout_s=60, link=Link(SLOW_LINK, rank, world))
     x1, x2 = torch.full((1, d1), float(fabric.rank)), torch.full((1, d2), float(fabric.rank))
-    posted = fabric.clock.advance()
+    clock = fabric.link.clock
+    posted = clock.advance()
     first, second = fabric.gossip_start(x1, "gossip"), fabric.gossip_start(x2, "gossip_critic")
     mixed = first.wait().clone()
-    after_first = fabric.clock.now
+    after_first = clock.now
     second.wait()
-    return posted, after_first, fabric.clock.now, mixed
+    return posted, after_first, clock.now, mixed
 
 
 def _rank_world():
@@ -53,18 +56,41 @@ def test_a_message_arrives_after_latency_and_bandwidth_and_the_next_one_queues_b
         torch.testing.assert_close(mixed, torch.full((1, d1), 0.5))  # the data is the real data
 
 
+def _gossip_two_agents_each(d: int):
+    from decnode.comm.fabric import Fabric
+
+    rank, world = _rank_world()
+    fabric = Fabric(4, 1, rank, world, timeout_s=60, link=Link(SLOW_LINK, rank, world))  # agents 2r, 2r+1
+    clock = fabric.link.clock
+    posted = clock.advance()
+    fabric.gossip(torch.ones(2, d))
+    return posted, clock.now
+
+
+def test_a_gossip_message_costs_the_rows_it_carries_not_the_whole_block():
+    # k=1 on 4 agents: agent i hears i+1, so each rank sends its peer one of its two rows. The wire is one row's
+    # bytes over β (the whole block once was: twice the time on the wire, issue 24's 100 Mbit/s cells).
+    d = 25_000  # 100 KB of float32 per row
+    results = run_ranks(_gossip_two_agents_each, 2, d, timeout=120)
+    one_row = SLOW_LINK.latency_s + SLOW_LINK.wire_s(4 * d)
+    for rank, (posted, done) in enumerate(results):
+        start = max(posted, results[1 - rank][0])
+        assert start + one_row <= done <= start + one_row + 0.05, (done - start, one_row)
+
+
 def _burn_then_collective(cpu_seconds: float, profile: NetProfile, k: int, algo: str):
     from decnode.comm.fabric import Fabric
 
-    fabric = Fabric(4, k, *_rank_world(), timeout_s=60, net=profile)
+    rank, world = _rank_world()
+    fabric = Fabric(4, k, rank, world, timeout_s=60, link=Link(profile, rank, world))
     x = torch.ones(1, 1000)
-    before, wall = fabric.clock.snapshot(), time.perf_counter()
+    before, wall = fabric.link.clock.snapshot(), time.perf_counter()
     burn(cpu_seconds)
     if algo == "decpg":
         fabric.gossip(x)
     else:
         fabric.allreduce_mean(x)
-    return fabric.clock.snapshot(), before, time.perf_counter() - wall
+    return fabric.link.clock.snapshot(), before, time.perf_counter() - wall
 
 
 def test_four_ranks_on_two_cores_see_their_own_cpu_time_not_the_oversubscribed_wall_clock(measured):
@@ -120,7 +146,7 @@ def _train(root: str, profile: NetProfile | None):
     run_dir = Path(root) / (profile.name if profile else "none")
     run_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _rank_world()
-    summary = train(cfg, Fabric(2, 1, rank, world, 60, net=profile, seed=1), run_dir)
+    summary = train(cfg, Fabric(2, 1, rank, world, 60, link=Link(profile, rank, world, seed=1)), run_dir)
     return torch.load(run_dir / "models.pt", weights_only=False)["actor_rows"] if rank == 0 else None, summary
 
 
@@ -188,13 +214,13 @@ def _rounds_on_a_slow_link(profile: NetProfile, rounds: int):
     x = torch.ones(1, 25_000)  # 100 KB
     out = {}
     for mode in ("simulate", "emulate"):
-        fabric = Fabric(2, 1, rank, world, timeout_s=60, net=replace(profile, mode=mode))
+        fabric = Fabric(2, 1, rank, world, timeout_s=60, link=Link(replace(profile, mode=mode), rank, world))
         fabric.barrier()
-        before, start = fabric.clock.snapshot(), time.monotonic()  # CLOCK_MONOTONIC: one clock for all processes
+        before, start = fabric.link.clock.snapshot(), time.monotonic()  # CLOCK_MONOTONIC: one clock for all processes
         for _ in range(rounds):
             burn(0.01)  # little compute: what a busy host stretches is not what this test is about
             fabric.gossip(x)
-        out[mode] = (fabric.clock.snapshot()["clock"] - before["clock"], start, time.monotonic())
+        out[mode] = (fabric.link.clock.snapshot()["clock"] - before["clock"], start, time.monotonic())
     return out
 
 

@@ -3,7 +3,8 @@
 A process holds a block of consecutive agents (rows of an [a, D] tensor). With one process the fabric touches
 no torch.distributed at all: gossip is the local product P @ Θ and an all-reduce is a mean over rows — the
 paper's single-worker setting and our reference. With several processes the same calls become gloo
-point-to-point messages and collectives (transport.py: waits, timeouts, headers, the simulated clock).
+point-to-point messages and collectives (transport.py: waits, timeouts, headers; the rank's Link from net/link.py:
+the simulated clock and faults). The XLA twin (xla.py) implements the same protocol (api.py).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .transport import Collectives, PendingReduce, process_group, stream_tag
-from ..net.profile import NetProfile
+from .api import AgentBlocks
+from .transport import Collectives, process_group, stream_tag
+from .watchdog import Watchdog
+from ..net.link import Link
 from ..timing import Recorder, Section
 from ..topology import block_plan, mixing_matrix
 
@@ -34,16 +37,16 @@ class GossipHandle:
         return st["out"]
 
 
-class Fabric(Collectives):
+class Fabric(AgentBlocks, Collectives):
     """The collectives plus what needs the agents: gossip over the kNN ring, the mean over all agents, and the
-    per-step exchange between rank 0 (the environments) and each rank's block of agents."""
+    per-step exchange between rank 0 (the environments) and each rank's block of agents (api.Fabric on gloo)."""
 
     def __init__(self, n_agents: int, k: int, rank: int = 0, world: int = 1, timeout_s: float = 300.0,
-                 recorder: Recorder | None = None, exchange: str = "p2p", net: NetProfile | None = None,
-                 seed: int = 0):
+                 recorder: Recorder | None = None, exchange: str = "p2p", link: Link | None = None,
+                 watch: Watchdog | None = None):
         if n_agents % world:
             raise ValueError(f"{n_agents} agents cannot be split evenly over {world} processes")
-        super().__init__(rank, world, timeout_s, recorder, net, seed)
+        super().__init__(rank, world, timeout_s, recorder, link, watch)
         self.n_agents = n_agents
         self.per_process = n_agents // world
         self.agents = range(rank * self.per_process, (rank + 1) * self.per_process)
@@ -53,9 +56,6 @@ class Fabric(Collectives):
         self.P = mixing_matrix(n_agents, k)
         self.plan = block_plan(self.P, world, rank)
         self._gossip_state: dict[str, dict] = {}
-
-    def rows_of(self, rank: int) -> range:
-        return range(rank * self.per_process, (rank + 1) * self.per_process)
 
     # ---- DSGD mixing -----------------------------------------------------------------------------------------
     def gossip_start(self, x: torch.Tensor, name: str = Section.GOSSIP) -> GossipHandle:
@@ -79,9 +79,6 @@ class Fabric(Collectives):
         st["in_flight"] = True
         return GossipHandle(self, st, works, name, stamps)
 
-    def gossip(self, x: torch.Tensor, name: str = Section.GOSSIP) -> torch.Tensor:
-        return self.gossip_start(x, name).wait()
-
     def _make_gossip_state(self, name: str, dim: int, dtype: torch.dtype) -> dict:
         # Allocated once per stream: no model-sized allocation per round.
         plan = self.plan
@@ -104,15 +101,6 @@ class Fabric(Collectives):
         self._gossip_state[name] = st
         return st
 
-    # ---- parameter sharing -----------------------------------------------------------------------------------
-    def allreduce_mean(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:
-        """Mean over all n agents of the rows x [a, D] -> [D] (a persistent buffer)."""
-        return self.allreduce_mean_start(x, name).wait()
-
-    def allreduce_mean_start(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> PendingReduce:
-        """Post the mean over all agents' rows; x may change as soon as this returns. `.wait()` -> [D]."""
-        return self.allreduce_sum_start(x.sum(dim=0) if x.shape[0] > 1 else x[0], name, scale=1 / self.n_agents)
-
     # ---- coordinator <-> agents ------------------------------------------------------------------------------
     def to_agents(self, full: torch.Tensor | None, like: torch.Tensor,
                   name: str = Section.STEP_EXCHANGE) -> torch.Tensor:
@@ -127,7 +115,7 @@ class Fabric(Collectives):
         if self.exchange == "collective":
             with self.recorder.section(name), self.transport():
                 chunks = list(full.split(self.per_process)) if self.rank == 0 else None
-                sim = self._join_start(self.net.gather_s(self.world, like.numel() * like.element_size()))
+                sim = self._join_start(self.link.profile.gather_s(self.world, like.numel() * like.element_size()))
                 self._wait_all([dist.scatter(like, chunks, src=0, async_op=True)], name)
                 self._joined(sim)
             return like
@@ -154,7 +142,7 @@ class Fabric(Collectives):
         if self.exchange == "collective":
             with self.recorder.section(name), self.transport():
                 chunks = list(full.split(self.per_process)) if self.rank == 0 else None
-                sim = self._join_start(self.net.gather_s(self.world, local.numel() * local.element_size()))
+                sim = self._join_start(self.link.profile.gather_s(self.world, local.numel() * local.element_size()))
                 self._wait_all([dist.gather(local.contiguous(), chunks, dst=0, async_op=True)], name)
                 self._joined(sim)
             return full if self.rank == 0 else None
@@ -173,11 +161,10 @@ class Fabric(Collectives):
 
 
 def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None, exchange: str = "p2p",
-                net: NetProfile | None = None, seed: int = 0, hang_warning_s: float | None = None, faults=None):
-    """The training job's Fabric over this process group (context manager); `net`: the network to simulate,
-    `faults`: a faults.Faults to inject."""
-    def build(rank, world):
-        fabric = Fabric(n_agents, k, rank, world, timeout_s, recorder, exchange, net, seed)
-        fabric.faults = faults
-        return fabric
+                link=None, hang_warning_s: float | None = None):
+    """The training job's Fabric over this process group (context manager). `link(rank, world)`: this rank's Link
+    (net/link.py: the network to simulate, the faults to inject); none by default."""
+    def build(rank, world, watch):
+        return Fabric(n_agents, k, rank, world, timeout_s, recorder, exchange,
+                      link(rank, world) if link is not None else None, watch)
     return process_group(timeout_s, build, hang_warning_s)

@@ -3,9 +3,10 @@ point-to-point messages that the Fabric (fabric.py) builds its gossip and exchan
 
 With one process every call is local. With several they are gloo collectives and posted isend/irecv; every wait
 carries a timeout and is watched (watchdog.py), so a dead or frozen peer becomes an error naming it. Every point-to-
-point message carries a header (frames.py). With a network profile (net/profile.py) every message also carries its
-sender's simulated clock and every collective joins the ranks' clocks, so each rank knows the time a real node
-would see. Evaluation and the analysis tools use `Collectives` alone.
+point message carries a header (frames.py). Every send, receive and collective also goes through the rank's Link
+(net/link.py): with a network profile a message carries its sender's simulated stamp and every collective joins the
+ranks' clocks, so each rank knows the time a real node would see; injected faults act there too. Evaluation and the
+analysis tools use `Collectives` alone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -21,7 +22,7 @@ import torch.distributed as dist
 
 from ..elastic import group_store
 from .frames import MAGIC, SENT, STAMP, Frames, mismatch
-from ..net.profile import PRESETS, Emulator, NetProfile, NodeClock
+from ..net.link import Link
 from ..timing import Recorder, Section
 from .watchdog import Watchdog
 
@@ -61,34 +62,30 @@ class Collectives:
     """Sums, broadcasts and gathers among the job's processes; with one process each is local."""
 
     def __init__(self, rank: int = 0, world: int = 1, timeout_s: float = 300.0, recorder: Recorder | None = None,
-                 net: NetProfile | None = None, seed: int = 0):
+                 link: Link | None = None, watch: Watchdog | None = None):
+        """`link`: this rank's side of the network (net/link.py; default: no simulated network, no faults);
+        `watch`: the hang watchdog of a multi-process job (process_group makes it)."""
+        self.link = link or Link(rank=rank)
+        if self.link.rank != rank:
+            raise ValueError(f"the link of rank {self.link.rank} given to rank {rank}")
         self.rank, self.world = rank, world
         self.timeout = timedelta(seconds=timeout_s)
         self.recorder = recorder or Recorder()
         self.distributed = world > 1
         self._sum_buffers: dict[tuple, torch.Tensor] = {}
         self.context = "setup"  # what the job is doing, for error messages (e.g. "iteration 12")
-        # A network profile: every message and collective also advances this node's simulated clock (net/profile.py).
-        self.net = net or PRESETS["loopback"]
-        active = self.net.active and self.distributed
-        self.clock = NodeClock(self.net, rank, seed) if active else None
-        self.emulator = Emulator(self.net) if active and self.net.mode == "emulate" else None
-        self.recorder.clock = self.clock
+        self.recorder.clock = self.link.clock  # sections are also timed on the simulated clock (trace.json)
         self._sequence: dict[tuple, int] = defaultdict(int)  # messages per (src, dst, tag): both ends agree on ids
         self.frames = Frames()  # every p2p message travels with a header (frames.py)
         self.iteration = -1  # what the job is doing, as a number: -1 during setup (message headers)
-        self.watch = None  # watch.Watchdog: hang reports (set by open_fabric in a multi-process job)
-        self.faults = None  # faults.Faults: injected failures (set by open_fabric when the config has some)
+        self.watch = watch
 
     def begin_iteration(self, iteration: int) -> None:
         """The trainer's one hook per iteration (counted from 1, as metrics.jsonl does)."""
         self.iteration, self.context = iteration, f"iteration {iteration}"
-        if self.clock is not None:
-            self.clock.begin_iteration()
-        if self.faults is not None:
-            self.faults.at_iteration(self)
+        self.link.begin_iteration(iteration)
 
-    # Where the agents' tensors live, and the two calls a lazy device (comm_xla.XlaFabric) needs: on the CPU
+    # Where the agents' tensors live, and the two calls a lazy device (xla.XlaFabric) needs: on the CPU
     # every operation has already run, so both are free.
     device = torch.device("cpu")
 
@@ -101,11 +98,11 @@ class Collectives:
 
     def transport(self):
         """Around a communication call: its CPU is the transport's, not compute, on the simulated clock."""
-        return self.clock.transport() if self.clock is not None else nullcontext()
+        return self.link.transport()
 
     def _wait_all(self, works: list, what: str, nbytes: int = 0) -> None:
         """Wait on works, each a Work or (peer rank, Work, bytes); failures name the peer when it is known, and a
-        timeout names the rank everybody waits on (watchdog.py) or the fault that explains it (faults.py)."""
+        timeout names the rank everybody waits on (watchdog.py) or the fault that explains it (net/faults.py)."""
         watch = self.watch
         for item in works:
             peer, work, size = item if isinstance(item, tuple) else (None, item, nbytes)
@@ -130,7 +127,7 @@ class Collectives:
         seconds = self.timeout.total_seconds()
         plain = f"rank {self.rank}: {what}{f' with rank {peer}' if peer is not None else ''} timed out after " \
                 f"{seconds:.0f}s during {self.context}"
-        fault = self.faults.explain(peer, self.rank) if self.faults is not None else None
+        fault = self.link.explain(peer)
         if self.watch is None:
             return f"{plain}: {fault}" if fault else plain
         verdict = f"{plain}: {fault}" if fault else self.watch.verdict(what, peer, seconds, self.iteration)
@@ -139,9 +136,10 @@ class Collectives:
     # ---- the simulated network: clocks joined by collectives, stamps on point-to-point messages --------------
     def _join_start(self, cost: float):
         """Post the all-reduce (max) of every rank's clock that a collective starts from; None without a profile."""
-        if self.clock is None:
+        mine = self.link.join()
+        if mine is None:
             return None
-        clocks = torch.tensor([self.clock.advance(), time.monotonic()], dtype=torch.float64)
+        clocks = torch.tensor(mine, dtype=torch.float64)
         return clocks, dist.all_reduce(clocks, op=dist.ReduceOp.MAX, async_op=True), cost
 
     def _joined(self, sim) -> None:
@@ -150,10 +148,7 @@ class Collectives:
             return
         clocks, work, cost = sim
         self._wait_all([work], "clock", 16)
-        latest, host = clocks.tolist()
-        self.clock.collective(latest, cost)
-        if self.emulator:
-            self.emulator.hold_until(host + cost)
+        self.link.joined(*clocks.tolist(), cost)
 
     def _next(self, src: int, dst: int, tag: int) -> tuple[int, int]:
         """(sequence number, flow id) of the next message from src to dst on tag: both ends count alike."""
@@ -172,16 +167,13 @@ class Collectives:
             torch.index_select(x, 0, rows, out=frame.payload)
         frame.ints[:4] = (MAGIC, self.iteration, tag, seq)
         frame.floats[SENT] = time.time()
-        depart = None
-        if self.clock is not None:
-            nbytes = x.numel() * x.element_size()
-            depart, arrive = self.clock.send(nbytes)
-            host = self.emulator.send(nbytes) if self.emulator else 0.0
-            if self.faults is not None:
-                depart, arrive, host = self.faults.link_down(self.rank, peer, depart, arrive, host)
-            frame.floats[STAMP] = (depart, arrive, host)
-        self.recorder.flow(True, flow, depart)  # before the receiver can see it
-        if self.faults is not None and self.faults.drops(self.rank, peer):
+        # The bytes that travel: the rows sent, not the whole block they were taken from (a gossip round sends
+        # each peer only the rows it needs).
+        stamp = self.link.send(peer, frame.payload.numel() * frame.payload.element_size())
+        if stamp is not None:
+            frame.floats[STAMP] = stamp
+        self.recorder.flow(True, flow, None if stamp is None else stamp[0])  # before the receiver can see it
+        if self.link.drops(peer):
             return []  # the receiver's timeout names the fault
         return [(peer, dist.isend(frame.raw, dst=peer, tag=tag), frame.raw.numel())]
 
@@ -201,18 +193,10 @@ class Collectives:
             if problem:
                 raise CommError(f"rank {self.rank}: {P2P_STREAMS[tag - 1]} from rank {peer} {problem}")
             dest.copy_(frame.payload)
-            if self.faults is not None:
-                self.faults.hold(peer, self.rank, float(frame.floats[SENT]))
+            self.link.arrived(peer, float(frame.floats[SENT]))
             received.append((frame.floats[STAMP].tolist(), flow))
-        if self.clock is None:
-            for _, flow in received:
-                self.recorder.flow(False, flow)
-            return
-        for (depart, arrive, _), flow in sorted(received, key=lambda r: r[0][1]):
-            self.clock.receive(depart, arrive)
+        for flow, arrive in self.link.receive(received):
             self.recorder.flow(False, flow, arrive)
-        if self.emulator and received:
-            self.emulator.hold_until(max(stamp[2] for stamp, _ in received))
 
     # ---- collectives -----------------------------------------------------------------------------------------
     def allreduce_sum(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:
@@ -231,7 +215,7 @@ class Collectives:
             nbytes = buf.numel() * buf.element_size()
             with self.recorder.section(name), self.transport():
                 work = dist.all_reduce(buf, async_op=True)
-                sim = self._join_start(self.net.allreduce_s(self.world, nbytes))
+                sim = self._join_start(self.link.profile.allreduce_s(self.world, nbytes))
             self.recorder.count(name, nbytes=nbytes, messages=1)
         return PendingReduce(self, buf, work, name, scale, sim)
 
@@ -241,7 +225,7 @@ class Collectives:
             return x.clone()
         with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1), self.transport():
             out = [torch.empty_like(x) for _ in range(self.world)] if self.rank == 0 else None
-            sim = self._join_start(self.net.gather_s(self.world, x.numel() * x.element_size()))
+            sim = self._join_start(self.link.profile.gather_s(self.world, x.numel() * x.element_size()))
             self._wait_all([dist.gather(x.contiguous(), out, dst=0, async_op=True)], name)
             self._joined(sim)
         return torch.cat(out) if self.rank == 0 else None
@@ -249,7 +233,7 @@ class Collectives:
     def broadcast(self, x: torch.Tensor, src: int = 0, name: str = Section.BROADCAST) -> torch.Tensor:
         if self.distributed:
             with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1), self.transport():
-                sim = self._join_start(self.net.broadcast_s(self.world, x.numel() * x.element_size()))
+                sim = self._join_start(self.link.profile.broadcast_s(self.world, x.numel() * x.element_size()))
                 self._wait_all([dist.broadcast(x, src=src, async_op=True)], name)
                 self._joined(sim)
         return x
@@ -265,7 +249,7 @@ class Collectives:
     def barrier(self, name: str = Section.WAIT) -> None:
         if self.distributed:
             with self.recorder.section(name), self.transport():
-                sim = self._join_start(self.net.allreduce_s(self.world, 4))
+                sim = self._join_start(self.link.profile.allreduce_s(self.world, 4))
                 self._wait_all([dist.barrier(async_op=True)], name)
                 self._joined(sim)
 
@@ -277,15 +261,15 @@ def world_from_env() -> tuple[int, int]:
 
 @contextmanager
 def process_group(timeout_s: float, build, hang_warning_s: float | None = None):
-    """Create the process group (if several processes) with an explicit timeout, yield build(rank, world), and
-    always tear the group down. A multi-process group also gets its hang watchdog (watchdog.py; default threshold:
-    a quarter of the timeout)."""
+    """Create the process group (if several processes) with an explicit timeout, yield build(rank, world, watch),
+    and always tear the group down. A multi-process group has a hang watchdog (watchdog.py; default threshold: a
+    quarter of the timeout), None with one process."""
     rank, world = world_from_env()
+    watch = None
     if world > 1:  # under an elastic agent: in this attempt's own namespace of its store (elastic.py)
         dist.init_process_group("gloo", **group_store(timedelta(seconds=timeout_s)))
-    group = build(rank, world)
-    if world > 1:
-        group.watch = Watchdog(rank, world, hang_warning_s or timeout_s / 4, P2P_STREAMS)
+        watch = Watchdog(rank, world, hang_warning_s or timeout_s / 4, P2P_STREAMS)
+    group = build(rank, world, watch)
     ok = False
     try:
         yield group
@@ -296,10 +280,11 @@ def process_group(timeout_s: float, build, hang_warning_s: float | None = None):
                 if ok:
                     group.barrier()  # nobody leaves while a peer still needs its messages
             finally:
-                group.watch.close()
+                watch.close()
                 dist.destroy_process_group()
 
 
 def open_collectives(timeout_s: float, recorder: Recorder | None = None):
     """Collectives over this process group, for jobs without agents to place (context manager)."""
-    return process_group(timeout_s, lambda rank, world: Collectives(rank, world, timeout_s, recorder))
+    return process_group(timeout_s, lambda rank, world, watch: Collectives(rank, world, timeout_s, recorder,
+                                                                           watch=watch))

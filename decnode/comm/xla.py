@@ -25,7 +25,9 @@ import threading
 
 import torch
 
+from .api import AgentBlocks
 from .transport import CommError
+from ..net.link import Link
 from ..timing import Recorder, Section
 from ..topology import mixing_matrix, shift_plan
 
@@ -83,8 +85,8 @@ class XlaPending:
         return self._out
 
 
-class XlaFabric:
-    """Fabric's interface (gossip, allreduce_mean, to_agents/to_coordinator, the collectives) on XLA devices.
+class XlaFabric(AgentBlocks):
+    """The Fabric protocol (api.py: gossip, allreduce_mean, to_agents/to_coordinator, the collectives) on XLA devices.
     Call it from inside a device thread of `torch_xla.launch`; agents' rows [a, D] are tensors on `device`.
 
     `host`: where torch_xla runs one process per device (a TPU VM's chips), the host side (the coordinator's
@@ -109,8 +111,7 @@ class XlaFabric:
         self.recorder = host.recorder if host is not None else recorder or Recorder()
         self.distributed = self.world > 1
         self.context, self.iteration = "setup", -1
-        # What the trainer reads of a gloo Fabric that has no meaning here: no simulated network, no faults.
-        self.clock = self.net = self.faults = self.watch = None
+        self.link = Link()  # no simulated network and no faults on XLA devices (config.py refuses both)
         self.n_agents = n_agents
         self.per_process = n_agents // self.world
         self.agents = self.rows_of(self.rank)
@@ -123,9 +124,6 @@ class XlaFabric:
                       torch.tensor(rows, dtype=torch.long, device=self.device) for rows in self.plan.rows]
         self._weights: dict[torch.dtype, torch.Tensor] = {}
         self.board = _board(self.world if host is None else 1, timeout_s)  # the device threads of this process
-
-    def rows_of(self, rank: int) -> range:
-        return range(rank * self.per_process, (rank + 1) * self.per_process)
 
     def begin_iteration(self, iteration: int) -> None:
         self.iteration, self.context = iteration, f"iteration {iteration}"
@@ -166,9 +164,6 @@ class XlaFabric:
         self.recorder.count(name, nbytes=nbytes, messages=len(self._pairs))
         return XlaPending(out)
 
-    def gossip(self, x: torch.Tensor, name: str = Section.GOSSIP) -> torch.Tensor:
-        return self.gossip_start(x, name).wait()
-
     # ---- parameter sharing and sums --------------------------------------------------------------------------
     def allreduce_sum_start(self, x: torch.Tensor, name: str = Section.ALLREDUCE,
                             scale: float = 1.0) -> XlaPending:
@@ -184,13 +179,6 @@ class XlaFabric:
 
     def allreduce_sum(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:
         return self.allreduce_sum_start(x, name).wait()
-
-    def allreduce_mean_start(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> XlaPending:
-        """Mean over all n agents of the rows x [a, D] -> [D]; the same value on every device."""
-        return self.allreduce_sum_start(x.sum(dim=0) if x.shape[0] > 1 else x[0], name, scale=1 / self.n_agents)
-
-    def allreduce_mean(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:
-        return self.allreduce_mean_start(x, name).wait()
 
     # ---- host side: coordinator <-> agents, gathers, broadcasts ----------------------------------------------
     def to_host(self, x: torch.Tensor) -> torch.Tensor:

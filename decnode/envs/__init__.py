@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import extensions
 from .base import BatchedEnv, Step
 
 
@@ -24,22 +25,32 @@ class EnvFactory:
 
 def env_factory(name: str, n_agents: int, *, backend: str = "batched", local_ratio: float = 0.5,
                 max_cycles: int = 25, reward: str = "smac") -> EnvFactory:
-    """name: simple_spread | smax:<map> | smac:<map>. Heavy backends import their libraries only when built."""
-    kind, _, map_name = name.partition(":")
-    if kind == "simple_spread":
-        kwargs = dict(n_agents=n_agents, local_ratio=local_ratio, max_cycles=max_cycles)
-        if backend == "mpe2":
-            from .mpe2_ref import Mpe2Spread
-            return EnvFactory(Mpe2Spread, kwargs)
-        from .spread import BatchedSpread
-        return EnvFactory(BatchedSpread, kwargs)
-    if kind == "smax":
-        from .smax import SmaxEnv
-        return EnvFactory(SmaxEnv, dict(map_name=map_name, reward=reward))
-    if kind == "smac":
-        from .smac import Sc2Env
-        return EnvFactory(Sc2Env, dict(map_name=map_name))
-    raise ValueError(f"unknown environment '{name}' (simple_spread, smax:<map>, smac:<map>)")
+    """name: an environment of the registry (decnode/extensions.py ENVS), e.g. simple_spread | smax:<map> |
+    smac:<map>. Heavy backends import their libraries only when built."""
+    entry, arg = extensions.env(name)
+    return entry.load()(arg, n_agents, backend=backend, local_ratio=local_ratio, max_cycles=max_cycles,
+                        reward=reward)
+
+
+# The built-in environments' factories (registered by import path in extensions.py).
+def spread_factory(arg: str, n_agents: int, *, backend: str = "batched", local_ratio: float = 0.5,
+                   max_cycles: int = 25, **_) -> EnvFactory:
+    kwargs = dict(n_agents=n_agents, local_ratio=local_ratio, max_cycles=max_cycles)
+    if backend == "mpe2":
+        from .mpe2_ref import Mpe2Spread
+        return EnvFactory(Mpe2Spread, kwargs)
+    from .spread import BatchedSpread
+    return EnvFactory(BatchedSpread, kwargs)
+
+
+def smax_factory(arg: str, n_agents: int, *, reward: str = "smac", **_) -> EnvFactory:
+    from .smax import SmaxEnv
+    return EnvFactory(SmaxEnv, dict(map_name=arg, reward=reward))
+
+
+def smac_factory(arg: str, n_agents: int, **_) -> EnvFactory:
+    from .smac import Sc2Env
+    return EnvFactory(Sc2Env, dict(map_name=arg))
 
 
 def make_env(name: str, n_agents: int, n_envs: int, **kwargs) -> BatchedEnv:

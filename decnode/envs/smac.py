@@ -57,6 +57,31 @@ def _message(reasons: list[str]) -> str:
     return f"real SMAC is unavailable ({'; '.join(reasons)}): {INSTALL_HINT}".replace("\n", " ")
 
 
+def check_installed(env_name: str) -> None:
+    """Preflight (before any process starts; imports nothing): what real SMAC needs here, one ConfigError line."""
+    import importlib.util
+
+    from ..config import ConfigError
+    from ..extensions import split_env_name
+
+    reasons = []
+    try:
+        found = importlib.util.find_spec("smac.env") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        reasons.append("the smac package (oxwhirl) is not installed: "
+                       "pip install git+https://github.com/oxwhirl/smac.git")
+    sc2 = os.environ.get("SC2PATH")
+    if not sc2:
+        reasons.append("SC2PATH is not set (the StarCraft II directory)")
+    elif not os.path.isdir(sc2):
+        reasons.append(f"SC2PATH={sc2} is not a directory")
+    if reasons:
+        raise ConfigError(f"env.name={env_name} needs StarCraft II: {'; '.join(reasons)} "
+                          f"(or use env.name=smax:{split_env_name(env_name)[1]}, no StarCraft II needed)")
+
+
 def _env_seed(seed: int, b: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(b)]).generate_state(1)[0] % (2**31 - 1))
 

@@ -35,6 +35,7 @@ def device_main(index: int, cfg_dict: dict, run_dir: str, resume: bool, devices:
     from ..comm.transport import CommError
     from ..comm.xla import XlaFabric
     from ..config import from_dict
+    from ..extensions import topology_k
     from .logger import RunLogger
     from .rundir import RunDirWriteError
     from .trainer import NonFiniteError, train
@@ -42,7 +43,7 @@ def device_main(index: int, cfg_dict: dict, run_dir: str, resume: bool, devices:
     cfg = from_dict(cfg_dict, "launcher")
     # The host's work (environments, the central critic, the host side of acting) may use every core.
     torch.set_num_threads(cfg.run.threads or len(cores.allowed()))
-    k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
+    k = topology_k(cfg.algo)  # PS never gossips: its k is not a topology
     with host_fabric(cfg) as host:
         fabric = XlaFabric(cfg.env.n_agents, k, cfg.run.timeout_s, host=host)
         if fabric.world != devices:

@@ -13,46 +13,32 @@ with P ≈ 9H² + H·(obs + actions) for the net (3 Linear → GRU → Linear �
 from __future__ import annotations
 
 import importlib.util
-import os
 import resource
 
 from ..config import Config, ConfigError
+from ..extensions import combiner, critic
+from ..extensions import env as env_entry
 
 GB = 1024**3
 PROCESS_BYTES = 300 * 1024**2
-JAX_BYTES = 500 * 1024**2
 FDS_PER_PEER = 2  # gloo connects every pair of ranks (a socket each way, counted generously)
 FDS_BASE = 64  # files, pipes, the TCP store, torch's own
 
 
 def check_dependencies(cfg: Config) -> None:
-    """The optional packages the environment needs, found without importing them (importing jax takes seconds)."""
-    kind, _, _ = cfg.env.name.partition(":")
+    """The optional packages the environment needs (its registry entry says which), found without importing them
+    (importing jax takes seconds)."""
+    entry, _ = env_entry(cfg.env.name)
     if cfg.run.device == "xla" and importlib.util.find_spec("torch_xla") is None:
         raise ConfigError("run.device=xla needs torch_xla, which is not installed here: it needs torch 2.9.0, so it "
                           "has its own venv: make install-xla, then .venv-xla/bin/decnode-run")
-    if kind == "smax":
-        missing = [m for m in ("jax", "jaxmarl") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ConfigError(f"env.name={cfg.env.name} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
-                              "install the smax extra: pip install -e '.[smax]'")
-    elif kind == "smac":
-        reasons = []
-        try:
-            found = importlib.util.find_spec("smac.env") is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            reasons.append("the smac package (oxwhirl) is not installed: "
-                           "pip install git+https://github.com/oxwhirl/smac.git")
-        sc2 = os.environ.get("SC2PATH")
-        if not sc2:
-            reasons.append("SC2PATH is not set (the StarCraft II directory)")
-        elif not os.path.isdir(sc2):
-            reasons.append(f"SC2PATH={sc2} is not a directory")
-        if reasons:
-            raise ConfigError(f"env.name={cfg.env.name} needs StarCraft II: {'; '.join(reasons)} "
-                              f"(or use env.name=smax:{cfg.env.name.partition(':')[2]}, no StarCraft II needed)")
+    missing = [m for m in entry.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        how = f"install the {entry.extra} extra: pip install -e '.[{entry.extra}]'" if entry.extra else "install them"
+        raise ConfigError(f"env.name={cfg.env.name} needs {' and '.join(missing)}, which "
+                          f"{'is' if len(missing) == 1 else 'are'} not installed: {how}")
+    if entry.check is not None:
+        entry.check.load()(cfg.env.name)
 
 
 def net_parameters(hidden: int, io: int = 1000) -> int:
@@ -63,10 +49,10 @@ def estimate_bytes(cfg: Config, n_procs: int) -> tuple[int, int]:
     """(bytes for the processes themselves, bytes for models and batches) at the job's peak, summed over ranks."""
     env, tr = cfg.env, cfg.train
     n, H, batch = env.n_agents, tr.hidden, env.n_envs * env.episode_length
-    k = cfg.algo.k if cfg.algo.name == "decpg" else 1
+    k = cfg.algo.k if combiner(cfg.algo.name).gossips else 1
     per_net = 4 * net_parameters(H) * (6 + k) + 4 * batch * H * 24
-    critics = 1 if cfg.algo.critic == "central" else n
-    procs = n_procs * PROCESS_BYTES + (JAX_BYTES if env.name.startswith("smax:") else 0)
+    critics = n if critic(cfg.algo.critic).per_agent else 1
+    procs = n_procs * PROCESS_BYTES + env_entry(env.name)[0].coordinator_bytes
     return procs, n * per_net + critics * per_net
 
 

@@ -43,19 +43,19 @@ def finish(trainer, logger, run_dir: Path, start: int, stopped: bool, sim_total:
 
 def _record(trainer, logger, run_dir, start, summary, reports, traced, oversubscribed) -> None:
     """Rank 0: timing.json (through the logger) and trace.json, then the console's end-of-run lines."""
-    fabric, clock = trainer.fabric, trainer.fabric.clock
+    fabric, clock = trainer.fabric, trainer.fabric.link.clock
     timing, memory = [r[0] for r in reports], [round(r[1], 1) for r in reports]
     summary["peak_rss_mb"] = memory
     summary["cpu_seconds"] = [round(r[4], 2) for r in reports]
     if clock is not None:
-        summary["simulated"] = {"profile": vars(fabric.net), "ranks": [r[2] for r in reports]}
+        summary["simulated"] = {"profile": vars(fabric.link.profile), "ranks": [r[2] for r in reports]}
     if traced:
         with trainer.writing("trace.json"):
-            write_trace(Path(run_dir) / "trace.json", [r[3] for r in reports], fabric.net.name if clock else None)
+            write_trace(Path(run_dir) / "trace.json", [r[3] for r in reports], fabric.link.profile.name if clock else None)
     print(logger.finish(timing, summary), flush=True)  # timing.json holds the summary as it is here
     if clock is not None:
         summary["simulated"]["unreliable"] = oversubscribed
-        print(format_clock_table(fabric.net, summary["simulated"]["ranks"], trainer.iteration - start,
+        print(format_clock_table(fabric.link.profile, summary["simulated"]["ranks"], trainer.iteration - start,
                                  unreliable=bool(oversubscribed)), flush=True)
     if fabric.device.type == "cpu":
         print(f"peak memory per process: rank 0 {memory[0]:.0f} MB, others up to {max(memory[1:], default=0):.0f} "

@@ -23,10 +23,11 @@ from .. import yamlio
 from ..net import faults, profile
 from . import cores, dirlock, metricsfile, preflight, restart, rundir
 from ..elastic import attempt, max_restarts
+from ..extensions import COMBINERS, CRITICS, combiner, topology_k
 from ..cli import OneLineParser
 from ..cli import fail as _fail
-from ..config import ALGOS, Config, ConfigError, compose, from_dict, help_config, parse_override, read_file, resolve
-from ..config import DEFAULT_CONFIG  # noqa: F401 - also decnode.job.run.DEFAULT_CONFIG, as tests import it
+from ..config import Config, ConfigError, compose, from_dict, help_config, parse_override, read_file, resolve
+from ..config import DEFAULT_CONFIG
 from .launch import WorkerEnv, torchrun_env
 
 
@@ -36,15 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", "--nproc-per-node", type=int, default=None, dest="nproc",
                    help="number of processes to start (ignored under torchrun, which sets it)")
     p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name} in configs/)")
-    p.add_argument("--algo", choices=ALGOS, help="algorithm (config algo.name)")
+    # Names are checked against the registries once the plugins are loaded (config.compose), not by argparse.
+    p.add_argument("--algo", metavar="NAME", help=f"algorithm: {', '.join(COMBINERS.names())} or a plugin's "
+                   "(config algo.name)")
     p.add_argument("--k", type=int, help="kNN topology: neighbours per agent (config algo.k)")
-    p.add_argument("--critic", choices=("central", "local"), help="critic placement (config algo.critic)")
+    p.add_argument("--critic", metavar="NAME", help=f"critic placement: {', '.join(CRITICS.names())} or a plugin's "
+                   "(config algo.critic)")
     p.add_argument("--iterations", type=int, help="training iterations (config train.iterations)")
     p.add_argument("--seed", type=int, help="random seed (config train.seed)")
     p.add_argument("--agents-per-process", type=int, help="agents held by each process (config algo.agents_per_process)")
     p.add_argument("--out", help="run directory (config run.out)")
     p.add_argument("--net", metavar="NAME|FILE",
-                   help="simulate a network: loopback, datacenter, ethernet, wan, edge or a YAML file (config net.profile)")
+                   help=f"simulate a network: {', '.join(profile.PRESETS)} or a YAML file (config net.profile)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py",
+                   help="import a module or .py file first, in every process: it may register algorithms, critic "
+                        "placements or environments (repeatable; config run.plugins)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config key, e.g. train.lr=1e-3 or per_algo.ps.lr=0.5 (see --help-config)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
@@ -73,7 +80,8 @@ def under_torchrun() -> bool:
 def _cli_layers(args: argparse.Namespace) -> list[tuple[str, dict]]:
     flags = {"algo": {"name": args.algo, "k": args.k, "critic": args.critic,
                       "agents_per_process": args.agents_per_process},
-             "train": {"iterations": args.iterations, "seed": args.seed}, "run": {"out": args.out},
+             "train": {"iterations": args.iterations, "seed": args.seed},
+             "run": {"out": args.out, "plugins": args.plugin or None},
              "net": {"profile": args.net}}
     flags = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
     return [("command line", flags), *(("--set", parse_override(text)) for text in args.set)]
@@ -215,7 +223,7 @@ def default_run_dir(cfg: Config, run_id: str | None = None) -> Path:
     # Under torchrun every worker computes this alone: the shared run id keeps them in agreement.
     tag = run_id[:8] if run_id else time.strftime("%Y%m%d-%H%M%S")
     env = cfg.env.name.replace(":", "_")
-    k = f"-k{cfg.algo.k}" if cfg.algo.name == "decpg" else ""
+    k = f"-k{cfg.algo.k}" if combiner(cfg.algo.name).gossips else ""
     return Path("runs") / f"{env}-n{cfg.env.n_agents}-{cfg.algo.name}{k}-s{cfg.train.seed}-{tag}"
 
 
@@ -259,10 +267,8 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
     """What every process runs (under our launcher, torchrun, or alone)."""
     import torch
 
-    from ..comm.transport import world_from_env
-
     from ..comm.fabric import open_fabric
-    from ..net.faults import make_faults
+    from ..net.link import Link
     from .logger import RunLogger
     from .trainer import train
 
@@ -277,12 +283,11 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
         saved = state["iteration"] if state else None
         record = restart.record(run_dir, int(os.environ.get("WORLD_SIZE", "1")), saved)
         print(f"decnode-run: {restart.describe(record)}", flush=True)
-    k = cfg.algo.k if cfg.algo.name == "decpg" else 0  # PS never gossips: its k is not a topology
-    world = world_from_env()[1]
+    k = topology_k(cfg.algo)  # PS never gossips: its k is not a topology
     with restart.noted(run_dir, rank, record), \
-            open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange, net=network_profile(cfg),
-                        seed=cfg.train.seed, hang_warning_s=cfg.run.hang_warning_s,
-                        faults=make_faults(cfg, rank, world)) as fabric:
+            open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange,
+                        link=lambda rank, world: Link.for_job(cfg, rank, world),
+                        hang_warning_s=cfg.run.hang_warning_s) as fabric:
         restarts = restart.unlogged(run_dir, state and state["iteration"]) if record else None
         try:
             summary = train(cfg, fabric, run_dir, state, restarts)

@@ -25,7 +25,7 @@ from . import cores, metricsfile, report_end
 from .rundir import writing
 from ..marl.actor import ActorBlock, row_pool
 from ..marl.combiners import make_combiner
-from ..comm.fabric import Fabric
+from ..comm.api import Fabric
 from ..config import Config
 from ..marl.critic import make_critic
 from ..envs import env_factory, make_env
@@ -349,7 +349,7 @@ def _loop(trainer: Trainer, logger, restarts: list[dict] | None) -> tuple[bool, 
     seconds by kind, its trace of the first iterations or None)."""
     cfg, fabric, rec = trainer.cfg, trainer.fabric, trainer.rec
     stopped, start = False, trainer.iteration
-    clock, sim_total = fabric.clock, {}  # simulated seconds of this run's iterations, by kind
+    clock, sim_total = fabric.link.clock, {}  # simulated seconds of this run's iterations, by kind
     trace = None
     if cfg.run.trace_iterations:  # a timeline of the first iterations (trace.py)
         rec.start_trace()

@@ -1,5 +1,8 @@
 """The only place DecPG and PS differ: how a block's gradients and parameters are combined into an SGD step.
 
+Which class an algorithm uses, and what it communicates, is its entry in COMBINERS (decnode/extensions.py); a new
+one is a Combiner subclass plus one registry line (README "Extending decnode").
+
 Both act on flat [a, D] rows (one per local agent). The update is plain SGD (no momentum) written out
 directly, because DecPG's step θᵢ ← Σⱼ Pᵢⱼ θⱼ − η gᵢ is not an optimiser step on θᵢ alone.
 """
@@ -8,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..comm.fabric import Fabric, GossipHandle
+from ..comm.api import Fabric, Pending
+from ..extensions import combiner
 from ..timing import Section
 
 
@@ -20,7 +24,11 @@ def clip_rows_(grads: torch.Tensor, max_norm: float) -> torch.Tensor:
 
 
 class Combiner:
-    """Hooks around backward: `before_backward`/`after_backward` may start communication that `step` finishes."""
+    """Hooks around backward: `before_backward`/`after_backward` may start communication that `step` finishes.
+    `streams`: the timing section (and message stream) of its communication for the actor's rows and the local
+    critics' rows; make_combiner passes one of them as `name`."""
+
+    streams: tuple[str, str] = (Section.CRITIC_SGD, Section.CRITIC_SGD)
 
     def __init__(self, fabric: Fabric, name: str):
         self.fabric, self.name = fabric, name
@@ -47,9 +55,11 @@ class DecPG(LocalSGD):
     """DSGD: θᵢ ← Σⱼ Pᵢⱼ θⱼ − η ∇Lᵢ(θᵢ). The gradient is taken at the pre-mix θᵢ and the mix uses the
     neighbours' pre-step θⱼ, so the gossip of θ runs while backward computes ∇Lᵢ."""
 
+    streams = (Section.GOSSIP, Section.GOSSIP_CRITIC)
+
     def __init__(self, fabric: Fabric, name: str = Section.GOSSIP):
         super().__init__(fabric, name)
-        self._handle: GossipHandle | None = None
+        self._handle: Pending | None = None
 
     def before_backward(self, params: torch.Tensor, mix: bool) -> None:
         self._handle = self.fabric.gossip_start(params, self.name) if mix else None
@@ -68,6 +78,8 @@ class ParameterSharing(Combiner):
     to every replica, so replicas stay bit-identical. The all-reduce is posted right after backward, so work
     placed between the hooks (rank 0's critic epoch) hides its latency."""
 
+    streams = (Section.ALLREDUCE, Section.ALLREDUCE_CRITIC)
+
     def __init__(self, fabric: Fabric, name: str = Section.ALLREDUCE):
         super().__init__(fabric, name)
         self._pending = None
@@ -84,7 +96,7 @@ class ParameterSharing(Combiner):
 
 
 def make_combiner(algo: str, fabric: Fabric, critic: bool = False) -> Combiner:
-    """The algorithm's combiner for the actor's rows or (critic=True) the local critics', each on its own stream."""
-    if algo == "decpg":
-        return DecPG(fabric, Section.GOSSIP_CRITIC if critic else Section.GOSSIP)
-    return ParameterSharing(fabric, Section.ALLREDUCE_CRITIC if critic else Section.ALLREDUCE)
+    """The algorithm's combiner for the actor's rows or (critic=True) the local critics', each on its own stream;
+    an unknown algorithm is a ConfigError naming the known ones."""
+    cls = combiner(algo).load()
+    return cls(fabric, cls.streams[1 if critic else 0])

@@ -5,7 +5,8 @@ CentralCritic: rank 0 holds ONE critic whose head has a value per agent, so its 
 LocalCritics:  every agent holds its own critic (rows of a block) on the global state, combined after each
                step exactly like the actor (the paper's form).
 
-`make_critic` is the one place that chooses. The trainer and the landscape see only the interface:
+`make_critic` is the one place that chooses (by the placement's entry in CRITICS, decnode/extensions.py). The
+trainer and the landscape see only the interface:
     prepare(coord) -> CriticBatch    this rank's advantages [a, T, B] and what the epochs train on
     epoch(batch, lr, mix)            one PPO epoch of the value loss (per-row losses kept in the batch)
     state_dict() / load_state_dict() the critic's part of a checkpoint: `rows` per agent, `coordinator` on rank 0
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .combiners import Combiner, LocalSGD, make_combiner
+from ..extensions import critic as critic_entry
+from ..registry import load_plugins
 from ..nn.losses import ValueNorm, gae, value_loss
 from ..timing import Section
 from ..nn.models import RecurrentNet, chunk_resets, chunk_sequences, chunk_start_states, flatten_parameters
@@ -146,8 +149,8 @@ class _Placement:
 class CentralCritic(_Placement):
     total_rows, per_agent = 1, False
 
-    def __init__(self, fabric, state_dim: int, seed: int, **kw):
-        super().__init__(fabric, **kw)
+    def __init__(self, fabric, state_dim: int, seed: int, algo: str | None = None, agent_id: bool = False, **kw):
+        super().__init__(fabric, **kw)  # one critic trained by local SGD, whatever the algorithm; no agent id
         self.input_dim = state_dim
         n = fabric.n_agents
         self.net = ValueNet(1, state_dim, n, self.hidden, seed, per_row_norm=False) if fabric.rank == 0 else None
@@ -252,12 +255,10 @@ class LocalCritics(_Placement):
 
 
 def make_critic(placement: str, fabric, *, algo: str, state_dim: int, agent_id: bool, seed: int, **kw):
-    """The one place a critic placement is chosen (config algo.critic)."""
-    if placement == "central":
-        return CentralCritic(fabric, state_dim, seed, **kw)
-    if placement == "local":
-        return LocalCritics(fabric, state_dim, seed, algo, agent_id, **kw)
-    raise ValueError(f"unknown critic placement '{placement}' (central, local)")
+    """The one place a critic placement is built (config algo.critic, its entry in CRITICS); an unknown one is a
+    ConfigError naming the known ones."""
+    cls = critic_entry(placement).load()
+    return cls(fabric, state_dim=state_dim, seed=seed, algo=algo, agent_id=agent_id, **kw)
 
 
 def critic_from_models(models: dict, state_dim: int):
@@ -268,6 +269,7 @@ def critic_from_models(models: dict, state_dim: int):
     params, value_norm, cfg = models.get("critic"), models.get("value_norm"), models["config"]
     if params is None or value_norm is None:
         return None
+    load_plugins(cfg.get("run", {}).get("plugins"))  # a plugin's algorithm or placement, as in training
     tr, n = cfg["train"], cfg["env"]["n_agents"]
     critic = make_critic(cfg["algo"]["critic"], Fabric(n, 0), algo=cfg["algo"]["name"], state_dim=state_dim,
                          agent_id=cfg["env"].get("state_agent_id", False), seed=tr["seed"], T=cfg["env"]["episode_length"],

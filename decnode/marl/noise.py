@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..comm.fabric import Fabric
+from ..comm.api import Fabric
 from ..timing import Section
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .acting import SamplePerAgent, acting_loop
 from .actor import ActorBatch, ActorBlock
-from ..comm.fabric import Fabric
+from ..comm.api import Fabric
 from ..envs.base import BatchedEnv, Step
 from ..envs.perturb import RunningStd
 from ..nn.models import log_prob

@@ -1,5 +1,6 @@
-"""net: the simulated network — link profiles and presets, the per-node clock and emulator (profile), fault
-injection (faults) and the α–β prediction of an iteration's communication (model).
+"""net: the simulated network — link profiles and the preset registry, the per-node clock and emulator (profile),
+the fault-kind registry and fault injection (faults), one rank's Link the transport calls on send, receive and
+collective (link), and the α–β prediction of an iteration's communication (model).
 
 May import: the root modules, nn/ and envs/.
 """

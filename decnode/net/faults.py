@@ -7,11 +7,15 @@
       - {kind: delay, link: [1, 2], iteration: 2, seconds: 0.5}   # 1 → 2 arrive 0.5 s late from iteration 2 on
       - {kind: link_down, link: [0, 1], iteration: 2, seconds: 3} # with --net: 0 → 1 down for 3 simulated seconds
 
+Each kind is an entry of FAULT_KINDS: the keys it takes, what it refuses beyond their common checks, and what it
+does when its iteration starts — once (kill, stall), or from then on to every message of its link (an `Effect`:
+drop, delay, link_down). A new kind is one class here plus one line in FAULT_KINDS.
+
 Links are between ranks and must carry messages: a gossip edge of the kNN graph between the two ranks' agents, or
 rank 0's per-step exchange with a rank. Faults fire only in a job's first attempt (TORCHELASTIC_RESTART_COUNT
 absent or 0), so that an automatically restarted job recovers; a --resume runs only the faults given again.
-The trainer calls one hook per iteration (Fabric.begin_iteration → at_iteration); the fabric asks `drops`,
-`link_down` when sending, `hold` after receiving and `explain` when a receive times out.
+The rank's Link (link.py) calls `at_iteration` once per iteration, `shift` and `drops` when sending, `hold` after
+receiving and `explain` when a receive times out.
 """
 
 from __future__ import annotations
@@ -24,11 +28,150 @@ import time
 
 from ..config import Config, ConfigError
 from ..elastic import attempt
+from ..registry import Registry
+from ..extensions import combiner
 from .profile import load_profile
 from ..topology import block_plan, mixing_matrix
 
-KEYS = {"kill": ("rank", "iteration"), "stall": ("rank", "iteration", "seconds"), "drop": ("link", "iteration"),
-        "delay": ("link", "iteration", "seconds"), "link_down": ("link", "iteration", "seconds")}
+
+class Effect:
+    """What a fired link fault does from then on to every message of its link (src, dst); each hook is asked
+    only for that link's messages. The default does nothing."""
+
+    def __init__(self, entry: dict):
+        self.entry, self.link = entry, tuple(entry["link"])
+
+    def drops(self) -> bool:
+        """Whether the sender skips the message (its receiver then times out)."""
+        return False
+
+    def shift(self, depart: float, arrive: float, host: float) -> tuple[float, float, float]:
+        """The sender's stamp of a message: departure and arrival on the simulated clock, host arrival (emulate)."""
+        return depart, arrive, host
+
+    def hold(self, sent_wall: float) -> None:
+        """On the receiver, after the message arrived really: hold it (sent_wall: the sender's time.time())."""
+
+    def explain(self) -> str | None:
+        """Why a wait may time out because of this fault, or None."""
+        return None
+
+
+class FaultKind:
+    """One kind of fault: `keys` an entry takes (checked in `validate` by name: rank, iteration, seconds, link),
+    `check` what the kind refuses beyond them, `start` what it does as its iteration starts on a rank."""
+
+    keys: tuple[str, ...] = ()
+
+    def check(self, entry: dict, cfg: Config, where: str) -> None:
+        """Refuse (ConfigError, one line starting with `where`) an entry this kind cannot honour."""
+
+    def start(self, entry: dict, link) -> Effect | None:
+        """Fire on this rank's Link (link.rank, link.clock); an Effect if the fault lasts on a link."""
+        return None
+
+    def phrase(self, entry: dict) -> str:
+        """The entry's amount in words, after who it strikes (describe)."""
+        return f" for {entry['seconds']:g} s" if "seconds" in entry else ""
+
+
+def _announce(entry: dict, rank: int, what: str) -> None:
+    print(f"\ndecnode: faults[{entry['index']}]: rank {rank} {what} as iteration {entry['iteration']} starts",
+          file=sys.stderr, flush=True)
+
+
+class Kill(FaultKind):
+    keys = ("rank", "iteration")
+
+    def start(self, entry, link):
+        if entry["rank"] == link.rank:
+            _announce(entry, link.rank, "kills itself (SIGKILL)")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Stall(FaultKind):
+    keys = ("rank", "iteration", "seconds")
+
+    def start(self, entry, link):
+        if entry["rank"] == link.rank:
+            _announce(entry, link.rank, f"stalls for {entry['seconds']:g} s")
+            time.sleep(entry["seconds"])
+
+
+class Dropped(Effect):
+    def drops(self):
+        return True
+
+    def explain(self):
+        f = self.entry
+        return f"the faults config drops link {f['link'][0]}→{f['link'][1]} from iteration {f['iteration']} " \
+               f"(faults[{f['index']}])"
+
+
+class Drop(FaultKind):
+    keys = ("link", "iteration")
+
+    def start(self, entry, link):
+        return Dropped(entry)
+
+
+class Delayed(Effect):
+    def hold(self, sent_wall):
+        """A delayed link: the message is seen `seconds` after it was sent."""
+        delay = self.entry["seconds"]
+        if delay:
+            wait = sent_wall + delay - time.time()
+            if wait > 0:
+                time.sleep(wait)
+
+
+class Delay(FaultKind):
+    keys = ("link", "iteration", "seconds")
+
+    def check(self, entry, cfg, where):
+        if entry["seconds"] >= cfg.run.timeout_s:
+            raise ConfigError(f"{where}: a delay of {entry['seconds']:g} s is not below run.timeout_s="
+                              f"{cfg.run.timeout_s:g} (drop the link instead)")
+
+    def start(self, entry, link):
+        return Delayed(entry)
+
+    def phrase(self, entry):
+        return f" by {entry['seconds']:g} s"
+
+
+class Down(Effect):
+    def __init__(self, entry: dict, start: float):
+        super().__init__(entry)
+        self.window = (start, start + entry["seconds"])  # on the sender's simulated clock
+
+    def shift(self, depart, arrive, host):
+        """A message that would leave while its link is down leaves when it is up again (simulated clock; with
+        net.mode emulate also on the host's, through the stamp's host arrival)."""
+        if not self.window[0] <= depart < self.window[1]:
+            return depart, arrive, host
+        shift = self.window[1] - depart
+        return depart + shift, arrive + shift, host + shift if host else host
+
+
+class LinkDown(FaultKind):
+    keys = ("link", "iteration", "seconds")
+
+    def check(self, entry, cfg, where):
+        if not load_profile(cfg.net.profile).active:
+            raise ConfigError(f"{where}: link_down needs a network profile (--net): it delays messages on the "
+                              "simulated clock")
+
+    def start(self, entry, link):
+        if entry["link"][0] == link.rank and link.clock is not None:
+            return Down(entry, link.clock.advance())
+
+
+# The registry: a kind's name in a config → what it is. Anything that asks about a kind asks its entry.
+FAULT_KINDS: Registry[FaultKind] = Registry("fault kind")
+for _name, _kind in (("kill", Kill()), ("stall", Stall()), ("drop", Drop()), ("delay", Delay()),
+                     ("link_down", LinkDown())):
+    FAULT_KINDS.register(_name, _kind)
 
 
 def _links(cfg: Config, world: int) -> set[tuple[int, int]]:
@@ -36,7 +179,7 @@ def _links(cfg: Config, world: int) -> set[tuple[int, int]]:
     links = set()
     if cfg.run.exchange == "p2p":
         links |= {(0, r) for r in range(1, world)} | {(r, 0) for r in range(1, world)}
-    if cfg.algo.name == "decpg" and world > 1:
+    if combiner(cfg.algo.name).gossips and world > 1:
         P = mixing_matrix(cfg.env.n_agents, cfg.algo.k)
         for dst in range(world):
             links |= {(src, dst) for src in block_plan(P, world, dst).recv}
@@ -45,11 +188,9 @@ def _links(cfg: Config, world: int) -> set[tuple[int, int]]:
 
 def describe(entry: dict) -> str:
     """One fault in words, for the list of what a resume changes."""
-    kind, it = entry.get("kind"), entry.get("iteration")
+    kind, it = FAULT_KINDS.find(entry.get("kind"), FaultKind()), entry.get("iteration")
     who = f"link {entry['link'][0]}→{entry['link'][1]}" if "link" in entry else f"rank {entry.get('rank')}"
-    seconds = f" for {entry['seconds']:g} s" if "seconds" in entry and kind != "delay" else ""
-    delay = f" by {entry['seconds']:g} s" if kind == "delay" else ""
-    return f"{kind} {who}{delay}{seconds} at iteration {it}"
+    return f"{entry.get('kind')} {who}{kind.phrase(entry)} at iteration {it}"
 
 
 def validate(cfg: Config, world: int, done: int = 0) -> list[dict]:
@@ -60,16 +201,17 @@ def validate(cfg: Config, world: int, done: int = 0) -> list[dict]:
     last = min(cfg.train.iterations, cfg.run.stop_after or cfg.train.iterations)
     for i, entry in enumerate(cfg.faults):
         where = f"faults[{i}]"
-        kind = entry.get("kind")
-        if kind not in KEYS:
-            raise ConfigError(f"{where}: unknown kind {kind!r} (known: {', '.join(KEYS)})")
-        need = set(KEYS[kind])
+        name = entry.get("kind")
+        kind = FAULT_KINDS.find(name)
+        if kind is None:
+            raise ConfigError(f"{where}: unknown kind {name!r} (known: {', '.join(FAULT_KINDS)})")
+        need = set(kind.keys)
         unknown = sorted(set(entry) - need - {"kind"})
         if unknown:
-            raise ConfigError(f"{where}: {kind} takes {', '.join(KEYS[kind])}, not '{unknown[0]}'")
-        missing = [k for k in KEYS[kind] if k not in entry]
+            raise ConfigError(f"{where}: {name} takes {', '.join(kind.keys)}, not '{unknown[0]}'")
+        missing = [k for k in kind.keys if k not in entry]
         if missing:
-            raise ConfigError(f"{where}: {kind} needs {', '.join(missing)}")
+            raise ConfigError(f"{where}: {name} needs {', '.join(missing)}")
         for key in ("rank", "iteration"):
             value = entry.get(key, 0)
             if key in need and (isinstance(value, bool) or not isinstance(value, int)):
@@ -99,74 +241,52 @@ def validate(cfg: Config, world: int, done: int = 0) -> list[dict]:
             if tuple(link) not in links:
                 raise ConfigError(f"{where}: link {link[0]}→{link[1]} carries no messages in this job: not an edge of "
                                   f"the kNN graph (k={cfg.algo.k}, {world} processes) nor rank 0's exchange with a rank")
-        if kind == "delay" and entry["seconds"] >= cfg.run.timeout_s:
-            raise ConfigError(f"{where}: a delay of {entry['seconds']:g} s is not below run.timeout_s="
-                              f"{cfg.run.timeout_s:g} (drop the link instead)")
-        if kind == "link_down" and not load_profile(cfg.net.profile).active:
-            raise ConfigError(f"{where}: link_down needs a network profile (--net): it delays messages on the "
-                              "simulated clock")
+        kind.check(entry, cfg, where)
         out.append({**entry, "index": i})
     return out
 
 
 def make_faults(cfg: Config, rank: int, world: int) -> "Faults | None":
-    """This rank's Faults, or None when there are none to inject (then the fabric pays nothing)."""
+    """This rank's Faults, or None when there are none to inject (then the link pays nothing)."""
     entries = validate(cfg, world) if cfg.faults and attempt() == 0 else []
     return Faults(entries, rank) if entries else None
 
 
 class Faults:
+    """One rank's validated entries, and the effects of those that fired on a link."""
+
     def __init__(self, entries: list[dict], rank: int):
         self.entries, self.rank = entries, rank
-        self._dropped: dict[tuple, dict] = {}  # (src, dst) -> entry, from its iteration on
-        self._delayed: dict[tuple, float] = {}
-        self._down: dict[tuple, tuple] = {}  # (src, dst) -> (from, until) on the sender's simulated clock
+        # (kind, src, dst) -> the effect of the latest such fault that fired on that link, in order of first firing
+        self._effects: dict[tuple, Effect] = {}
 
-    def at_iteration(self, fabric) -> None:
-        it = fabric.iteration
+    def at_iteration(self, iteration: int, link) -> None:
+        """Fire the entries of this iteration, in the config's order, on this rank's Link."""
         for f in self.entries:
-            if f["iteration"] != it:
-                continue
-            kind = f["kind"]
-            if kind in ("kill", "stall") and f["rank"] == self.rank:
-                what = "kills itself (SIGKILL)" if kind == "kill" else f"stalls for {f['seconds']:g} s"
-                print(f"\ndecnode: faults[{f['index']}]: rank {self.rank} {what} as iteration {it} starts",
-                      file=sys.stderr, flush=True)
-                if kind == "kill":
-                    os.kill(os.getpid(), signal.SIGKILL)
-                time.sleep(f["seconds"])
-            elif kind == "drop":
-                self._dropped[tuple(f["link"])] = f
-            elif kind == "delay":
-                self._delayed[tuple(f["link"])] = f["seconds"]
-            elif kind == "link_down" and f["link"][0] == self.rank and fabric.clock is not None:
-                start = fabric.clock.advance()
-                self._down[tuple(f["link"])] = (start, start + f["seconds"])
+            if f["iteration"] == iteration:
+                effect = FAULT_KINDS[f["kind"]].start(f, link)
+                if effect is not None:
+                    self._effects[(f["kind"], *effect.link)] = effect
+
+    def _on(self, src: int, dst: int) -> list[Effect]:
+        return [e for e in self._effects.values() if e.link == (src, dst)]
 
     def drops(self, src: int, dst: int) -> bool:
-        return (src, dst) in self._dropped
+        return any(e.drops() for e in self._on(src, dst))
 
-    def explain(self, src: int | None, dst: int) -> str | None:
-        """Why a wait on src timed out, if the faults config is the reason: the dropped link itself, or a dropped
-        link elsewhere that the wait may hang on (rank 0 waits for the actions of a rank whose observations it
-        dropped)."""
-        f = self._dropped.get((src, dst)) or next(iter(self._dropped.values()), None)
-        return None if f is None else (f"the faults config drops link {f['link'][0]}→{f['link'][1]} from iteration "
-                                       f"{f['iteration']} (faults[{f['index']}])")
+    def shift(self, src: int, dst: int, depart: float, arrive: float, host: float) -> tuple[float, float, float]:
+        for e in self._on(src, dst):
+            depart, arrive, host = e.shift(depart, arrive, host)
+        return depart, arrive, host
 
     def hold(self, src: int, dst: int, sent_wall: float) -> None:
-        """A delayed link: the message is seen `seconds` after it was sent."""
-        delay = self._delayed.get((src, dst))
-        if delay:
-            wait = sent_wall + delay - time.time()
-            if wait > 0:
-                time.sleep(wait)
+        for e in self._on(src, dst):
+            e.hold(sent_wall)
 
-    def link_down(self, src: int, dst: int, depart: float, arrive: float, host: float) -> tuple[float, float, float]:
-        """A message that would leave while its link is down leaves when it is up again (simulated clock; with
-        net.mode emulate also on the host's, through the stamp's host arrival)."""
-        window = self._down.get((src, dst))
-        if window is None or not window[0] <= depart < window[1]:
-            return depart, arrive, host
-        shift = window[1] - depart
-        return depart + shift, arrive + shift, host + shift if host else host
+    def explain(self, src: int | None, dst: int) -> str | None:
+        """Why a wait on src timed out, if the faults config is the reason: a fault on that link itself, or one
+        elsewhere that the wait may hang on (rank 0 waits for the actions of a rank whose observations it
+        dropped)."""
+        here = (e.explain() for e in self._on(src, dst))
+        anywhere = (e.explain() for e in self._effects.values())
+        return next((s for s in here if s), None) or next((s for s in anywhere if s), None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import Config
+from ..extensions import combiner, critic
 from .profile import NetProfile
 
 KINDS = ("step_exchange", "reward_scatter", "combine", "stats")
@@ -30,7 +31,7 @@ def job_shapes(cfg: Config) -> dict:
                  reward=env.reward)
     count = lambda net: sum(p[0].numel() for p in net.parameters())  # noqa: E731 - one agent's row
     critic_in = e.state_dim + (n if env.state_agent_id else 0)
-    local = cfg.algo.critic == "local"
+    local = critic(cfg.algo.critic).per_agent
     return {"obs_dim": e.obs_dim, "state_dim": e.state_dim, "n_actions": e.n_actions,
             "actor_params": count(RecurrentNet(1, e.obs_dim, e.n_actions, tr.hidden)),
             "critic_params": count(RecurrentNet(1, critic_in, 1 if local else n, tr.hidden))}
@@ -64,7 +65,7 @@ def predict_iteration_comm(cfg: Config, profile: NetProfile, n_procs: int, overl
     p, W, n = profile, n_procs, cfg.env.n_agents
     a, T, B, E = n // W, cfg.env.episode_length, cfg.env.n_envs, cfg.train.ppo_epochs
     D, Dc = shapes["actor_params"], shapes["critic_params"]
-    local = cfg.algo.critic == "local"
+    local = critic(cfg.algo.critic).per_agent
     out = dict.fromkeys(KINDS, 0.0)
     out["combine_raw"] = 0.0
     if W > 1:
@@ -77,8 +78,9 @@ def predict_iteration_comm(cfg: Config, profile: NetProfile, n_procs: int, overl
         if local:  # states and (dones, episode starts) by binomial-tree broadcast, rewards scattered
             scatter += p.broadcast_s(W, 4 * (T + 1) * B * shapes["state_dim"]) + p.broadcast_s(W, 8 * (T + 1) * B)
         out["reward_scatter"] = scatter
-        rounds = E if cfg.algo.name != "decpg" or cfg.algo.mix_every == "step" else 1
-        if cfg.algo.name == "decpg":  # the critics' rows queue behind the actor's on the same links
+        algo = combiner(cfg.algo.name)  # what one combine sends: gossip, all-reduce or nothing (extensions.py)
+        rounds = 0 if algo.comm == "none" else E if not algo.gossips or cfg.algo.mix_every == "step" else 1
+        if algo.gossips:  # the critics' rows queue behind the actor's on the same links
             one = _gossip_s(p, n, cfg.algo.k, W, 4 * (D + (Dc if local else 0)))
         else:
             # the critics' all-reduce runs beside the actor's (gloo: 2 threads per group): latencies overlap,

@@ -8,7 +8,7 @@ run: compute advances it by the rank's own CPU time (not wall time, which ten pr
 times its slowdown; a message leaves at max(sender's clock, the sender's link free again), occupies the link for
 bytes/β and arrives α later; a receive completes at max(receiver's clock, arrival); a collective completes, from
 its latest participant, after the cost of the algorithm gloo runs (e.g. ring all-reduce: 2(n−1) steps of size/n).
-Pure Python, no torch: the fabric stamps its real messages with these numbers (comm/transport.py).
+Pure Python, no torch: a rank's Link (link.py) stamps the real messages with these numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .. import yamlio
 from ..config import ConfigError
+from ..registry import Registry
 
 MODES = ("simulate", "emulate")  # emulate: the same delays also as real waits on the real messages
 
@@ -74,14 +75,15 @@ class NetProfile:
         return 0.0 if n <= 1 else self.latency_s + (n - 1) * self.wire_s(nbytes_each)
 
 
-# The presets the README documents; anything else comes from a YAML file with the same keys.
-PRESETS = {
-    "loopback": NetProfile(),
-    "datacenter": NetProfile("datacenter", latency_s=10e-6, bandwidth_bit_s=25e9),
-    "ethernet": NetProfile("ethernet", latency_s=100e-6, bandwidth_bit_s=1e9),
-    "wan": NetProfile("wan", latency_s=20e-3, bandwidth_bit_s=100e6, jitter_s=2e-3),
-    "edge": NetProfile("edge", latency_s=50e-3, bandwidth_bit_s=10e6, jitter_s=5e-3),
-}
+# The preset registry: a name → its profile (α, β, jitter, ...). A new preset is one line here; --net, config files,
+# --set and sweep files all look names up in it and list its names when one is unknown. Anything else comes from a
+# YAML file with the same keys.
+PRESETS: Registry[NetProfile] = Registry("network preset")
+for _preset in (NetProfile(), NetProfile("datacenter", latency_s=10e-6, bandwidth_bit_s=25e9),
+                NetProfile("ethernet", latency_s=100e-6, bandwidth_bit_s=1e9),
+                NetProfile("wan", latency_s=20e-3, bandwidth_bit_s=100e6, jitter_s=2e-3),
+                NetProfile("edge", latency_s=50e-3, bandwidth_bit_s=10e6, jitter_s=5e-3)):
+    PRESETS.register(_preset.name, _preset)
 
 
 def _number(source: str, key: str, value, low: float = 0.0, *, above: bool = False) -> float:
@@ -138,7 +140,7 @@ def make_profile(spec: dict, source: str = "net") -> NetProfile:
         else:
             values[key] = _number(source, key, value)
     profile = NetProfile(**values)
-    named = PRESETS.get(profile.name)
+    named = PRESETS.find(profile.name)
     if named is not None:  # "loopback" over ethernet's values ran nothing; "ethernet" over other values misleads
         differ = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in profile.to_spec().items()
                   if k not in ("name", "mode") and v != named.to_spec()[k]]

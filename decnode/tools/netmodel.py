@@ -23,6 +23,8 @@ import numpy as np
 from ..job import metricsfile
 from ..cli import OneLineParser, fail, finite
 from ..config import DEFAULT_CONFIG, Config, ConfigError, compose, parse_override, read_file, resolve
+from ..extensions import COMBINERS, CRITICS, combiner
+from ..extensions import critic as critic_entry
 from ..net.model import KINDS, job_shapes, predict_iteration_comm
 from ..net.profile import PRESETS, NetProfile, load_profile
 from .outputs import Writer, check_files
@@ -55,8 +57,8 @@ def overlap_compute_s(cfg: Config, shapes: dict | None = None, reps: int = 3) ->
         return lambda: net(x, h0, reset)[0].square().sum().backward()
 
     actor = cpu(backward(a, shapes["obs_dim"], shapes["n_actions"]))
-    critic = cpu(backward(a if cfg.algo.critic == "local" else 1, shapes["state_dim"],
-                          1 if cfg.algo.critic == "local" else n))
+    per_agent = critic_entry(cfg.algo.critic).per_agent
+    critic = cpu(backward(a if per_agent else 1, shapes["state_dim"], 1 if per_agent else n))
     net = RecurrentNet(a, shapes["obs_dim"], shapes["n_actions"], H)
     obs, h = torch.randn(a, B, shapes["obs_dim"]), torch.zeros(a, B, H)
     env = make_env(cfg.env.name, n, B)
@@ -65,7 +67,7 @@ def overlap_compute_s(cfg: Config, shapes: dict | None = None, reps: int = 3) ->
     step = cpu(lambda: env.step(np.zeros((B, n), dtype=np.int64)))
     epoch = actor + critic
     return {"actor_backward": actor, "critic_epoch": critic,
-            "overlap": epoch if cfg.algo.name == "decpg" else critic,
+            "overlap": epoch if combiner(cfg.algo.name).gossips else critic,
             "iteration": T * (act + step) + cfg.train.ppo_epochs * epoch + critic}
 
 
@@ -113,7 +115,7 @@ def compare(cfg: Config, net: str, nproc: int, iterations: int, cfg_args: list[s
 
 
 def format_compare(r: dict) -> str:
-    name = f"{r['algo']}" + (f" k={r['k']}" if r["algo"] == "decpg" else "")
+    name = f"{r['algo']}" + (f" k={r['k']}" if combiner(r["algo"]).gossips else "")
     return (f"{name:<10} {r['net']:<10} n={r['nproc']:<3} predicted {1e3 * r['predicted']['total']:9.2f} ms   "
             f"simulated {1e3 * r['simulated_comm']:9.2f} ms   simulated/predicted {r['ratio']:.3f}   "
             f"host-measured (loopback, oversubscribed) {1e3 * r['host_comm']:9.2f} ms")
@@ -262,9 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("compare", "predicted vs simulated vs host-measured, from a short real job")):
         q = sub.add_parser(name, help=text)
         q.add_argument("--nproc", type=int, default=10, help="processes (default 10)")
-        q.add_argument("--algo", choices=("decpg", "ps"), default="decpg")
+        q.add_argument("--algo", default="decpg", metavar="NAME",
+                       help=f"algorithm: {', '.join(COMBINERS.names())} (default decpg)")
         q.add_argument("--k", type=int, default=4, help="kNN neighbours (decpg)")
-        q.add_argument("--critic", choices=("central", "local"), default=None)
+        q.add_argument("--critic", default=None, metavar="NAME", help=f"critic placement: {', '.join(CRITICS.names())}")
         q.add_argument("--config", default=None, help=f"YAML config (default {DEFAULT_CONFIG.name})")
         q.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
         q.add_argument("--net", default="ethernet", metavar="NAME|FILE", help="profile (default ethernet)")

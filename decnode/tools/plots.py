@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .. import extensions  # noqa: E402
 from ..cli import AnalysisError, OneLineParser, fail  # noqa: E402
 from ..config import ConfigError  # noqa: E402
 from ..job import metricsfile, rundir  # noqa: E402
@@ -53,8 +54,7 @@ class Run:
 
 
 def run_label(cfg: dict) -> str:
-    algo = cfg["algo"]["name"]
-    return {"ps": "PS", "ps_entropy": "PS+entropy"}.get(algo, f"DecPG k={cfg['algo']['k']}")
+    return extensions.run_label(cfg["algo"])
 
 
 def _read_json(path: Path):
@@ -101,9 +101,13 @@ def _identity(cfg: dict) -> dict:
 
 
 def _sort_key(label_and_runs):
+    """Baselines first (in registry order), then the others, gossiping ones dense → sparse."""
     cfg = label_and_runs[1][0].cfg
-    order = {"ps": 0, "ps_entropy": 1}.get(cfg["algo"]["name"], 2)
-    return order, -cfg["algo"]["k"] if order == 2 else 0, label_and_runs[0]
+    name = cfg["algo"]["name"]
+    baselines = [a for a, entry in extensions.COMBINERS.items() if entry.baseline]
+    order = baselines.index(name) if name in baselines else len(baselines)
+    gossips = name in extensions.COMBINERS and extensions.combiner(name).gossips
+    return order, -cfg["algo"]["k"] if gossips else 0, label_and_runs[0]
 
 
 def group_runs(runs: list[Run]) -> list[tuple[str, list[Run]]]:

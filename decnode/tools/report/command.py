@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ... import config, yamlio
+from ... import config, extensions, yamlio
 from .. import outputs, plots
 from . import figures as report_figures, text as report_text
 from ..evalmodes import MODES
@@ -119,9 +119,15 @@ def last_error(run_dir: Path) -> str | None:
     return errors[-1] if errors else None
 
 
+def _gossips(algo: str) -> bool:
+    """The algorithm gossips on the kNN graph, so a run's k is a topology (an algorithm no loaded plugin knows:
+    no)."""
+    return algo in extensions.COMBINERS and extensions.combiner(algo).gossips
+
+
 def topology_gap(cfg: dict) -> float | None:
-    """Spectral gap of DecPG's kNN ring (PS has no topology)."""
-    if cfg["algo"]["name"] != "decpg":
+    """Spectral gap of DecPG's kNN ring (PS has no topology; nor an algorithm no loaded plugin knows)."""
+    if not _gossips(cfg["algo"]["name"]):
         return None
     return spectral_gap(mixing_matrix(int(cfg["env"]["n_agents"]), int(cfg["algo"]["k"])))
 
@@ -153,7 +159,7 @@ def run_row(run: plots.Run, root: Path, label: str) -> dict:
 
     algo = cfg["algo"]["name"]
     row = {"run_dir": run.path.relative_to(root).as_posix() or ".", "group": label, "env": cfg["env"]["name"],
-           "n_agents": cfg["env"]["n_agents"], "algo": algo, "k": cfg["algo"]["k"] if algo == "decpg" else None,
+           "n_agents": cfg["env"]["n_agents"], "algo": algo, "k": cfg["algo"]["k"] if _gossips(algo) else None,
            "spectral_gap": topology_gap(cfg), "seed": cfg["train"]["seed"], "lr": cfg["train"]["lr"],
            "min_lr": cfg["train"]["min_lr"], "iterations": cfg["train"]["iterations"],
            "iterations_logged": len(metrics), "finished": len(metrics) >= cfg["train"]["iterations"],
@@ -260,12 +266,12 @@ def pick_lr(rows: list[dict], path: Path, root: Path) -> tuple[str, list[str]]:
     if len(settings) > 1:
         raise AnalysisError(f"--pick-lr needs runs of one env and n (per_algo holds one lr per algorithm), "
                             f"found {', '.join(f'{e} n={n}' for e, n in settings)}")
-    per_k = len({r["k"] for r in rows if r["algo"] == "decpg"}) > 1
+    per_k = {a for a in {r["algo"] for r in rows} if len({r["k"] for r in rows if r["algo"] == a}) > 1}
     candidates: dict[str, dict[tuple[float, float], list[float]]] = {}
     for r in rows:
         if math.isnan(r["final_train_reward"]):
             continue
-        keys = [r["algo"]] + ([f"decpg k={r['k']}"] if per_k and r["algo"] == "decpg" else [])
+        keys = [r["algo"]] + ([f"{r['algo']} k={r['k']}"] if r["algo"] in per_k else [])
         for key in keys:  # with several k, DecPG is chosen per k (printed) and over all k (per_algo.decpg)
             candidates.setdefault(key, {}).setdefault((r["lr"], r["min_lr"]), []).append(r["final_train_reward"])
     if not candidates:
@@ -285,7 +291,7 @@ def pick_lr(rows: list[dict], path: Path, root: Path) -> tuple[str, list[str]]:
         printed.append(f"{key}: lr={best[0]:g} min_lr={best[1]:g} (median final training reward "
                        f"{medians[best]:.4f} over {len(options[best])} run{'s' if len(options[best]) > 1 else ''}; "
                        f"{len(options)} candidate{'s' if len(options) > 1 else ''})")
-        if key in config.ALGOS:
+        if key in extensions.COMBINERS:
             chosen[key] = {"lr": best[0], "min_lr": best[1]}
     text = "\n".join(header) + "\n" + yaml.safe_dump({"per_algo": chosen}, sort_keys=False)
     try:  # what the main sweep will read must load with decnode's own loader: checked before it is written

@@ -10,6 +10,7 @@ import math
 import os
 from pathlib import Path
 
+from ... import extensions
 from ..evalmodes import MODES
 
 HELD, NOT_HELD, NO_DATA = "held", "did not hold", "not enough data"
@@ -47,11 +48,22 @@ def _has(row: dict, col: str) -> bool:
     return row[f"{col}_count"] > 0
 
 
+def _entry(algo: str):
+    """The algorithm's registry entry; None for one no loaded plugin knows (it takes part in no claim)."""
+    return extensions.combiner(algo) if algo in extensions.COMBINERS else None
+
+
+def _gossiping(table: dict, ok) -> list[dict]:
+    """Rows of algorithms that gossip on the kNN graph (DecPG: the claims compare its topologies) passing ok."""
+    return [r for (a, _), r in table.items() if _entry(a) is not None and _entry(a).gossips and ok(r)]
+
+
 def claim_train(table: dict) -> tuple[str, str]:
     col = "final_train_reward"
-    baselines = [table[(a, None)] for a in ("ps", "ps_entropy") if (a, None) in table and _has(table[(a, None)], col)]
-    decpg = sorted((r for (a, _), r in table.items() if a == "decpg" and _has(r, col)), key=lambda r: -r["k"])
-    if not decpg or not any(b["algo"] == "ps" for b in baselines):
+    baselines = [table[(a, None)] for a, e in extensions.COMBINERS.items()
+                 if e.baseline and (a, None) in table and _has(table[(a, None)], col)]
+    decpg = sorted(_gossiping(table, lambda r: _has(r, col)), key=lambda r: -r["k"])
+    if not decpg or not any(not _entry(b["algo"]).entropy for b in baselines):  # needs plain PS, not only PS+entropy
         return NO_DATA, "needs PS and DecPG runs that logged training rewards"
     bar = max(b[f"{col}_median"] for b in baselines)
     wins = [r for r in decpg if r[f"{col}_median"] >= bar]
@@ -64,8 +76,7 @@ def claim_train(table: dict) -> tuple[str, str]:
 
 def claim_noise(table: dict) -> tuple[str, str]:
     cols = {"gradient disagreement": "grad_disagreement_mean", "update variance": "update_variance_mean"}
-    decpg = sorted((r for (a, _), r in table.items() if a == "decpg" and all(_has(r, c) for c in cols.values())),
-                   key=lambda r: r["k"])
+    decpg = sorted(_gossiping(table, lambda r: all(_has(r, c) for c in cols.values())), key=lambda r: r["k"])
     if len(decpg) < 2:
         return NO_DATA, "needs DecPG runs with at least two values of k"
     parts, ok = [], True
@@ -80,7 +91,7 @@ def claim_noise(table: dict) -> tuple[str, str]:
 
 def claim_test_trend(table: dict) -> tuple[str, str]:
     col = "average_test"
-    decpg = sorted((r for (a, _), r in table.items() if a == "decpg" and _has(r, col)), key=lambda r: -r["k"])
+    decpg = sorted(_gossiping(table, lambda r: _has(r, col)), key=lambda r: -r["k"])
     if len(decpg) < 2:
         return NO_DATA, "needs eval.json of DecPG runs with at least two values of k"
     values = [r[f"{col}_median"] for r in decpg]

@@ -16,7 +16,7 @@ from ... import yamlio
 from ...job import preflight
 from ...cli import check_output
 from ...config import ConfigError, compose, read_file, resolve
-from ...smac_maps import N_AGENTS as SMAC_MAPS
+from ...extensions import env_agents
 
 KEYS = ("config", "overlays", "out", "processes", "set", "grid", "seeds")
 # A cell's name is a file name (configs/<name>.yaml, logs/<name>.log, cells/<name>/): longer names are shortened
@@ -192,8 +192,7 @@ def _make_cell(path, out, name, values, lower, set_layer, procs_spec) -> Cell:
     try:
         cfg = compose(lower, upper)
         if procs_spec == "agents":
-            kind, _, map_name = cfg.env.name.partition(":")
-            procs = SMAC_MAPS.get(map_name) if kind in ("smax", "smac") else cfg.env.n_agents
+            procs = env_agents(cfg.env.name) or cfg.env.n_agents
             if procs is None:
                 raise ConfigError("processes: agents needs env.n_agents (or a SMAC map)")
         else:

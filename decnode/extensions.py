@@ -1,0 +1,169 @@
+"""The extension points' registries: algorithms (combiners), critic placements, environments.
+
+Each entry says what the rest of the code asks of it — whether an algorithm gossips on the kNN graph, how a run of
+it is labelled, whether a critic is per agent, how many agents an environment's map fixes, what it needs
+installed — so no module compares a name. Built-in implementations are named by import path (`Lazy`): they live in
+marl/ and envs/, floors above this one, and config.py checks names here without importing torch.
+
+Adding one is a class plus one line here, or a plugin (run.plugins, --plugin) that calls `COMBINERS.register`
+itself: README "Extending decnode".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+from .registry import ConfigError, Lazy, Registry
+from .smac_maps import N_AGENTS as SMAC_MAPS
+
+
+# ---- algorithms: how a step combines gradients and parameters --------------------------------------------------
+@dataclass(frozen=True)
+class CombinerEntry(Lazy):
+    """impl: a marl.combiners.Combiner subclass, built as cls(fabric, cls.streams[critic]) for the actor's rows
+    and (local critics) the critics'.
+
+    comm: what one combine sends — "gossip" (θ to the in-neighbours of the kNN graph of algo.k; algo.k and
+          algo.mix_every apply), "allreduce" (the mean gradient over all agents) or "none".
+    label: how plots and reports name a run; "{k}" is replaced by algo.k.
+    baseline: a parameter-sharing baseline the paper's claims compare DecPG against.
+    entropy: the baseline's "+entropy" variant (its bonus is configs' per_algo.<name>.entropy_coef, not code).
+    """
+
+    comm: str = "none"
+    label: str = ""
+    baseline: bool = False
+    entropy: bool = False
+
+    def __post_init__(self):
+        if self.comm not in ("gossip", "allreduce", "none"):
+            raise ValueError(f"comm must be gossip, allreduce or none, got {self.comm!r}")
+
+    @property
+    def gossips(self) -> bool:
+        """Talks to graph neighbours only: the run has a topology (algo.k), the fabric a gossip plan."""
+        return self.comm == "gossip"
+
+    def run_label(self, name: str, k) -> str:
+        return (self.label or name).replace("{k}", str(k))
+
+
+COMBINERS: Registry[CombinerEntry] = Registry("algorithm")
+COMBINERS.register("decpg", CombinerEntry("decnode.marl.combiners:DecPG", comm="gossip", label="DecPG k={k}"))
+COMBINERS.register("ps", CombinerEntry("decnode.marl.combiners:ParameterSharing", comm="allreduce", label="PS",
+                                       baseline=True))
+COMBINERS.register("ps_entropy", CombinerEntry("decnode.marl.combiners:ParameterSharing", comm="allreduce",
+                                               label="PS+entropy", baseline=True, entropy=True))
+
+
+def combiner(name: str) -> CombinerEntry:
+    return COMBINERS.get(name)
+
+
+def topology_k(algo) -> int:
+    """The kNN graph's k a job builds: algo.k for a gossiping algorithm, 0 (no edges) otherwise (PS's k is not a
+    topology). `algo`: the config's algo section (AlgoConfig or its dict)."""
+    name, k = (algo["name"], algo["k"]) if isinstance(algo, Mapping) else (algo.name, algo.k)
+    return k if combiner(name).gossips else 0
+
+
+def run_label(algo: Mapping) -> str:
+    """A run's label from its config's algo section (a dict); an algorithm no loaded plugin knows: its name."""
+    name = algo["name"]
+    return COMBINERS.get(name).run_label(name, algo.get("k")) if name in COMBINERS else str(name)
+
+
+# ---- critic placements ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CriticEntry(Lazy):
+    """impl: a class built as cls(fabric, state_dim=, seed=, algo=, agent_id=, T=, B=, hidden=, ...) with
+    prepare / epoch / state_dict / load_state_dict / saved_params / offline_advantages (marl/critic.py).
+
+    per_agent: one critic per agent, combined like the actor (rows = agents, an agent id may be appended to its
+               input); else one critic on rank 0 with a value head per agent. Preflight's memory estimate and the
+               α–β prediction count critics and their messages by it.
+    doc: one line for --help-config."""
+
+    per_agent: bool = False
+    doc: str = ""
+
+
+CRITICS: Registry[CriticEntry] = Registry("critic placement")
+CRITICS.register("central", CriticEntry("decnode.marl.critic:CentralCritic", per_agent=False,
+                                        doc="one critic on rank 0"))
+CRITICS.register("local", CriticEntry("decnode.marl.critic:LocalCritics", per_agent=True,
+                                      doc="one per agent, combined like the actor"))
+
+
+def critic(name: str) -> CriticEntry:
+    return CRITICS.get(name)
+
+
+# ---- environments ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EnvEntry(Lazy):
+    """impl: factory(arg, n_agents, *, backend, local_ratio, max_cycles, reward) -> envs.EnvFactory, where arg is
+    what follows ':' in env.name ("" without). Capabilities (splittable, has_win) are the env class's own, read from
+    EnvFactory.cls before any environment is built, so they are not repeated here.
+
+    maps: the names allowed after ':' and the agents each fixes (SMAC maps); None: the name takes no ':' part.
+    map_kind: what a map is called in messages.
+    title: the env's name in messages; min_agents: the least agent count it plays.
+    requires: modules that must be importable (found without importing them); extra: the pyproject extra that
+              installs them. check: a further check(env_name) raising ConfigError (e.g. StarCraft II's SC2PATH).
+    coordinator_bytes: memory rank 0 needs beyond a process (JAX), for preflight's estimate."""
+
+    maps: Mapping[str, int] | None = None
+    map_kind: str = "map"
+    title: str = ""
+    min_agents: int = 1
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+    check: Lazy | None = None
+    coordinator_bytes: int = 0
+
+
+def _spell_env(name: str, entry: EnvEntry) -> str:
+    return f"{name}:<map>" if entry.maps is not None else name
+
+
+ENVS: Registry[EnvEntry] = Registry("environment", spell=_spell_env)
+_SMAC_MAPS = MappingProxyType(dict(SMAC_MAPS))
+ENVS.register("simple_spread", EnvEntry("decnode.envs:spread_factory", title="Simple Spread", min_agents=2))
+ENVS.register("smax", EnvEntry("decnode.envs:smax_factory", maps=_SMAC_MAPS, map_kind="SMAC map", title="SMAX",
+                               requires=("jax", "jaxmarl"), extra="smax", coordinator_bytes=500 * 1024**2))
+ENVS.register("smac", EnvEntry("decnode.envs:smac_factory", maps=_SMAC_MAPS, map_kind="SMAC map",
+                               title="SMAC", check=Lazy("decnode.envs.smac:check_installed")))
+
+
+def split_env_name(name: str) -> tuple[str, str]:
+    """'smax:5m_vs_6m' -> ('smax', '5m_vs_6m'); 'simple_spread' -> ('simple_spread', ''). The one place an env
+    name is split."""
+    kind, _, arg = str(name).partition(":")
+    return kind, arg
+
+
+def env(name: str) -> tuple[EnvEntry, str]:
+    """The entry of env.name and what follows its ':'; an unknown kind is one ConfigError line."""
+    kind, arg = split_env_name(name)
+    if kind not in ENVS:
+        raise ConfigError(f"unknown environment '{name}' (known: {', '.join(ENVS.spelled())})")
+    return ENVS.get(kind), arg
+
+
+def env_agents(name: str) -> int | None:
+    """The agent count env.name fixes (a SMAC map's), None when the job chooses it; a bad name or map raises."""
+    entry, arg = env(name)
+    if entry.maps is None:
+        if arg:
+            raise ConfigError(f"env.name {split_env_name(name)[0]} takes no ':<map>', got '{name}'")
+        return None
+    if arg not in entry.maps:
+        raise ConfigError(f"unknown {entry.map_kind} '{arg}' (supported: {', '.join(entry.maps)})")
+    return entry.maps[arg]
+
+
+__all__ = ["COMBINERS", "CRITICS", "ENVS", "CombinerEntry", "CriticEntry", "EnvEntry", "combiner", "critic", "env",
+           "env_agents", "run_label", "split_env_name", "topology_k"]
