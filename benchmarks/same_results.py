@@ -2,7 +2,9 @@
 
 Runs the same tiny jobs with the code of BASE_REF (a temporary git worktree, PYTHONPATH pointing at it) and with
 this checkout, and compares what must be equal bit for bit:
-- models.pt: every key; tensors with torch.equal (run.out, the run directory, is the one key allowed to differ);
+- models.pt: every key; tensors with torch.equal (run.out, the run directory, is the one key allowed to differ;
+  a config key only one side has, added or removed since BASE_REF, is named on the job's line, not a difference:
+  wherever it changed a number, the numbers differ);
 - metrics.jsonl: every line, minus its `timing` and `sim` fields (wall-clock and CPU time), exactly;
 - timing.json: each rank's bytes and messages per section (what the communication carried);
 for decpg / ps / ps_entropy × central / local critic × (`--nproc 3`, `--nproc 1 --agents-per-process 3`), plus one
@@ -60,15 +62,18 @@ def run(code: Path, args: list[str], out: Path, timeout: float) -> str | None:
     return None
 
 
-def differ(a, b, key: str = "") -> str | None:
-    """The first key where A and B differ, or None."""
+def differ(a, b, key: str = "", notes: list | None = None) -> str | None:
+    """The first key where A and B differ, or None. A config key that only one side has (a key added or removed
+    since BASE_REF, e.g. run.plugins) goes to `notes`: its value shows wherever it changed a number."""
     if isinstance(a, dict) and isinstance(b, dict):
         if a.keys() != b.keys():
-            return f"{key or '/'}: keys {sorted(set(a) ^ set(b))}"
-        for k in a:
+            if not key.startswith("/config") or notes is None:
+                return f"{key or '/'}: keys {sorted(set(a) ^ set(b))}"
+            notes += [f"{key}/{k}"[len("/config/"):].replace("/", ".") for k in sorted(set(a) ^ set(b))]
+        for k in [k for k in a if k in b]:
             if f"{key}/{k}" == "/config/run/out":
                 continue
-            found = differ(a[k], b[k], f"{key}/{k}")
+            found = differ(a[k], b[k], f"{key}/{k}", notes)
             if found:
                 return found
         return None
@@ -76,7 +81,7 @@ def differ(a, b, key: str = "") -> str | None:
         if len(a) != len(b):
             return f"{key}: length {len(a)} != {len(b)}"
         for i, (x, y) in enumerate(zip(a, b)):
-            found = differ(x, y, f"{key}/{i}")
+            found = differ(x, y, f"{key}/{i}", notes)
             if found:
                 return found
         return None
@@ -108,9 +113,10 @@ def simulated(run_dir: Path) -> tuple[dict, str]:
     return profile, line
 
 
-def compare(old: Path, new: Path, wan: bool) -> str | None:
+def compare(old: Path, new: Path, wan: bool, notes: list) -> str | None:
+    """The first difference between the runs in OLD and NEW, or None; config keys only one has go to `notes`."""
     found = differ(torch.load(old / "models.pt", weights_only=False),
-                   torch.load(new / "models.pt", weights_only=False))
+                   torch.load(new / "models.pt", weights_only=False), notes=notes)
     if found:
         return f"models.pt {found}"
     found = differ(metrics(old), metrics(new))
@@ -148,12 +154,11 @@ def main() -> int:
                 old.mkdir()
                 new.mkdir()
                 error = run(base, args, old / "run", a.timeout) or run(ROOT, args, new / "run", a.timeout)
-                if error:
-                    verdict = f"FAILED: {error}"
-                else:
-                    verdict = compare(old / "run", new / "run", "--net" in args)
-                    verdict = verdict and f"DIFFERENT: {verdict}"
-                print(f"{name:34s} {verdict or 'same'}", flush=True)
+                notes: list[str] = []
+                found = None if error else compare(old / "run", new / "run", "--net" in args, notes)
+                verdict = f"FAILED: {error}" if error else f"DIFFERENT: {found}" if found else None
+                same = "same" + (f" (config keys on one side only: {', '.join(notes)})" if notes else "")
+                print(f"{name:34s} {verdict or same}", flush=True)
                 failed |= verdict is not None
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
