@@ -82,29 +82,35 @@ def test_two_namespace_hosts_train_together_and_leave_nothing_behind(tmp_path):
 
 
 @pytest.mark.skipif(not (ROOT and TOOLS and shutil.which("taskset")), reason="needs root, ip, tc, unshare, taskset")
-def test_a_slowed_host_and_a_capped_link_are_what_the_simulated_clock_predicts(measured):
-    """The validation table's smallest cell (benchmarks/netns.py): 2 hosts, k=1, 100 Mbit/s, host 1 slowed 2× by a
-    CPU quota; the same job on loopback with the matching profile. At 100 Mbit/s the wire is most of the
-    communication and tbf sets it, so the comparison does not hang on this host's CPU speed."""
+def test_a_slowed_host_on_a_capped_link_takes_the_time_the_simulated_clock_predicts(measured):
+    """The validation table's method on its smallest cell (benchmarks/netns.py): α fitted once on an uncapped
+    link, then 2 hosts, k=1, 100 Mbit/s, host 1 slowed 2× by a CPU quota, against the same job on loopback with
+    the matching profile (β the rate, speed 2 on host 1's rank). The table's 12 cells came within −14 %…+23 % of
+    the measured seconds per iteration on this kind of machine (README, "Simulating real nodes"), and this cell
+    alone 0.71–1.04 in four runs (α is fitted from a few iterations of a noisy host); the bound allows 1.67× either
+    way, so it catches a model that is off by a whole term (the block-sized gossip message was 2× on the wire)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import netns as bench
 
-    env = dict(os.environ, PYTHON=sys.executable, NETNS_TAG=f"v{os.getpid()}")
+    tag = f"v{os.getpid()}"
+    env = dict(os.environ, PYTHON=sys.executable, NETNS_TAG=tag)
     job = ["--agents-per-process", "2", "--iterations", "5", "--set", "env.n_agents=4", "--set", "eval.interval=0",
            "--set", "eval.episodes=1", "--set", "eval.test_episodes=1", "--set", "run.tensorboard=false",
            "--set", "run.checkpoint_interval=0"]
+    tmp = Path(tempfile.mkdtemp())
     try:
-        row = bench.measure(dict(k=1, rate="100mbit", slow=2.0), job, env, Path(tempfile.mkdtemp()), hosts=2)
+        fit = bench.calibrate_alpha(1, job, env, tmp, hosts=2)
+        row = bench.measure(dict(k=1, rate="100mbit", slow=2.0), job, env, tmp, hosts=2, alpha_s=fit["alpha_s"])
     finally:
-        _remove(env["NETNS_TAG"])
-    left = [d for d in os.listdir("/sys/fs/cgroup/cpu" if os.path.isdir("/sys/fs/cgroup/cpu") else "/sys/fs/cgroup")
-            if d.startswith(f"dn-{env['NETNS_TAG']}-")]
+        _remove(tag)
+        shutil.rmtree(tmp, ignore_errors=True)
+    cgroups = "/sys/fs/cgroup/cpu" if os.path.isdir("/sys/fs/cgroup/cpu") else "/sys/fs/cgroup"
+    left = [d for d in os.listdir(cgroups) if d.startswith(f"dn-{tag}-")]
     assert left == [], f"cgroups left behind: {left}"
-    comm, it = row["s_comm"] / row["m_comm"], row["s_iter"] / row["m_iter"]
-    measured(f"simulated/measured: communication {comm:.3f}, iteration {it:.3f} "
-             f"(measured {row['m_iter']:.3f} s/it, {row['m_comm']:.3f} s comm)")
-    assert 0.75 <= comm <= 1.33, row
-    assert 0.6 <= it <= 1.5, row
+    it = row["s_iter"] / row["m_iter"]
+    measured(f"simulated/measured seconds per iteration {it:.3f} (measured {row['m_iter']:.3f} s, α fitted "
+             f"{fit['alpha_s'] * 1e6:.0f} µs, gloo one way {fit['gloo_us']:.0f} µs)")
+    assert 0.6 <= it <= 1.67, row
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX only")
