@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "decnode"
-FLOORS = {"root": 0, "nn": 1, "envs": 1, "net": 2, "comm": 3, "marl": 4, "job": 5, "tools": 6}
+FLOORS = {"root": 0, "topology": 0, "nn": 1, "envs": 1, "net": 2, "comm": 3, "marl": 4, "job": 5, "tools": 6}
 SHIM = "decnode.run"  # `python -m decnode.run`: the one root module that imports a folder (job/run.py's main)
 # Modules outside comm/ and job/ that import torch.distributed today, and why; the test fails if one is added,
 # and also if one of these stops (so the list never claims more than is true).

@@ -1,0 +1,169 @@
+"""A communication graph as the rest of decnode sees it: one mixing matrix per round of a period (numpy only).
+
+Row i of a round's matrix W says whom agent i listens to in that round: θᵢ ← Σⱼ Wᵢⱼ θⱼ. A static graph has a period
+of one; a time-varying one (exp1peer) cycles through its matrices, round t using W_{t mod period}. A gossip round is
+one mixing step; the trainer counts them the same way on every rank, so no message says which round it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ..registry import ConfigError
+
+TOL = 1e-9  # how far a row or column sum may be from 1 (weights read from a file are rounded decimals)
+
+
+class GraphError(ConfigError):
+    """A graph a run cannot use; the message is one line naming the node (and the round) at fault."""
+
+
+def spectral_gap(P: np.ndarray) -> float:
+    """1 − (second-largest eigenvalue modulus) of a stochastic P."""
+    moduli = np.sort(np.abs(np.linalg.eigvals(P)))[::-1]
+    return max(0.0, float(1.0 - moduli[1])) if len(moduli) > 1 else 1.0
+
+
+def in_neighbours(P: np.ndarray, i: int) -> list[tuple[int, float]]:
+    """[(j, Pᵢⱼ)] for every j ≠ i that agent i receives from."""
+    return [(int(j), float(P[i, j])) for j in np.flatnonzero(P[i]) if j != i]
+
+
+def out_neighbours(P: np.ndarray, i: int) -> list[tuple[int, float]]:
+    """[(r, Pᵣᵢ)] for every r ≠ i that receives agent i's parameters."""
+    return [(int(r), float(P[r, i])) for r in np.flatnonzero(P[:, i]) if r != i]
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """name: the spec it was built from ("knn", "exp1peer", "file:ring.txt", ...); phases: the [n, n] float64
+    mixing matrices of one period; k: the kNN k when the graph is the paper's ring (labels), else None."""
+
+    name: str
+    phases: tuple
+    k: int | None = None
+
+    @property
+    def n(self) -> int:
+        return self.phases[0].shape[0]
+
+    @property
+    def period(self) -> int:
+        return len(self.phases)
+
+    @property
+    def time_varying(self) -> bool:
+        return self.period > 1
+
+    def matrix(self, t: int) -> np.ndarray:
+        """The mixing matrix of gossip round t (counted from 0)."""
+        return self.phases[t % self.period]
+
+    @cached_property
+    def union(self) -> np.ndarray:
+        """Boolean [n, n]: i receives from j ≠ i in some round of the period."""
+        A = np.zeros((self.n, self.n), dtype=bool)
+        for W in self.phases:
+            A |= W != 0
+        np.fill_diagonal(A, False)
+        return A
+
+    @property
+    def directed(self) -> bool:
+        """Some round has an edge one way only."""
+        return any(not np.array_equal(W != 0, (W != 0).T) for W in self.phases)
+
+    @property
+    def edgeless(self) -> bool:
+        """No agent ever receives: independent learners (kNN with k = 0)."""
+        return not self.union.any()
+
+    @property
+    def doubly_stochastic(self) -> bool:
+        return all(np.allclose(W.sum(axis=0), 1.0, atol=TOL) for W in self.phases)
+
+    @property
+    def circulant(self) -> bool:
+        """Every round's matrix is circulant (row i is row 0 shifted by i): XLA devices run it as whole shifts."""
+        n = self.n
+        return all(np.array_equal(W[i], np.roll(W[0], i)) for W in self.phases for i in range(n))
+
+    def gaps(self) -> list[float]:
+        """The spectral gap of each round's matrix."""
+        return [spectral_gap(W) for W in self.phases]
+
+    def period_gap(self) -> float:
+        """The spectral gap of one period's product W_{p−1} ⋯ W_0 (a static graph: its own gap)."""
+        prod = np.eye(self.n)
+        for W in self.phases:
+            prod = W @ prod
+        return spectral_gap(prod)
+
+    def in_degree(self) -> int:
+        """The largest number of agents any agent receives from in one round."""
+        return int(max(((W != 0).sum(axis=1) - (np.diag(W) != 0)).max() for W in self.phases))
+
+    def diameter(self) -> int | None:
+        """Longest shortest path (in hops, over the union of the period's edges); None if not strongly connected."""
+        n, A = self.n, self.union
+        reach = np.eye(n, dtype=bool)
+        for hops in range(n):
+            if reach.all():
+                return hops
+            reach = reach | (A.astype(np.int64) @ reach.astype(np.int64) > 0)  # j reaches i in one more hop
+        return None
+
+    def describe(self) -> dict:
+        """What the manifest and `decnode-topology` say about the graph."""
+        return {"topology": self.name, "n": self.n, "period": self.period, "directed": self.directed,
+                "doubly_stochastic": self.doubly_stochastic, "in_degree": self.in_degree(),
+                "diameter": self.diameter(), "spectral_gap": self.gaps(), "period_spectral_gap": self.period_gap()}
+
+
+def unreachable(A: np.ndarray) -> tuple[int, int] | None:
+    """(i, j) with j's parameters never reaching i along edges A[receiver, sender], or None if strongly connected."""
+    n = A.shape[0]
+    # reach[i, j]: j's parameters reach i; closing under "i receives from m and j reaches m" n times is enough.
+    reach = np.eye(n, dtype=bool) | A
+    for _ in range(int(np.ceil(np.log2(max(n, 2)))) + 1):
+        reach = reach | (reach.astype(np.int64) @ reach.astype(np.int64) > 0)
+    bad = np.argwhere(~reach)
+    return (int(bad[0][0]), int(bad[0][1])) if len(bad) else None
+
+
+def check_graph(graph: Graph, doubly_stochastic: bool, algorithm: str) -> None:
+    """Refuse, in one line naming the node at fault, a graph `algorithm` cannot gossip on: a negative weight, a row
+    not summing to 1, not strongly connected over one period (an edgeless graph is allowed: independent learners),
+    or (doubly_stochastic) a column not summing to 1."""
+    where = lambda t: f" in round {t}" if graph.time_varying else ""  # noqa: E731
+    for t, W in enumerate(graph.phases):
+        if W.shape != (graph.n, graph.n):
+            raise GraphError(f"topology {graph.name}: round {t}'s matrix is {W.shape}, expected {graph.n}×{graph.n}")
+        neg = np.argwhere(W < 0)
+        if len(neg):
+            i, j = neg[0]
+            raise GraphError(f"topology {graph.name}: node {i} gives node {j} a negative weight {W[i, j]:g}{where(t)}")
+        rows = W.sum(axis=1)
+        bad = np.flatnonzero(np.abs(rows - 1.0) > TOL)
+        if len(bad):
+            raise GraphError(f"topology {graph.name}: node {bad[0]}'s weights sum to {rows[bad[0]]:.6g}{where(t)}, "
+                             "not 1 (row-stochastic mixing: θᵢ ← Σⱼ Wᵢⱼ θⱼ)")
+    if not graph.edgeless:
+        missing = unreachable(graph.union)
+        if missing is not None:
+            i, j = missing
+            over = " over one period" if graph.time_varying else ""
+            raise GraphError(f"topology {graph.name} is not strongly connected{over}: node {j}'s parameters never "
+                             f"reach node {i}")
+    if doubly_stochastic:
+        for t, W in enumerate(graph.phases):
+            cols = W.sum(axis=0)
+            bad = np.flatnonzero(np.abs(cols - 1.0) > TOL)
+            if len(bad):
+                hint = ("algo.weights=metropolis makes an undirected graph's weights doubly stochastic"
+                        if not graph.directed else "push-sum gossip (issue 27) accepts a directed graph's weights")
+                raise GraphError(f"topology {graph.name}: {algorithm} needs doubly stochastic weights, but the weights "
+                                 f"on node {bad[0]}'s parameters sum to {cols[bad[0]]:.6g}{where(t)}; {hint}")
