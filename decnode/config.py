@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlio
-from .extensions import COMBINERS, CRITICS, ENVS, combiner, critic, env_agents
+from .extensions import COMBINERS, CRITICS, ENVS, combiner, critic, env_agents, job_graph
 from .extensions import env as env_entry
-from .registry import ConfigError, Registry, load_plugins  # ConfigError: imported from here, as always
+from .registry import ConfigError, Registry, load_plugins
+from .topology import shift_refusal  # ConfigError: imported from here, as always
 
 # Seeds reach numpy's SeedSequence (no negatives), torch.Generator.manual_seed (< 2⁶⁴) and JAX's PRNGKey
 # (a C long: < 2⁶³); evaluation and the landscape add offsets below 2²² (evaluate.py, landscape.py).
@@ -57,6 +59,11 @@ class EnvConfig:
 class AlgoConfig:
     name: str = _key("decpg", "algorithm", COMBINERS)
     k: int = _key(4, "kNN topology: neighbours per agent (decpg only), in [0, n-1]")
+    topology: str = _key("knn", "the gossip graph (decpg only): knn (the paper's ring of algo.k) | ring | torus[:RxC] "
+                         "| exp | exp1peer | random_regular | complete | file:PATH (README 'Topologies')")
+    weights: str = _key("uniform", "gossip weights: uniform (1/(in-degree+1), the paper's) | metropolis "
+                        "(Metropolis–Hastings, undirected graphs)", ("uniform", "metropolis"))
+    degree: int = _key(3, "random_regular: each agent's number of neighbours", "min1")
     mix_every: str = _key("step", "decpg: one gossip round per SGD step, or once per iteration", ("step", "iteration"))
     critic: str = _key("central", "", CRITICS)
     agents_per_process: int | None = _key(None, "agents held by each process; null: n_agents / processes", "min1")
@@ -414,6 +421,10 @@ def resolve(cfg: Config, n_procs: int) -> Config:
                           "per agent)")
     if combiner(algo.name).gossips and not 0 <= algo.k <= n - 1:
         raise ConfigError(f"algo.k must be in [0, {n - 1}] for n={n} agents, got k={algo.k}")
+    # A graph file is found from any directory a worker or a resume runs in.
+    if algo.topology.startswith("file:") and algo.topology != "file:":
+        algo.topology = "file:" + os.path.abspath(os.path.expanduser(algo.topology[len("file:"):]))
+    graph = job_graph(cfg)  # the graph is built and checked (a one-line GraphError naming the node at fault)
     if tr.num_minibatch != 1:
         raise ConfigError(f"train.num_minibatch must be 1 (full batch, as in the paper), got {tr.num_minibatch}")
     if tr.chunk_length is not None and env.episode_length % tr.chunk_length:
@@ -423,6 +434,8 @@ def resolve(cfg: Config, n_procs: int) -> Config:
         profile = cfg.net.profile if isinstance(cfg.net.profile, str) else cfg.net.profile.get("name")
         unsupported = [what for what, bad in ((f"net.profile={profile}", cfg.net.profile != "loopback"),
                                               ("faults", bool(cfg.faults))) if bad]
+        if shift_refusal(graph):
+            raise ConfigError(shift_refusal(graph))
         if unsupported:
             raise ConfigError(f"run.device=xla does not support {', '.join(unsupported)} (the CPU placement does)")
     return cfg

@@ -11,6 +11,7 @@ itself: README "Extending decnode".
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -25,9 +26,11 @@ class CombinerEntry(Lazy):
     """impl: a marl.combiners.Combiner subclass, built as cls(fabric, cls.streams[critic]) for the actor's rows
     and (local critics) the critics'.
 
-    comm: what one combine sends — "gossip" (θ to the in-neighbours of the kNN graph of algo.k; algo.k and
-          algo.mix_every apply), "allreduce" (the mean gradient over all agents) or "none".
-    label: how plots and reports name a run; "{k}" is replaced by algo.k.
+    comm: what one combine sends — "gossip" (θ to the in-neighbours of the graph algo.topology; algo.k, algo.weights,
+          algo.degree and algo.mix_every apply), "allreduce" (the mean gradient over all agents) or "none".
+    label: how plots and reports name a run; "{graph}" is replaced by "k=<algo.k>" on the kNN ring, else by the
+           topology's name; "{k}" by algo.k.
+    doubly_stochastic: a gossiping algorithm that needs doubly stochastic weights (DSGD: the average is kept).
     baseline: a parameter-sharing baseline the paper's claims compare DecPG against.
     entropy: the baseline's "+entropy" variant (its bonus is configs' per_algo.<name>.entropy_coef, not code).
     """
@@ -36,6 +39,7 @@ class CombinerEntry(Lazy):
     label: str = ""
     baseline: bool = False
     entropy: bool = False
+    doubly_stochastic: bool = True
 
     def __post_init__(self):
         if self.comm not in ("gossip", "allreduce", "none"):
@@ -43,15 +47,16 @@ class CombinerEntry(Lazy):
 
     @property
     def gossips(self) -> bool:
-        """Talks to graph neighbours only: the run has a topology (algo.k), the fabric a gossip plan."""
+        """Talks to graph neighbours only: the run has a topology (algo.topology), the fabric a gossip plan."""
         return self.comm == "gossip"
 
-    def run_label(self, name: str, k) -> str:
-        return (self.label or name).replace("{k}", str(k))
+    def run_label(self, name: str, k, graph: str | None = None) -> str:
+        graph = f"k={k}" if graph is None else graph
+        return (self.label or name).replace("{graph}", graph).replace("{k}", str(k))
 
 
 COMBINERS: Registry[CombinerEntry] = Registry("algorithm")
-COMBINERS.register("decpg", CombinerEntry("decnode.marl.combiners:DecPG", comm="gossip", label="DecPG k={k}"))
+COMBINERS.register("decpg", CombinerEntry("decnode.marl.combiners:DecPG", comm="gossip", label="DecPG {graph}"))
 COMBINERS.register("ps", CombinerEntry("decnode.marl.combiners:ParameterSharing", comm="allreduce", label="PS",
                                        baseline=True))
 COMBINERS.register("ps_entropy", CombinerEntry("decnode.marl.combiners:ParameterSharing", comm="allreduce",
@@ -72,7 +77,36 @@ def topology_k(algo) -> int:
 def run_label(algo: Mapping) -> str:
     """A run's label from its config's algo section (a dict); an algorithm no loaded plugin knows: its name."""
     name = algo["name"]
-    return COMBINERS.get(name).run_label(name, algo.get("k")) if name in COMBINERS else str(name)
+    if name not in COMBINERS:
+        return str(name)
+    return COMBINERS.get(name).run_label(name, algo.get("k"), topology_label(algo))
+
+
+def topology_label(algo: Mapping) -> str:
+    """How a run names its graph: "k=4" (the kNN ring), "exp1peer", "random_regular d=4", "file:NAME" (the file's
+    name only), with ", metropolis" for Metropolis–Hastings weights."""
+    topo = str(algo.get("topology", "knn"))
+    if topo == "knn":
+        topo = f"k={algo.get('k')}"
+    if topo.startswith("file:"):
+        topo = "file:" + os.path.basename(topo[len("file:"):])
+    if topo == "random_regular":
+        topo += f" d={algo.get('degree', 3)}"
+    return topo + (", metropolis" if algo.get("weights", "uniform") == "metropolis" else "")
+
+
+def job_graph(cfg):
+    """The graph a job gossips on (topology.Graph), checked for its algorithm (a one-line GraphError naming the
+    node at fault): algo.topology for a gossiping algorithm, else the edgeless graph (PS's k is not a topology)."""
+    from .topology import build_graph, check_graph
+
+    algo, n = cfg.algo, cfg.env.n_agents
+    entry = combiner(algo.name)
+    if not entry.gossips:
+        return build_graph("knn", n, k=0)
+    graph = build_graph(algo.topology, n, k=algo.k, degree=algo.degree, weights=algo.weights, seed=cfg.train.seed)
+    check_graph(graph, entry.doubly_stochastic, algo.name)
+    return graph
 
 
 # ---- critic placements ---------------------------------------------------------------------------------------
@@ -166,4 +200,4 @@ def env_agents(name: str) -> int | None:
 
 
 __all__ = ["COMBINERS", "CRITICS", "ENVS", "CombinerEntry", "CriticEntry", "EnvEntry", "combiner", "critic", "env",
-           "env_agents", "run_label", "split_env_name", "topology_k"]
+           "env_agents", "job_graph", "run_label", "split_env_name", "topology_k", "topology_label"]

@@ -17,7 +17,7 @@ from .transport import Collectives, process_group, stream_tag
 from .watchdog import Watchdog
 from ..net.link import Link
 from ..timing import Recorder, Section
-from ..topology import block_plan, mixing_matrix
+from ..topology import Graph, block_plan, build_graph
 
 
 class GossipHandle:
@@ -38,10 +38,14 @@ class GossipHandle:
 
 
 class Fabric(AgentBlocks, Collectives):
-    """The collectives plus what needs the agents: gossip over the kNN ring, the mean over all agents, and the
-    per-step exchange between rank 0 (the environments) and each rank's block of agents (api.Fabric on gloo)."""
+    """The collectives plus what needs the agents: gossip over the job's graph, the mean over all agents, and the
+    per-step exchange between rank 0 (the environments) and each rank's block of agents (api.Fabric on gloo).
 
-    def __init__(self, n_agents: int, k: int, rank: int = 0, world: int = 1, timeout_s: float = 300.0,
+    `graph`: a topology.Graph, or an int k for the paper's kNN ring. Gossip round t mixes with the graph's matrix
+    of round t (a time-varying graph changes whom it sends to each round); every rank counts rounds alike — per
+    stream, from `rounds_per_iteration` × the iteration begun when the trainer sets it — so no message says which."""
+
+    def __init__(self, n_agents: int, graph: Graph | int, rank: int = 0, world: int = 1, timeout_s: float = 300.0,
                  recorder: Recorder | None = None, exchange: str = "p2p", link: Link | None = None,
                  watch: Watchdog | None = None):
         if n_agents % world:
@@ -53,16 +57,36 @@ class Fabric(AgentBlocks, Collectives):
         # How rank 0 and the agents swap observations and actions each step: posted point-to-point messages, or
         # scatter/gather collectives (benchmarks/comm.py measures both; they are close here).
         self.exchange = exchange
-        self.P = mixing_matrix(n_agents, k)
-        self.plan = block_plan(self.P, world, rank)
-        self._gossip_state: dict[str, dict] = {}
+        self.graph = graph if isinstance(graph, Graph) else build_graph("knn", n_agents, k=graph)
+        if self.graph.n != n_agents:
+            raise ValueError(f"the graph has {self.graph.n} nodes, but the job has {n_agents} agents")
+        self.P = self.graph.phases[0]
+        self.plans = [block_plan(W, world, rank) for W in self.graph.phases]  # one per round of the period
+        self.plan = self.plans[0]
+        self.rounds_per_iteration: int | None = None  # gossip rounds of a stream per iteration (the trainer's)
+        self._rounds: dict[str, int] = {}  # per stream: rounds posted since the iteration began (or ever)
+        self._gossip_state: dict[tuple, dict] = {}
+
+    def begin_iteration(self, iteration: int) -> None:
+        super().begin_iteration(iteration)
+        self._rounds.clear()
+
+    def gossip_round(self, name: str) -> int:
+        """The round the next gossip on stream `name` is: counted from the iteration when the trainer says how many
+        rounds an iteration has (so a resumed job continues the period where it stopped), else since the start."""
+        done = self._rounds.get(name, 0)
+        if self.rounds_per_iteration is None:
+            return done
+        return max(self.iteration - 1, 0) * self.rounds_per_iteration + done
 
     # ---- DSGD mixing -----------------------------------------------------------------------------------------
     def gossip_start(self, x: torch.Tensor, name: str = Section.GOSSIP) -> GossipHandle:
         """Post one mixing round of the local rows x [a, D] on stream `name` (one of P2P_STREAMS); x may be
         changed as soon as this returns. Each stream has its own tag and buffers, so several may be in flight."""
-        st = self._gossip_state.get(name) or self._make_gossip_state(name, x.shape[1], x.dtype)
-        if st["in_flight"]:
+        t = self.gossip_round(name)
+        phase = t % self.graph.period
+        st = self._gossip_state.get((name, phase)) or self._make_gossip_state(name, phase, x.shape[1], x.dtype)
+        if any(s["in_flight"] for (stream, _), s in self._gossip_state.items() if stream == name):
             raise RuntimeError(f"gossip stream '{name}' posted again before its previous round was waited on")
         if (x.shape[1], x.dtype) != st["key"]:
             raise ValueError(f"gossip stream '{name}' carries rows of {st['key']}, got {(x.shape[1], x.dtype)}: "
@@ -77,11 +101,12 @@ class Fabric(AgentBlocks, Collectives):
                 works += self._isend(x, peer, tag, rows)
             self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
         st["in_flight"] = True
+        self._rounds[name] = self._rounds.get(name, 0) + 1
         return GossipHandle(self, st, works, name, stamps)
 
-    def _make_gossip_state(self, name: str, dim: int, dtype: torch.dtype) -> dict:
-        # Allocated once per stream: no model-sized allocation per round.
-        plan = self.plan
+    def _make_gossip_state(self, name: str, phase: int, dim: int, dtype: torch.dtype) -> dict:
+        # Allocated once per stream and round of the period: no model-sized allocation per round.
+        plan = self.plans[phase]
         n_recv = sum(len(v) for v in plan.recv.values())
         st = {
             "tag": stream_tag(name),
@@ -98,7 +123,7 @@ class Fabric(AgentBlocks, Collectives):
             st["recv_slices"][q] = (offset, offset + len(plan.recv[q]))
             offset += len(plan.recv[q])
         st["send_bytes"] = sum(len(r) for r in plan.send.values()) * dim * st["buf"].element_size()
-        self._gossip_state[name] = st
+        self._gossip_state[(name, phase)] = st
         return st
 
     # ---- coordinator <-> agents ------------------------------------------------------------------------------
@@ -160,11 +185,11 @@ class Fabric(AgentBlocks, Collectives):
             return None
 
 
-def open_fabric(n_agents: int, k: int, timeout_s: float, recorder: Recorder | None = None, exchange: str = "p2p",
+def open_fabric(n_agents: int, graph: Graph | int, timeout_s: float, recorder: Recorder | None = None, exchange: str = "p2p",
                 link=None, hang_warning_s: float | None = None):
     """The training job's Fabric over this process group (context manager). `link(rank, world)`: this rank's Link
     (net/link.py: the network to simulate, the faults to inject); none by default."""
     def build(rank, world, watch):
-        return Fabric(n_agents, k, rank, world, timeout_s, recorder, exchange,
+        return Fabric(n_agents, graph, rank, world, timeout_s, recorder, exchange,
                       link(rank, world) if link is not None else None, watch)
     return process_group(timeout_s, build, hang_warning_s)

@@ -29,7 +29,7 @@ from .api import AgentBlocks
 from .transport import CommError
 from ..net.link import Link
 from ..timing import Recorder, Section
-from ..topology import mixing_matrix, shift_plan
+from ..topology import Graph, build_graph, shift_plan, shift_refusal
 
 _SYNC_LOCK = threading.Lock()  # one thread at a time traces and launches the step's graph
 _BOARDS: dict[int, "HostBoard"] = {}
@@ -94,7 +94,7 @@ class XlaFabric(AgentBlocks):
     of the shared memory of threads. Written for TPU VMs and never run: CPU devices cannot be split over processes
     (each process then sees a world of one), and there is no TPU here."""
 
-    def __init__(self, n_agents: int, k: int, timeout_s: float = 300.0, recorder: Recorder | None = None,
+    def __init__(self, n_agents: int, graph: Graph | int, timeout_s: float = 300.0, recorder: Recorder | None = None,
                  host=None):
         import torch_xla
         import torch_xla.core.xla_model as xm
@@ -115,7 +115,11 @@ class XlaFabric(AgentBlocks):
         self.n_agents = n_agents
         self.per_process = n_agents // self.world
         self.agents = self.rows_of(self.rank)
-        self.P = mixing_matrix(n_agents, k)
+        self.graph = graph if isinstance(graph, Graph) else build_graph("knn", n_agents, k=graph)
+        refused = shift_refusal(self.graph)
+        if refused:
+            raise ValueError(refused)
+        self.P = self.graph.phases[0]
         self.plan = shift_plan(self.P, self.world)
         # Shift s: device q sends to q − s, so device r receives the rows of device r + s.
         self._pairs = [[[q, (q - s) % self.world] for q in range(self.world)] for s in self.plan.shifts]

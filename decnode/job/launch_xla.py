@@ -35,7 +35,7 @@ def device_main(index: int, cfg_dict: dict, run_dir: str, resume: bool, devices:
     from ..comm.transport import CommError
     from ..comm.xla import XlaFabric
     from ..config import from_dict
-    from ..extensions import topology_k
+    from ..extensions import job_graph
     from .logger import RunLogger
     from .rundir import RunDirWriteError
     from .trainer import NonFiniteError, train
@@ -43,9 +43,9 @@ def device_main(index: int, cfg_dict: dict, run_dir: str, resume: bool, devices:
     cfg = from_dict(cfg_dict, "launcher")
     # The host's work (environments, the central critic, the host side of acting) may use every core.
     torch.set_num_threads(cfg.run.threads or len(cores.allowed()))
-    k = topology_k(cfg.algo)  # PS never gossips: its k is not a topology
+    graph = job_graph(cfg)  # PS never gossips: its graph has no edges
     with host_fabric(cfg) as host:
-        fabric = XlaFabric(cfg.env.n_agents, k, cfg.run.timeout_s, host=host)
+        fabric = XlaFabric(cfg.env.n_agents, graph, cfg.run.timeout_s, host=host)
         if fabric.world != devices:
             raise ValueError(f"--nproc {devices}, but torch_xla runs {fabric.world} devices here "
                              f"(PJRT_DEVICE={os.environ.get('PJRT_DEVICE')})")

@@ -23,7 +23,7 @@ from .. import yamlio
 from ..net import faults, profile
 from . import cores, dirlock, metricsfile, preflight, restart, rundir
 from ..elastic import attempt, max_restarts
-from ..extensions import COMBINERS, CRITICS, combiner, topology_k
+from ..extensions import COMBINERS, CRITICS, combiner, job_graph
 from ..cli import OneLineParser
 from ..cli import fail as _fail
 from ..config import Config, ConfigError, compose, from_dict, help_config, parse_override, read_file, resolve
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", metavar="NAME", help=f"algorithm: {', '.join(COMBINERS.names())} or a plugin's "
                    "(config algo.name)")
     p.add_argument("--k", type=int, help="kNN topology: neighbours per agent (config algo.k)")
+    p.add_argument("--topology", metavar="NAME", help="the gossip graph: knn (default, the paper's ring of --k), ring, "
+                   "torus, exp, exp1peer, random_regular, complete, file:PATH (config algo.topology)")
     p.add_argument("--critic", metavar="NAME", help=f"critic placement: {', '.join(CRITICS.names())} or a plugin's "
                    "(config algo.critic)")
     p.add_argument("--iterations", type=int, help="training iterations (config train.iterations)")
@@ -78,7 +80,7 @@ def under_torchrun() -> bool:
 
 
 def _cli_layers(args: argparse.Namespace) -> list[tuple[str, dict]]:
-    flags = {"algo": {"name": args.algo, "k": args.k, "critic": args.critic,
+    flags = {"algo": {"name": args.algo, "k": args.k, "topology": args.topology, "critic": args.critic,
                       "agents_per_process": args.agents_per_process},
              "train": {"iterations": args.iterations, "seed": args.seed},
              "run": {"out": args.out, "plugins": args.plugin or None},
@@ -283,9 +285,9 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
         saved = state["iteration"] if state else None
         record = restart.record(run_dir, int(os.environ.get("WORLD_SIZE", "1")), saved)
         print(f"decnode-run: {restart.describe(record)}", flush=True)
-    k = topology_k(cfg.algo)  # PS never gossips: its k is not a topology
+    graph = job_graph(cfg)  # PS never gossips: its graph has no edges
     with restart.noted(run_dir, rank, record), \
-            open_fabric(cfg.env.n_agents, k, cfg.run.timeout_s, exchange=cfg.run.exchange,
+            open_fabric(cfg.env.n_agents, graph, cfg.run.timeout_s, exchange=cfg.run.exchange,
                         link=lambda rank, world: Link.for_job(cfg, rank, world),
                         hang_warning_s=cfg.run.hang_warning_s) as fabric:
         restarts = restart.unlogged(run_dir, state and state["iteration"]) if record else None

@@ -30,7 +30,7 @@ LOCK = ".decnode-run.lock"  # held by the job using the directory (dirlock.py); 
 # output, decnode-landscape, decnode-plot's default RUN_DIR/plots.
 WRITES = (MANIFEST, LOCK, "config.yaml", "metrics.jsonl", "timing.json", "trace.json", "models.pt", "models.pt.tmp",
           "checkpoint.pt", "checkpoint.pt.tmp", "models.pt.sha256", "models.pt.sha256.tmp", "checkpoint.pt.sha256",
-          "checkpoint.pt.sha256.tmp", "processes.json", "eval.json", "landscape.npz", "landscape_*.png",
+          "checkpoint.pt.sha256.tmp", "processes.json", "topology.json", "eval.json", "landscape.npz", "landscape_*.png",
           "tb/events.out.tfevents.*", "plots/*.png", "config.yaml.tmp", "attempts/*.json", "attempts/*.json.tmp")
 TRAINED = ("checkpoint.pt", "models.pt")
 # What decnode's other commands leave in a directory they write into (outputs.py): the record of the files they

@@ -25,6 +25,7 @@ from . import cores, metricsfile, report_end
 from .rundir import writing
 from ..marl.actor import ActorBlock, row_pool
 from ..marl.combiners import make_combiner
+from ..extensions import combiner
 from ..comm.api import Fabric
 from ..config import Config
 from ..marl.critic import make_critic
@@ -77,6 +78,12 @@ class Trainer:
                            else range(tr.ppo_epochs - 1, tr.ppo_epochs))
 
         self.actor_combiner = make_combiner(cfg.algo.name, fabric)
+        # Gossip rounds are counted per iteration, so a time-varying graph's round is the same on every rank and
+        # after a resume; its matrices' gaps are what metrics.jsonl reports for the rounds each iteration ran.
+        self.gossips = combiner(cfg.algo.name).gossips
+        fabric.rounds_per_iteration = len(self.mix_epochs)
+        self.graph_gaps = fabric.graph.gaps() if self.gossips else None
+        self.period_gap = fabric.graph.period_gap() if self.gossips else None
         native.gru_ops()  # load (or build) the C++ GRU now: in the first rollout step it would delay iteration 1
         self.critic = make_critic(cfg.algo.critic, fabric, algo=cfg.algo.name, state_dim=state_dim,
                                   agent_id=env_cfg.state_agent_id, seed=tr.seed, T=self.T, B=self.B, hidden=tr.hidden,
@@ -186,6 +193,12 @@ class Trainer:
                **{key: sums[key] / n for key in ("policy_loss", "entropy", "grad_norm", "approx_kl", "clip_fraction")},
                "value_loss": sums["value_loss"] / critic_rows,
                "explained_variance": sums["explained_variance"] / critic_rows, **variances}
+        if self.gossips:  # the spectral gap of each round this iteration mixed with (paper A.2)
+            R, graph = len(self.mix_epochs), self.fabric.graph
+            gaps = [self.graph_gaps[t % graph.period] for t in range((self.iteration - 1) * R, self.iteration * R)]
+            out["spectral_gap"] = float(np.mean(gaps))
+            if graph.time_varying:
+                out["spectral_gap_rounds"], out["period_spectral_gap"] = gaps, self.period_gap
         if self.coordinator:
             rets = coord.episode_returns
             out["train_reward"] = float(np.mean(rets)) if rets else None
@@ -313,6 +326,12 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     with fabric.recorder.section(Section.SETUP):
         trainer = Trainer(cfg, fabric, run_dir, resume)
     oversubscribed = _record_processes(trainer, run_dir)
+    if trainer.coordinator and trainer.gossips:
+        with trainer.writing("topology.json"):  # the graph by content: a file: topology stays on record
+            graph = fabric.graph
+            (Path(run_dir) / "topology.json").write_text(json.dumps(
+                {**graph.describe(), "weights": cfg.algo.weights,
+                 "matrices": [W.tolist() for W in graph.phases]}))
     logger = (RunLogger(run_dir, cfg.train.iterations, trainer.iteration, cfg.run.tensorboard, trainer.writing,
                         trainer.last_line) if trainer.coordinator else None)
     # The heap that setup built (torch, the envs, the nets: ~10^6 objects) is moved out of the collector's sight:

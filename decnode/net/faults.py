@@ -29,9 +29,9 @@ import time
 from ..config import Config, ConfigError
 from ..elastic import attempt
 from ..registry import Registry
-from ..extensions import combiner
+from ..extensions import combiner, job_graph, topology_label
 from .profile import load_profile
-from ..topology import block_plan, mixing_matrix
+from ..topology import block_plan
 
 
 class Effect:
@@ -180,9 +180,9 @@ def _links(cfg: Config, world: int) -> set[tuple[int, int]]:
     if cfg.run.exchange == "p2p":
         links |= {(0, r) for r in range(1, world)} | {(r, 0) for r in range(1, world)}
     if combiner(cfg.algo.name).gossips and world > 1:
-        P = mixing_matrix(cfg.env.n_agents, cfg.algo.k)
-        for dst in range(world):
-            links |= {(src, dst) for src in block_plan(P, world, dst).recv}
+        for P in job_graph(cfg).phases:  # a time-varying graph: a link of any round
+            for dst in range(world):
+                links |= {(src, dst) for src in block_plan(P, world, dst).recv}
     return links
 
 
@@ -240,7 +240,7 @@ def validate(cfg: Config, world: int, done: int = 0) -> list[dict]:
             links = _links(cfg, world) if links is None else links
             if tuple(link) not in links:
                 raise ConfigError(f"{where}: link {link[0]}→{link[1]} carries no messages in this job: not an edge of "
-                                  f"the kNN graph (k={cfg.algo.k}, {world} processes) nor rank 0's exchange with a rank")
+                                  f"the graph ({topology_label(vars(cfg.algo))}, {world} processes) nor rank 0's exchange with a rank")
         kind.check(entry, cfg, where)
         out.append({**entry, "index": i})
     return out

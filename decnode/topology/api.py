@@ -102,6 +102,12 @@ class Graph:
             prod = W @ prod
         return spectral_gap(prod)
 
+    def round_gap(self) -> float:
+        """The gap per round: a static graph's own; a time-varying graph's period product's, per round
+        (1 − (1 − gap)^(1/period)), so graphs of different periods compare on one axis (a one-peer exponential graph
+        that averages exactly in its period scores 1, as the complete graph does)."""
+        return self.gaps()[0] if not self.time_varying else 1.0 - (1.0 - self.period_gap()) ** (1.0 / self.period)
+
     def in_degree(self) -> int:
         """The largest number of agents any agent receives from in one round."""
         return int(max(((W != 0).sum(axis=1) - (np.diag(W) != 0)).max() for W in self.phases))
@@ -120,7 +126,8 @@ class Graph:
         """What the manifest and `decnode-topology` say about the graph."""
         return {"topology": self.name, "n": self.n, "period": self.period, "directed": self.directed,
                 "doubly_stochastic": self.doubly_stochastic, "in_degree": self.in_degree(),
-                "diameter": self.diameter(), "spectral_gap": self.gaps(), "period_spectral_gap": self.period_gap()}
+                "diameter": self.diameter(), "spectral_gap": self.gaps(), "period_spectral_gap": self.period_gap(),
+                "round_spectral_gap": self.round_gap()}
 
 
 def unreachable(A: np.ndarray) -> tuple[int, int] | None:

@@ -77,3 +77,15 @@ def shift_plan(P: np.ndarray, n_devices: int) -> ShiftPlan:
             rows.append([j - s * a for j in needed])
             columns += needed
     return ShiftPlan(shifts, rows, P[np.ix_(list(mine), columns)])
+
+
+def shift_refusal(graph) -> str | None:
+    """Why the XLA placement cannot gossip on `graph` (one line), or None: devices move whole blocks by shifts,
+    which one static circulant matrix maps to (topology.shift_plan)."""
+    if graph.time_varying:
+        return (f"run.device=xla gossips on static circulant graphs only; topology {graph.name} changes every round "
+                "(the CPU placement runs it)")
+    if not graph.circulant:
+        return (f"run.device=xla gossips on circulant graphs only (knn, ring, exp, complete); topology {graph.name} "
+                "is not (the CPU placement runs it)")
+    return None

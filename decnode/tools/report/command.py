@@ -43,7 +43,7 @@ from ..evalmodes import MODES
 from ...cli import AnalysisError, OneLineParser, fail
 from ...job import metricsfile
 from ...job.rundir import CONFIG, MANIFEST
-from ...topology import mixing_matrix, spectral_gap
+from ...topology import GraphError, build_graph
 
 PROG = "decnode-report"
 FINAL_FRACTION = 0.1  # final training reward: mean over the last 10% of logged values (at least one)
@@ -126,10 +126,17 @@ def _gossips(algo: str) -> bool:
 
 
 def topology_gap(cfg: dict) -> float | None:
-    """Spectral gap of DecPG's kNN ring (PS has no topology; nor an algorithm no loaded plugin knows)."""
+    """Spectral gap per round of the run's graph (Graph.round_gap; PS has no topology, nor an algorithm no loaded
+    plugin knows; a graph that cannot be built again, e.g. a file since removed: None)."""
     if not _gossips(cfg["algo"]["name"]):
         return None
-    return spectral_gap(mixing_matrix(int(cfg["env"]["n_agents"]), int(cfg["algo"]["k"])))
+    algo = cfg["algo"]
+    try:
+        return build_graph(algo.get("topology", "knn"), int(cfg["env"]["n_agents"]), k=int(algo["k"]),
+                           degree=int(algo.get("degree", 3)), weights=algo.get("weights", "uniform"),
+                           seed=int(cfg["train"]["seed"])).round_gap()
+    except GraphError:
+        return None
 
 
 def final_mean(values: list[float]) -> float:
