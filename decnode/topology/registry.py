@@ -33,11 +33,13 @@ class GraphArgs:
 @dataclass(frozen=True)
 class TopologyEntry:
     """build: GraphArgs -> [arrays per round]; doc: one line for --help and decnode-topology; arg: what may follow
-    ':' in the name (None: nothing may)."""
+    ':' in the name (None: nothing may); layout: GraphArgs -> [n, 2] node positions for decnode-topology --draw
+    (None: a circle)."""
 
     build: Callable[[GraphArgs], list]
     doc: str
     arg: str | None = None
+    layout: Callable[[GraphArgs], np.ndarray] | None = None
 
 
 TOPOLOGIES: Registry[TopologyEntry] = Registry("topology")

@@ -1,3 +1,3 @@
 """The built-in graphs, one file each; each registers itself in topology.registry.TOPOLOGIES on import."""
 
-from . import complete, exp, exp1peer, knn, ring  # noqa: F401
+from . import complete, exp, exp1peer, file, knn, random_regular, ring, torus  # noqa: F401
