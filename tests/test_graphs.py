@@ -344,3 +344,15 @@ def test_draw_never_replaces_a_file_decnode_did_not_write(tmp_path):
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
     assert "exists and decnode did not write it" in done.stderr
     assert out.read_bytes() == b"a user's figure"
+
+
+def test_doubly_stochastic_means_what_check_graph_accepts(tmp_path):
+    """Graph.doubly_stochastic (the manifest, the command's column) and check_graph use the same tolerance: a column
+    1e-7 off is neither (np.allclose's default rtol would have called it doubly stochastic)."""
+    f = tmp_path / "w.txt"
+    f.write_text("0.5000001 0.4999999\n0.5 0.5\n")
+    g = build_graph(f"file:{f}", 2)
+    assert not g.doubly_stochastic
+    with pytest.raises(GraphError) as err:
+        check_graph(g, doubly_stochastic=True, algorithm="decpg")
+    one_line(err, "node 0's parameters sum to 1")
