@@ -264,7 +264,8 @@ def table_rows(out: str) -> dict[str, list[str]]:
     """The command's table: graph name -> its cells (the header line and the sentence above it left out)."""
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("graph "))
-    return {line.split()[0]: line.split() for line in lines[header + 1:] if line.strip() and not line.startswith("wrote")}
+    return {line.split()[0]: line.split() for line in lines[header + 1:]
+            if line.strip() and not line.startswith("wrote")}
 
 
 def test_the_command_prints_one_row_per_graph(capsys):
@@ -302,9 +303,12 @@ def test_the_row_defaults_to_the_simple_spread_actor(capsys):
     (["torus", "--n", "7"], "n=7 is prime"),
     (["ring", "--n", "8", "--procs", "3"], "--procs 3 must divide n=8"),
     (["ring", "--n", "8", "--weights", "best"], "argument --weights: invalid choice"),
+    (["ring", "--n", "8", "--env", "smax:5m_vs_6m"], "--env smax:5m_vs_6m has 5 agents, but --n is 8"),
+    (["ring", "--n", "8", "--env", "nope"], "unknown environment 'nope'"),
 ])
 def test_the_command_refuses_in_one_line(argv, needle):
-    done = subprocess.run([sys.executable, "-m", "decnode.tools.topology", *argv, "--dim", "10"],
+    size = [] if "--env" in argv else ["--dim", "10"]
+    done = subprocess.run([sys.executable, "-m", "decnode.tools.topology", *argv, *size],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("decnode-topology: error: ") and done.stderr.count("\n") == 1, done.stderr
@@ -356,3 +360,20 @@ def test_doubly_stochastic_means_what_check_graph_accepts(tmp_path):
     with pytest.raises(GraphError) as err:
         check_graph(g, doubly_stochastic=True, algorithm="decpg")
     one_line(err, "node 0's parameters sum to 1")
+
+
+def test_the_readme_examples_of_the_file_format_read_as_documented(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    examples = {}
+    for kind in ("an edge list", "a weight matrix"):
+        start = readme.index(f"```text\n# {kind}") + len("```text\n")
+        (tmp_path / "g.txt").write_text(readme[start: readme.index("```", start)])
+        examples[kind] = g = build_graph(f"file:{tmp_path / 'g.txt'}", 3)
+        check_graph(g, doubly_stochastic=False, algorithm="decpg")
+    edges = examples["an edge list"].phases[0]
+    # 0 hears 1 and 2 (1/3 each), 1 hears 0, 2 hears 1 (1/2 each); 1 never hears 2 nor 2 hears 0
+    assert edges[0, 1] == edges[0, 2] == 1 / 3 and edges[1, 0] == edges[2, 1] == 1 / 2
+    assert edges[1, 2] == edges[2, 0] == 0
+    np.testing.assert_array_equal(examples["a weight matrix"].phases[0], [[.5, .5, 0], [.25, .5, .25], [0, .5, .5]])

@@ -64,18 +64,28 @@ def table(rows: list[dict]) -> str:
               span([max(g, 0.0) + 0.0 for g in r["spectral_gap"]], ".3f"), format(r["period_spectral_gap"], ".3f"),
               span(r["messages_per_round"], "d"), span(r["bytes_per_round"], ",d")] for r in rows]
     widths = [max(len(name), *(len(c[i]) for c in cells)) for i, (name, _) in enumerate(COLUMNS)]
-    line = lambda values: "  ".join(f"{v:{a}{w}}" for v, (_, a), w in zip(values, COLUMNS, widths)).rstrip()  # noqa: E731
+
+    def line(values: list[str]) -> str:
+        return "  ".join(f"{v:{a}{w}}" for v, (_, a), w in zip(values, COLUMNS, widths)).rstrip()
+
     return "\n".join([line([name for name, _ in COLUMNS])] + [line(c) for c in cells])
 
 
 # ---- the row size ------------------------------------------------------------------------------------------------
 def actor_dim(env: str, n: int, hidden: int) -> int:
     """The actor's parameter count per agent for `env` at n agents (the row a gossip round sends)."""
-    from ..config import load
+    from ..config import compose
+    from ..extensions import env_agents
     from ..net.model import job_shapes
 
-    cfg = load(None, [f"env.name={env}", f"env.n_agents={n}", f"train.hidden={hidden}"])
-    return int(job_shapes(cfg)["actor_params"])
+    fixed = env_agents(env)
+    if fixed is not None and fixed != n:
+        raise ValueError(f"--env {env} has {fixed} agents, but --n is {n}; give the row size with --dim instead")
+    cfg = compose([], [("--env", {"env": {"name": env, "n_agents": n}, "train": {"hidden": hidden}})])
+    try:
+        return int(job_shapes(cfg)["actor_params"])
+    except ImportError as err:  # an environment whose extra is not installed
+        raise ValueError(f"--env {env}: {err}; or give the row size with --dim") from None
 
 
 # ---- the drawing -------------------------------------------------------------------------------------------------
