@@ -257,3 +257,123 @@ def test_a_missing_or_unreadable_file_is_one_line(tmp_path):
     with pytest.raises(GraphError) as err:
         build_graph(f"file:{tmp_path / 'bin'}", 3)
     one_line(err, "not a text file")
+
+
+# ---- decnode-topology ---------------------------------------------------------------------------------------------
+def table_rows(out: str) -> dict[str, list[str]]:
+    """The command's table: graph name -> its cells (the header line and the sentence above it left out)."""
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("graph "))
+    return {line.split()[0]: line.split() for line in lines[header + 1:]
+            if line.strip() and not line.startswith("wrote")}
+
+
+def test_the_command_prints_one_row_per_graph(capsys):
+    from decnode.tools.topology import main
+
+    main(["knn", "torus", "exp1peer", "--n", "16", "--procs", "4", "--dim", "1000"])
+    out = capsys.readouterr().out
+    assert "n=16 agents on 4 processes (4 each), uniform weights" in out and "a row: 1,000 float32 parameters" in out
+    rows = table_rows(out)
+    assert list(rows) == ["knn", "torus", "exp1peer"]
+    # n, period, directed, doubly stochastic, in-degree, diameter, gap per round, gap of period, messages, bytes.
+    # By hand, 4 processes of 4 agents: knn (k=4) sends the 2 edge rows of a block to each neighbouring block (8
+    # messages, 16 rows); the 4×4 torus's process holds a grid row and sends all 4 to the rows above and below
+    # (8 messages, 32 rows); exp1peer's hop 1, 2, 4, 8 sends 1, 2, 4, 4 rows to one block each (4 messages).
+    assert rows["knn"][1:] == ["16", "1", "no", "yes", "4", "4", "0.148", "0.148", "8", f"{16 * 4000 + 8 * 64:,}"]
+    assert rows["torus"][1:] == ["16", "1", "no", "yes", "4", "4", "0.400", "0.400", "8", f"{32 * 4000 + 8 * 64:,}"]
+    gap = 1 - np.cos(np.pi / 16)  # hop 1 alone: (I + shift)/2; hops 2, 4, 8 alone leave the agents apart (gap 0)
+    assert rows["exp1peer"][1:] == ["16", "4", "yes", "yes", "1", "4", f"0.000–{gap:.3f}", "1.000", "4",
+                                    f"{4 * 4000 + 4 * 64:,}–{16 * 4000 + 4 * 64:,}"]
+
+
+def test_the_row_defaults_to_the_simple_spread_actor(capsys):
+    from decnode.tools.topology import main
+
+    main(["ring", "--n", "4"])
+    out = capsys.readouterr().out
+    H, obs, actions = 64, 6 * 4, 5  # 3 Linear, a GRU, a Linear, the output layer
+    dim = (obs * H + H) + 2 * (H * H + H) + (2 * 3 * H * H + 6 * H) + (H * H + H) + (H * actions + actions)
+    assert f"a row: {dim:,} float32 parameters (simple_spread actor, hidden 64)" in out
+    assert table_rows(out)["ring"][-2:] == ["8", f"{8 * (dim * 4 + 64):,}"]  # one agent per process, 2 each way
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["nope", "--n", "8"], "unknown topology 'nope' (known: "),
+    (["torus", "--n", "7"], "n=7 is prime"),
+    (["ring", "--n", "8", "--procs", "3"], "--procs 3 must divide n=8"),
+    (["ring", "--n", "8", "--weights", "best"], "argument --weights: invalid choice"),
+    (["ring", "--n", "8", "--env", "smax:5m_vs_6m"], "--env smax:5m_vs_6m has 5 agents, but --n is 8"),
+    (["ring", "--n", "8", "--env", "nope"], "unknown environment 'nope'"),
+])
+def test_the_command_refuses_in_one_line(argv, needle):
+    size = [] if "--env" in argv else ["--dim", "10"]
+    done = subprocess.run([sys.executable, "-m", "decnode.tools.topology", *argv, *size],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("decnode-topology: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert needle in done.stderr
+
+
+def edges_drawn(ax) -> int:
+    """Edges a panel draws: line segments both ways, and arcs (wrap-around) or arrows (one way)."""
+    lines = sum(len(c.get_segments()) for c in ax.collections if c.get_gid() == "edges")
+    return lines + sum(1 for p in ax.patches if p.get_gid() == "edge")
+
+
+def test_draw_one_panel_per_graph(tmp_path, saved_figures, capsys):
+    from decnode.tools.topology import main
+
+    out = tmp_path / "graphs.png"
+    main(["knn", "torus", "exp1peer", "--n", "8", "--dim", "10", "--draw", str(out)])
+    assert out.is_file() and out.stat().st_size > 0 and f"wrote {out}" in capsys.readouterr().out
+    fig = saved_figures["graphs.png"]
+    knn, torus, exp1peer = fig.axes
+    assert [ax.get_title().split()[0] for ax in fig.axes] == ["knn", "torus", "exp1peer"]
+    assert edges_drawn(knn) == 8 * 4 // 2  # k = 4: each agent with i±1, i±2
+    assert edges_drawn(torus) == 8 * 3 // 2  # 2×4: one neighbour across the side of 2
+    assert sum(1 for p in torus.patches if p.get_gid() == "edge") == 2  # the rows' wrap-around 0–3, 4–7 as arcs
+    assert edges_drawn(exp1peer) == 8 + 8 + 4  # hops 1 and 2 one way; hop 4 both ways
+    assert [t.get_text() for t in exp1peer.get_legend().get_texts()] == ["round 0", "round 1", "round 2"]
+    assert len(knn.collections[-1].get_offsets()) == 8  # the nodes
+    main(["ring", "--n", "8", "--dim", "10", "--draw", str(out)])  # its own figure: replaced
+    assert len(saved_figures["graphs.png"].axes) == 1
+
+
+def test_draw_never_replaces_a_file_decnode_did_not_write(tmp_path):
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"a user's figure")
+    done = subprocess.run([sys.executable, "-m", "decnode.tools.topology", "ring", "--n", "4", "--dim", "10",
+                           "--draw", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
+    assert "exists and decnode did not write it" in done.stderr
+    assert out.read_bytes() == b"a user's figure"
+
+
+def test_doubly_stochastic_means_what_check_graph_accepts(tmp_path):
+    """Graph.doubly_stochastic (the manifest, the command's column) and check_graph use the same tolerance: a column
+    1e-7 off is neither (np.allclose's default rtol would have called it doubly stochastic)."""
+    f = tmp_path / "w.txt"
+    f.write_text("0.5000001 0.4999999\n0.5 0.5\n")
+    g = build_graph(f"file:{f}", 2)
+    assert not g.doubly_stochastic
+    with pytest.raises(GraphError) as err:
+        check_graph(g, doubly_stochastic=True, algorithm="decpg")
+    one_line(err, "node 0's parameters sum to 1")
+
+
+def test_the_readme_examples_of_the_file_format_read_as_documented(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    examples = {}
+    for kind in ("an edge list", "a weight matrix"):
+        start = readme.index(f"```text\n# {kind}") + len("```text\n")
+        (tmp_path / "g.txt").write_text(readme[start: readme.index("```", start)])
+        examples[kind] = g = build_graph(f"file:{tmp_path / 'g.txt'}", 3)
+        check_graph(g, doubly_stochastic=False, algorithm="decpg")
+    edges = examples["an edge list"].phases[0]
+    # 0 hears 1 and 2 (1/3 each), 1 hears 0, 2 hears 1 (1/2 each); 1 never hears 2 nor 2 hears 0
+    assert edges[0, 1] == edges[0, 2] == 1 / 3 and edges[1, 0] == edges[2, 1] == 1 / 2
+    assert edges[1, 2] == edges[2, 0] == 0
+    np.testing.assert_array_equal(examples["a weight matrix"].phases[0], [[.5, .5, 0], [.25, .5, .25], [0, .5, .5]])

@@ -83,7 +83,7 @@ class Graph:
 
     @property
     def doubly_stochastic(self) -> bool:
-        return all(np.allclose(W.sum(axis=0), 1.0, atol=TOL) for W in self.phases)
+        return all(np.allclose(W.sum(axis=0), 1.0, rtol=0, atol=TOL) for W in self.phases)  # as check_graph
 
     @property
     def circulant(self) -> bool:
