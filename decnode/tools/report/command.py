@@ -38,25 +38,26 @@ import yaml
 
 from ... import config, extensions, yamlio
 from .. import outputs, plots
-from . import figures as report_figures, text as report_text
+from . import figures as report_figures, graphs as report_graphs, text as report_text
 from ..evalmodes import MODES
 from ...cli import AnalysisError, OneLineParser, fail
 from ...job import metricsfile
 from ...job.rundir import CONFIG, MANIFEST
-from ...topology import GraphError, build_graph
 
 PROG = "decnode-report"
 FINAL_FRACTION = 0.1  # final training reward: mean over the last 10% of logged values (at least one)
 NAN = float("nan")
-ID_COLUMNS = ["run_dir", "group", "env", "n_agents", "algo", "k", "spectral_gap", "seed", "lr", "min_lr",
+ID_COLUMNS = ["run_dir", "group", "env", "n_agents", "algo", "k", "topology", "spectral_gap", "bytes_per_iteration",
+              "seed", "lr", "min_lr",
               "iterations", "iterations_logged", "finished"]
 # The numbers of a run; groups.csv aggregates each of them.
-NUMBERS = ["env_steps", "final_train_reward", "final_eval_reward", "entropy_final", "grad_disagreement_mean",
+NUMBERS = ["env_steps", "final_train_reward", "final_eval_reward", "entropy_final", "consensus_distance_final",
+           "grad_disagreement_mean",
            "grad_disagreement_final", "update_variance_mean", "update_variance_final",
            *[f"{mode}_{split}" for mode in MODES for split in ("train", "test", "gap")],
            "individual_train_std", "individual_test_std", "wall_seconds"]
 RUN_COLUMNS = ID_COLUMNS + NUMBERS + ["git_commit"]
-GROUP_ID = ["env", "n_agents", "group", "legend", "algo", "k", "spectral_gap", "lr", "min_lr", "iterations", "seeds"]
+GROUP_ID = ["env", "n_agents", "group", "legend", "algo", "k", "topology", "spectral_gap", "bytes_per_iteration", "lr", "min_lr", "iterations", "seeds"]
 STATS = ("median", "mean", "std", "count")
 GROUP_COLUMNS = GROUP_ID + [f"{col}_{stat}" for col in NUMBERS for stat in STATS]
 
@@ -119,24 +120,11 @@ def last_error(run_dir: Path) -> str | None:
     return errors[-1] if errors else None
 
 
-def _gossips(algo: str) -> bool:
-    """The algorithm gossips on the kNN graph, so a run's k is a topology (an algorithm no loaded plugin knows:
-    no)."""
-    return algo in extensions.COMBINERS and extensions.combiner(algo).gossips
-
-
 def topology_gap(cfg: dict) -> float | None:
     """Spectral gap per round of the run's graph (Graph.round_gap; PS has no topology, nor an algorithm no loaded
     plugin knows; a graph that cannot be built again, e.g. a file since removed: None)."""
-    if not _gossips(cfg["algo"]["name"]):
-        return None
-    algo = cfg["algo"]
-    try:
-        return build_graph(algo.get("topology", "knn"), int(cfg["env"]["n_agents"]), k=int(algo["k"]),
-                           degree=int(algo.get("degree", 3)), weights=algo.get("weights", "uniform"),
-                           seed=int(cfg["train"]["seed"])).round_gap()
-    except GraphError:
-        return None
+    graph = report_graphs.run_graph(cfg)
+    return graph.round_gap() if graph is not None else None
 
 
 def final_mean(values: list[float]) -> float:
@@ -166,12 +154,13 @@ def run_row(run: plots.Run, root: Path, label: str) -> dict:
 
     algo = cfg["algo"]["name"]
     row = {"run_dir": run.path.relative_to(root).as_posix() or ".", "group": label, "env": cfg["env"]["name"],
-           "n_agents": cfg["env"]["n_agents"], "algo": algo, "k": cfg["algo"]["k"] if _gossips(algo) else None,
-           "spectral_gap": topology_gap(cfg), "seed": cfg["train"]["seed"], "lr": cfg["train"]["lr"],
+           "n_agents": cfg["env"]["n_agents"], "algo": algo, "k": cfg["algo"]["k"] if report_graphs.gossips(algo) else None,
+           **report_graphs.graph_columns(cfg), "seed": cfg["train"]["seed"], "lr": cfg["train"]["lr"],
            "min_lr": cfg["train"]["min_lr"], "iterations": cfg["train"]["iterations"],
            "iterations_logged": len(metrics), "finished": len(metrics) >= cfg["train"]["iterations"],
            "env_steps": metrics[-1].get("env_steps", NAN), "final_train_reward": final_mean(series("train_reward")),
-           "final_eval_reward": last(series("eval_reward")), "entropy_final": last(series("entropy"))}
+           "final_eval_reward": last(series("eval_reward")), "entropy_final": last(series("entropy")),
+           "consensus_distance_final": last(series("consensus_distance"))}
     for key in ("grad_disagreement", "update_variance"):
         values = series(key)
         row[f"{key}_mean"] = float(np.mean(values)) if values else NAN
@@ -246,7 +235,15 @@ def figures(part: dict, out: Path, suffix: str, smooth: int) -> dict[str, Path |
                 f"{title}: generalisation gap (paper Fig. 4; median ± std over seeds)",
                 out / f"generalisation_gap{suffix}.png"),
             "entropy": report_figures.entropy(legend, out / f"entropy{suffix}.png", title, smooth),
-            "noise": plots.plot_noise(legend, out / f"noise{suffix}.png", smooth)}
+            "noise": plots.plot_noise(legend, out / f"noise{suffix}.png", smooth),
+            "reward_vs_gap": report_graphs.reward_against(
+                part["group_rows"], "spectral_gap", "spectral gap per round (1 − |λ₂|; time-varying: of the period's "
+                "product, per round)", f"{title}: reward against the graph's spectral gap",
+                out / f"reward_vs_gap{suffix}.png"),
+            "reward_vs_bytes": report_graphs.reward_against(
+                part["group_rows"], "bytes_per_iteration", "bytes on the wire per iteration, one agent per node "
+                "(log scale)", f"{title}: reward against the bytes the graph sends", out / f"reward_vs_bytes{suffix}.png",
+                log=True)}
 
 
 def write_report(root: Path, runs: list[plots.Run], notes: list[str], out: Path, smooth: int = 1) -> list[Path]:

@@ -19,9 +19,10 @@ def legend_groups(groups, gaps: dict[str, float | None]) -> list[tuple[str, list
     """Groups relabelled with the spectral gap, as the paper's Figure 2 legend: 'DecPG k=4 (gap 0.35)'."""
     out = []
     for label, runs in groups:
-        gap = gaps.get(label)
-        k = runs[0].cfg["algo"]["k"]
-        out.append((label.replace(f"k={k}", f"k={k} (gap {gap:.2f})", 1) if gap is not None else label, runs))
+        gap, k = gaps.get(label), runs[0].cfg["algo"]["k"]
+        if gap is not None:  # on the kNN ring after its k, as the paper's legend; on any other graph at the end
+            label = label.replace(f"k={k}", f"k={k} (gap {gap:.2f})", 1) if f"k={k}" in label else f"{label} (gap {gap:.2f})"
+        out.append((label, runs))
     return out
 
 

@@ -128,10 +128,14 @@ COLUMNS = (("final train reward", "final_train_reward"), ("final eval reward", "
 
 
 def group_table(rows: list[dict]) -> str:
-    head = ["group", "spectral gap", "seeds", *(name for name, _ in COLUMNS)]
+    graphs = any(r.get("bytes_per_iteration") is not None for r in rows)  # the graph's cost, when a group has one
+    head = ["group", "spectral gap", *(["MB/iteration (1 agent per node)", "consensus distance (final)"] if graphs
+                                        else []), "seeds", *(name for name, _ in COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["group"], fmt(r["spectral_gap"]), str(r["seeds"]), *(spread(r, col) for _, col in COLUMNS)]
+        wire = r.get("bytes_per_iteration")
+        extra = [fmt(wire / 1e6) if wire is not None else "", spread(r, "consensus_distance_final")] if graphs else []
+        cells = [r["group"], fmt(r["spectral_gap"]), *extra, str(r["seeds"]), *(spread(r, col) for _, col in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -188,6 +192,8 @@ def results_md(root: Path, parts: list[dict], notes: list[str], out: Path, modes
         lines += [f"## {part['env']}, n={part['n']}", "", *own, group_table(part["group_rows"]),
                   "", "### The paper's claims vs here", "", *claims(part["group_rows"]), "", "### Figures", ""]
         for name, path in part["figures"].items():
+            if path is None and name.startswith("reward_vs"):
+                continue  # fewer than two graphs: nothing to compare
             if path is None:
                 lines.append(f"- {name.replace('_', ' ')}: no run has eval.json, no figure")
             else:
