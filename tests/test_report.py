@@ -173,6 +173,7 @@ def test_groups_aggregate_the_rows(made):
 def test_claims_follow_the_data(made):
     text = (made / "results.md").read_text()
     groups = {g["group"]: g for g in _csv(made / "groups.csv")}
+    runs = _csv(made / "runs.csv")
     lines = [line for line in text.splitlines() if line.startswith(("1. Paper", "2. Paper", "3. Paper"))]
     assert len(lines) == 3
     verdicts = [next(v for v in (report_text.UNTESTABLE, report_text.NOT_HELD, report_text.NO_DATA, report_text.HELD)
@@ -184,7 +185,8 @@ def test_claims_follow_the_data(made):
     def decided(held, involved):
         """A claim about what was learned, on groups the degeneracy check flags, is untestable (test_degenerate.py:
         3 iterations leave θ̄ near its initial greedy action, so these runs are); else the numbers decide."""
-        if any(med(g, "degenerate") >= 0.5 for g in involved):  # a flagged run counts 1: median ≥ ½ ⇔ half flagged
+        if any(2 * sum(_num(r["degenerate"]) == 1 for r in runs if r["group"] == g) >= int(groups[g]["seeds"])
+               for g in involved):
             return report_text.UNTESTABLE
         return report_text.HELD if held else report_text.NOT_HELD
     ps = med("PS", "final_train_reward")

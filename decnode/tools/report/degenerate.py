@@ -13,7 +13,8 @@ them is "untestable at this budget", never "did not hold". Two signs, per run:
                  play the same fixed behaviour (the evaluation episodes depend on the seed only).
 
 A run is degenerate when its top share is ≥ TOP_SHARE or it ties with another group; a group when at least half of
-its runs are (its median is then a degenerate run's value, or halfway to one).
+its runs are (its median is then a degenerate run's value, or halfway to one); with fewer flagged it is "not
+degenerate" only if every run was measured, else "not checked".
 """
 
 from __future__ import annotations
@@ -116,10 +117,13 @@ def seeds_identical(rows: list[dict], group: str) -> bool:
 
 
 def group_verdict(group_row: dict) -> bool | None:
-    """True: degenerate (≥ half its runs); False: measured and not; None: no run could be checked."""
-    if not group_row["degenerate_count"]:
-        return None
-    return group_row["degenerate_mean"] >= 0.5
+    """True: degenerate (at least half its runs flagged); False: every run measured and fewer flagged; None: fewer
+    flagged but some runs could not be checked (their concentration unknown, no tie)."""
+    count = group_row["degenerate_count"]  # runs measured or tied (0/1 each); the others are NaN
+    flagged = round(group_row["degenerate_mean"] * count) if count else 0
+    if flagged and flagged >= group_row["seeds"] / 2:
+        return True
+    return False if count == group_row["seeds"] else None
 
 
 def why(group_row: dict, rows: list[dict]) -> str:

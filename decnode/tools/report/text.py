@@ -164,7 +164,7 @@ def degeneracy(group_rows: list[dict], runs: list[dict]) -> list[str]:
     lines = [f"θ̄ acting greedily on the train env: the share of its most frequent action and the entropy of its "
              f"actions (median ± std over the seeds measured), and the runs whose evaluation returns equal (to "
              f"{degenerate.TIE_TOL:g}) those of another group's run with the same seed. A run is degenerate when its "
-             f"top share is ≥ {degenerate.TOP_SHARE:g} or it ties; a group when half its runs are. Why "
+             f"top share is ≥ {degenerate.TOP_SHARE:g} or it ties; a group when half its runs are (fewer, with some runs not measured: not checked). Why "
              f"{degenerate.TOP_SHARE:g}: {degenerate.WHY_THRESHOLD}.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in group_rows:
