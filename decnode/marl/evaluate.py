@@ -6,6 +6,12 @@ from env seed (eval_seed, e) wherever it runs, and with stochastic actions it dr
 generator seeded by (eval_seed, e) (`episode_generator`), so the numbers do not depend on the number of ranks.
 Episodes are split over the ranks where the environment class says it is `splittable`; otherwise rank 0 plays
 them all.
+
+Deterministic play also counts the greedy actions this process chose (`greedy_actions`, one count per action,
+over the first episode of each of its envs; an agent's step counts only when it had a choice, i.e. two or more
+available actions): how concentrated θ̄'s behaviour is (decnode-report's degeneracy check). It is counted where
+the episodes are played and not reduced over ranks (no extra bytes in the all-reduce, so every number and
+every simulated time stays as it was): `greedy_episodes` says over how many episodes.
 """
 
 from __future__ import annotations
@@ -62,14 +68,20 @@ class Evaluator:
     def run(self, rows: torch.Tensor, seed: int, deterministic: bool = True) -> dict[str, float]:
         """Mean episode return (and win rate where the env reports wins) over all ranks' episodes."""
         total = torch.zeros(3, dtype=torch.float64)  # sum of returns, episodes, wins
+        greedy = torch.zeros(self.net.out.bias.shape[-1], dtype=torch.int64) if deterministic else None
         if self.env is not None:
-            total += self._play(rows, seed, deterministic)
+            total += self._play(rows, seed, deterministic, greedy)
+        mine = int(total[1].item())
         total = self.group.allreduce_sum(total, name=Section.EVAL)
         count = max(total[1].item(), 1.0)
-        return {"return": total[0].item() / count, "win_rate": total[2].item() / count,
-                "episodes": int(total[1].item())}
+        out = {"return": total[0].item() / count, "win_rate": total[2].item() / count,
+               "episodes": int(total[1].item())}
+        if greedy is not None:
+            out.update(greedy_actions=greedy.tolist(), greedy_episodes=mine)
+        return out
 
-    def _play(self, rows: torch.Tensor, seed: int, deterministic: bool) -> torch.Tensor:
+    def _play(self, rows: torch.Tensor, seed: int, deterministic: bool,
+              greedy: torch.Tensor | None = None) -> torch.Tensor:
         env, B = self.env, len(self.mine)
         self.params.copy_(rows)
         step = env.reset(seed, first_env=self.mine.start)
@@ -79,6 +91,9 @@ class Evaluator:
         returns, wins = np.zeros(B), np.zeros(B)
         for acted in acting_loop(self.net, choose, self.net.initial_state(B), env.episode_limit, env=env,
                                  step=step, reset=torch.ones(B, dtype=torch.bool)):
+            if greedy is not None:  # [N, B] actions of the envs still in their first episode, where agents chose
+                chose = torch.from_numpy(~finished).unsqueeze(0) & (acted.avail.sum(-1) > 1)
+                greedy += torch.bincount(acted.actions[chose], minlength=len(greedy))
             after = acted.after
             new = after.done & ~finished  # only the first episode of each env counts
             returns[new] = after.info["episode_return"][new]

@@ -13,7 +13,8 @@ Writes into --out (default SWEEP_DIR/report):
   train_reward.png (Fig. 2), test_reward.png (Fig. 3), generalisation_gap.png (Fig. 4), entropy.png (Fig. 7),
   noise.png (Fig. 10) — suffixed _<env>_n<n> when the sweep holds several (env, n)
   eval_modes.md  Table 3, when runs have decnode-eval's other modes
-  results.md   the setting, a table per (env, n), the figures, and three of the paper's claims checked on the data
+  results.md   the setting, a table per (env, n), the degeneracy check (degenerate.py: θ̄'s greedy action
+               concentration, ties across groups), the figures, and three of the paper's claims checked on the data
 Bars and every number in results.md are groups.csv values, aggregated from runs.csv's rows in aggregate().
 --out is new, empty or holds only decnode's files (outputs.py: a user's file there, or one of decnode's the user
 edited, is refused before anything is written); files an earlier report wrote that this one does not are removed.
@@ -38,7 +39,7 @@ import yaml
 
 from ... import config, extensions, yamlio
 from .. import outputs, plots
-from . import figures as report_figures, graphs as report_graphs, text as report_text
+from . import degenerate, figures as report_figures, graphs as report_graphs, text as report_text
 from ..evalmodes import MODES
 from ...cli import AnalysisError, OneLineParser, fail
 from ...job import metricsfile
@@ -55,9 +56,10 @@ NUMBERS = ["env_steps", "final_train_reward", "final_eval_reward", "entropy_fina
            "grad_disagreement_mean",
            "grad_disagreement_final", "update_variance_mean", "update_variance_final",
            *[f"{mode}_{split}" for mode in MODES for split in ("train", "test", "gap")],
-           "individual_train_std", "individual_test_std", "wall_seconds"]
-RUN_COLUMNS = ID_COLUMNS + NUMBERS + ["git_commit"]
-GROUP_ID = ["env", "n_agents", "group", "legend", "algo", "k", "topology", "spectral_gap", "bytes_per_iteration", "lr", "min_lr", "iterations", "seeds"]
+           "individual_train_std", "individual_test_std", "wall_seconds", *degenerate.COLUMNS]
+RUN_COLUMNS = ID_COLUMNS + NUMBERS + ["git_commit", "greedy_from"]
+GROUP_ID = ["env", "n_agents", "group", "legend", "algo", "k", "topology", "spectral_gap", "bytes_per_iteration", "lr",
+            "min_lr", "iterations", "seeds"]
 STATS = ("median", "mean", "std", "count")
 GROUP_COLUMNS = GROUP_ID + [f"{col}_{stat}" for col in NUMBERS for stat in STATS]
 
@@ -176,6 +178,7 @@ def run_row(run: plots.Run, root: Path, label: str) -> dict:
     ranks = (run.timing or {}).get("ranks") or []
     row["wall_seconds"] = max(r["wall"]["seconds"] for r in ranks) if ranks else NAN  # the job's wall-clock
     row["git_commit"] = _git_commit(run.path)
+    row.update(degenerate.run_columns(run))  # θ̄'s greedy actions; ties and the verdict need the others: tables()
     return row
 
 
@@ -217,6 +220,7 @@ def tables(root: Path, runs: list[plots.Run]) -> list[dict]:
         gaps = {label: topology_gap(members[0].cfg) for label, members in groups}
         legend = report_figures.legend_groups(groups, gaps)
         rows = [run_row(r, root, label) for label, members in groups for r in members]
+        degenerate.mark(rows)
         group_rows = [aggregate([r for r in rows if r["group"] == label], shown)
                       for (label, _), (shown, _) in zip(groups, legend)]
         out.append({"env": env, "n": n, "groups": groups, "legend": legend, "rows": rows, "group_rows": group_rows})

@@ -1,7 +1,9 @@
 """decnode-report's Markdown: results.md, Table 3 (eval_modes.md) and the paper's claims checked on the data.
 
 Every number here is a groups.csv value (a group row of report.aggregate) or a sum of runs.csv's wall_seconds.
-A claim line says "held", "did not hold" or "not enough data", and gives the numbers it was decided on.
+A claim line says "held", "did not hold", "not enough data" or "untestable at this budget" (a claim about what the
+policies learned, compared on groups the degeneracy check flags: degenerate.py), and gives the numbers it was
+decided on.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import os
 from pathlib import Path
 
 from ... import extensions
+from . import degenerate
 from ..evalmodes import MODES
 
 HELD, NOT_HELD, NO_DATA = "held", "did not hold", "not enough data"
+UNTESTABLE = "untestable at this budget"
 MODE_NAMES = {"average": "Average model (deterministic)", "average_stochastic": "Average model (stochastic)",
               "local": "Local models", "individual": "Individual local models (std over agents)"}
 
@@ -102,21 +106,35 @@ def claim_test_trend(table: dict) -> tuple[str, str]:
     return (HELD if trend == "increasing" else NOT_HELD), f"{trend} ({detail})"
 
 
-CLAIMS = (("DecPG ≥ PS on final training reward (5.1, Fig. 2)", claim_train),
+def _compared(table: dict) -> list[dict]:
+    """Claim 1's groups: the PS baselines and the gossiping ones."""
+    return [r for (a, _), r in table.items() if _entry(a) is not None and (_entry(a).baseline or _entry(a).gossips)]
+
+
+# (text, check, the groups whose policies must have learned for the check to mean anything; None: it is about the
+# optimisation's noise, which the graph sets whatever the policies learned)
+CLAIMS = (("DecPG ≥ PS on final training reward (5.1, Fig. 2)", claim_train, _compared),
           ("sparser topologies give larger gradient disagreement and update variance (A.5, Fig. 10: k=2 highest, "
-           "k=8 lowest)", claim_noise),
+           "k=8 lowest)", claim_noise, None),
           ("test reward increases as the topology gets sparser (5.3, Fig. 3; Simple Spread n ≥ 10)",
-           claim_test_trend))
+           claim_test_trend, lambda table: _gossiping(table, lambda r: True)))
 
 
-def claims(rows: list[dict]) -> list[str]:
+def claims(rows: list[dict], runs: list[dict] | None = None) -> list[str]:
+    """rows: one (env, n)'s group rows; runs: its run rows (the degeneracy check's reasons; None: no check)."""
     table, twins = _one_per_setting(rows)
     lines = []
-    for i, (text, check) in enumerate(CLAIMS, start=1):
+    for i, (text, check, learned) in enumerate(CLAIMS, start=1):
         if twins:
             verdict, detail = NO_DATA, f"several configurations share an algorithm and k ({', '.join(twins[:4])})"
         else:
             verdict, detail = check(table)
+            flagged = [r for r in learned(table) if degenerate.group_verdict(r)] if learned and runs else []
+            if flagged and verdict != NO_DATA:
+                verdict, detail = UNTESTABLE, (
+                    "degenerate policies in " + "; ".join(f"{r['group']} ({degenerate.why(r, runs)})"
+                                                          for r in flagged)
+                    + f"; the numbers, evidence neither way: {detail}")
         lines.append(f"{i}. Paper: {text}. Here: **{verdict}** — {detail}.")
     return lines
 
@@ -138,6 +156,33 @@ def group_table(rows: list[dict]) -> str:
         cells = [r["group"], fmt(r["spectral_gap"]), *extra, str(r["seeds"]), *(spread(r, col) for _, col in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _runs(count: int) -> str:
+    return f"{count} run{'s' if count != 1 else ''}"
+
+
+def degeneracy(group_rows: list[dict], runs: list[dict]) -> list[str]:
+    """The degeneracy check's table: per group, θ̄'s greedy action concentration and ties, and a verdict."""
+    head = ["group", "greedy top share", "greedy action entropy (nats)", "runs tied with another group", "verdict"]
+    lines = [f"θ̄ acting greedily on the train env: the share of its most frequent action and the entropy of its "
+             f"actions (median ± std over the seeds measured), and the runs whose evaluation returns equal (to "
+             f"{degenerate.TIE_TOL:g}) those of another group's run with the same seed. A run is degenerate when its "
+             f"top share is ≥ {degenerate.TOP_SHARE:g} or it ties; a group when half its runs are (fewer, with some runs not measured: not checked). Why "
+             f"{degenerate.TOP_SHARE:g}: {degenerate.WHY_THRESHOLD}.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in group_rows:
+        members = [r for r in runs if r["group"] == g["group"]]
+        flag = degenerate.group_verdict(g)
+        verdict = ("not checked" if flag is None else "**degenerate**" if flag else "not degenerate")
+        tied = sum(1 for r in members if r["tied_with"])
+        measured = g["greedy_top_share_count"]
+        lines.append(f"| {g['group']} | {spread(g, 'greedy_top_share')} ({measured} of {len(members)} measured) | "
+                     f"{spread(g, 'greedy_entropy')} | {tied} of {len(members)} | {verdict} |")
+    sources = sorted({r["greedy_from"] for r in runs})
+    lines += ["", "Greedy actions from: " + "; ".join(
+        f"{_runs(sum(1 for r in runs if r['greedy_from'] == s))} {s}" for s in sources) + "."]
+    return lines
 
 
 def eval_modes(parts: list[dict]) -> str:
@@ -189,8 +234,10 @@ def results_md(root: Path, parts: list[dict], notes: list[str], out: Path, modes
         lines += ["Runs left out or kept unfinished:", "", *(f"- {n}" for n in notes), ""]
     for part in parts:
         own = [*setting(part["rows"]), ""] if len(parts) > 1 else []  # one setting: said above already
-        lines += [f"## {part['env']}, n={part['n']}", "", *own, group_table(part["group_rows"]),
-                  "", "### The paper's claims vs here", "", *claims(part["group_rows"]), "", "### Figures", ""]
+        lines += [f"## {part['env']}, n={part['n']}", "", *own, group_table(part["group_rows"]), "",
+                  "### Did the policies learn? (degeneracy check)", "", *degeneracy(part["group_rows"], part["rows"]),
+                  "", "### The paper's claims vs here", "", *claims(part["group_rows"], part["rows"]), "",
+                  "### Figures", ""]
         for name, path in part["figures"].items():
             if path is None and name.startswith("reward_vs"):
                 continue  # fewer than two graphs: nothing to compare
