@@ -64,12 +64,16 @@ def run(code: Path, args: list[str], out: Path, timeout: float) -> str | None:
 
 def differ(a, b, key: str = "", notes: list | None = None) -> str | None:
     """The first key where A and B differ, or None. A config key that only one side has (a key added or removed
-    since BASE_REF, e.g. run.plugins) goes to `notes`: its value shows wherever it changed a number."""
+    since BASE_REF, e.g. run.plugins) goes to `notes`: its value shows wherever it changed a number. So does a
+    metrics.jsonl key only one side logs (a metric added since, e.g. spectral_gap): every other one is compared."""
     if isinstance(a, dict) and isinstance(b, dict):
         if a.keys() != b.keys():
-            if not key.startswith("/config") or notes is None:
+            line = key.startswith("/metrics/") and key.count("/") == 2  # a whole metrics.jsonl line
+            if not (key.startswith("/config") or line) or notes is None:
                 return f"{key or '/'}: keys {sorted(set(a) ^ set(b))}"
-            notes += [f"{key}/{k}"[len("/config/"):].replace("/", ".") for k in sorted(set(a) ^ set(b))]
+            named = [f"{key}/{k}"[len("/config/"):].replace("/", ".") for k in sorted(set(a) ^ set(b))] if not line \
+                else [f"metrics.jsonl {k}" for k in sorted(set(a) ^ set(b))]
+            notes += [x for x in named if x not in notes]
         for k in [k for k in a if k in b]:
             if f"{key}/{k}" == "/config/run/out":
                 continue
@@ -119,9 +123,9 @@ def compare(old: Path, new: Path, wan: bool, notes: list) -> str | None:
                    torch.load(new / "models.pt", weights_only=False), notes=notes)
     if found:
         return f"models.pt {found}"
-    found = differ(metrics(old), metrics(new))
+    found = differ(metrics(old), metrics(new), "/metrics", notes)
     if found:
-        return f"metrics.jsonl line {found}"
+        return f"metrics.jsonl line {found[len('/metrics'):]}"
     found = differ(volume(old), volume(new))
     if found:
         return f"timing.json bytes, messages of rank/section {found}"
@@ -157,7 +161,7 @@ def main() -> int:
                 notes: list[str] = []
                 found = None if error else compare(old / "run", new / "run", "--net" in args, notes)
                 verdict = f"FAILED: {error}" if error else f"DIFFERENT: {found}" if found else None
-                same = "same" + (f" (config keys on one side only: {', '.join(notes)})" if notes else "")
+                same = "same" + (f" (keys on one side only: {', '.join(notes)})" if notes else "")
                 print(f"{name:34s} {verdict or same}", flush=True)
                 failed |= verdict is not None
         finally:

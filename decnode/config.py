@@ -419,7 +419,7 @@ def resolve(cfg: Config, n_procs: int) -> Config:
         per_agent = "|".join(name for name, c in CRITICS.items() if c.per_agent)
         raise ConfigError(f"env.state_agent_id needs algo.critic={per_agent} (the {algo.critic} critic has a head "
                           "per agent)")
-    if combiner(algo.name).gossips and not 0 <= algo.k <= n - 1:
+    if combiner(algo.name).gossips and algo.topology == "knn" and not 0 <= algo.k <= n - 1:  # k: the ring's only
         raise ConfigError(f"algo.k must be in [0, {n - 1}] for n={n} agents, got k={algo.k}")
     # A graph file is found from any directory a worker or a resume runs in.
     if algo.topology.startswith("file:") and algo.topology != "file:":

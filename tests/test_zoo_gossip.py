@@ -70,3 +70,43 @@ def test_one_peer_exponential_graph_averages_exactly_in_log2_n_rounds(n, world):
     assert float((got - mean).abs().max()) <= 1e-12
     before = torch.cat([r["exp1peer"][-2] for r in results])  # one round short it is not the average yet
     assert float((before - mean).abs().max()) > 1e-3
+
+
+TINY = ["--iterations", "2", "--set", "env.n_agents=4", "--set", "env.episode_length=5", "--set", "env.n_envs=2",
+        "--set", "train.hidden=16", "--set", "eval.episodes=1", "--set", "eval.test_episodes=1",
+        "--set", "run.tensorboard=false"]
+
+
+def _train(out, *args) -> dict:
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "decnode.run", *TINY, "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.load(out / "models.pt", weights_only=False)
+
+
+def test_knn_by_name_by_default_and_from_a_file_train_the_same_parameters_bit_for_bit(tmp_path):
+    """--topology knn is the default's code path and numbers; the same graph read from an edge-list file mixes with
+    the same float weights (uniform: 1/(k+1)), so a run on it is bit-for-bit the same too. (Against the commit
+    before the zoo: benchmarks/same_results.py.)"""
+    edges = tmp_path / "knn2.txt"
+    edges.write_text("# the kNN ring of k=2 at n=4\n0 1\n1 2\n2 3\n3 0\n")
+    runs = [_train(tmp_path / "default", "--nproc", "2", "--k", "2"),
+            _train(tmp_path / "named", "--nproc", "2", "--k", "2", "--topology", "knn"),
+            _train(tmp_path / "file", "--nproc", "2", "--topology", f"file:{edges}")]
+    for other in runs[1:]:
+        assert other.keys() == runs[0].keys()
+        for key, value in runs[0].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, other[key]), key
+    ring = _train(tmp_path / "exp", "--nproc", "2", "--topology", "exp")  # another graph: other numbers
+    assert not torch.equal(ring["actor_rows"], runs[0]["actor_rows"])
+
+
+def test_a_time_varying_graph_trains_the_same_in_one_process_and_in_four(tmp_path):
+    one = _train(tmp_path / "one", "--nproc", "1", "--topology", "exp1peer")
+    four = _train(tmp_path / "four", "--nproc", "4", "--topology", "exp1peer")
+    for key, value in one.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            torch.testing.assert_close(value, four[key], atol=1e-5, rtol=0)

@@ -36,12 +36,23 @@ def spread(row: dict, col: str) -> str:
 
 
 # ---- the paper's claims --------------------------------------------------------------------------------------
+def _graph(row: dict) -> str | None:
+    """A group's graph as runs.csv names it ("k=4" on the kNN ring, "exp1peer", ...; None: no graph)."""
+    return row.get("topology") or (f"k={row['k']}" if row.get("k") not in (None, "") else None)
+
+
+def _sparsity(row: dict) -> float:
+    """Sort key, sparsest first: the spectral gap per round (k when the gap is unknown, e.g. a removed graph file)."""
+    gap = row.get("spectral_gap")
+    return gap if isinstance(gap, (int, float)) and gap == gap else float(row.get("k") or 0)
+
+
 def _one_per_setting(rows: list[dict]) -> tuple[dict, list[str]]:
-    """{(algo, k): group row}, plus the labels of groups that share an (algo, k) (e.g. an lr search): a claim
-    compares one configuration per algorithm and topology."""
+    """{(algo, graph): group row}, plus the labels of groups that share an (algo, graph) (e.g. an lr search): a
+    claim compares one configuration per algorithm and topology."""
     table, twins = {}, []
     for r in rows:
-        key = (r["algo"], r["k"])
+        key = (r["algo"], _graph(r))
         if key in table:
             twins += [table[key]["group"], r["group"]]
         table[key] = r
@@ -58,7 +69,7 @@ def _entry(algo: str):
 
 
 def _gossiping(table: dict, ok) -> list[dict]:
-    """Rows of algorithms that gossip on the kNN graph (DecPG: the claims compare its topologies) passing ok."""
+    """Rows of algorithms that gossip on a graph (DecPG: the claims compare its topologies) passing ok."""
     return [r for (a, _), r in table.items() if _entry(a) is not None and _entry(a).gossips and ok(r)]
 
 
@@ -66,43 +77,43 @@ def claim_train(table: dict) -> tuple[str, str]:
     col = "final_train_reward"
     baselines = [table[(a, None)] for a, e in extensions.COMBINERS.items()
                  if e.baseline and (a, None) in table and _has(table[(a, None)], col)]
-    decpg = sorted(_gossiping(table, lambda r: _has(r, col)), key=lambda r: -r["k"])
+    decpg = sorted(_gossiping(table, lambda r: _has(r, col)), key=lambda r: -_sparsity(r))
     if not decpg or not any(not _entry(b["algo"]).entropy for b in baselines):  # needs plain PS, not only PS+entropy
         return NO_DATA, "needs PS and DecPG runs that logged training rewards"
     bar = max(b[f"{col}_median"] for b in baselines)
     wins = [r for r in decpg if r[f"{col}_median"] >= bar]
     detail = (", ".join(f"{b['group']} {fmt(b[f'{col}_median'])}" for b in baselines) + " vs " +
-              ", ".join(f"DecPG k={r['k']} {fmt(r[f'{col}_median'])}" for r in decpg))
+              ", ".join(f"DecPG {_graph(r)} {fmt(r[f'{col}_median'])}" for r in decpg))
     if wins:
-        return HELD, f"k={', '.join(str(r['k']) for r in wins)} ≥ every PS baseline ({detail})"
+        return HELD, f"{', '.join(_graph(r) for r in wins)} ≥ every PS baseline ({detail})"
     return NOT_HELD, f"no DecPG topology reaches the best PS baseline ({detail})"
 
 
 def claim_noise(table: dict) -> tuple[str, str]:
     cols = {"gradient disagreement": "grad_disagreement_mean", "update variance": "update_variance_mean"}
-    decpg = sorted(_gossiping(table, lambda r: all(_has(r, c) for c in cols.values())), key=lambda r: r["k"])
+    decpg = sorted(_gossiping(table, lambda r: all(_has(r, c) for c in cols.values())), key=_sparsity)
     if len(decpg) < 2:
-        return NO_DATA, "needs DecPG runs with at least two values of k"
+        return NO_DATA, "needs DecPG runs on at least two graphs (two values of k)"
     parts, ok = [], True
     for name, col in cols.items():
         order = sorted(decpg, key=lambda r: -r[f"{col}_median"])
         ok &= order[0] is decpg[0] and order[-1] is decpg[-1]  # sparsest highest, densest lowest
         parts.append(f"{name} (mean over iterations): " +
-                     " > ".join(f"k={r['k']} {fmt(r[f'{col}_median'])}" for r in order))
+                     " > ".join(f"{_graph(r)} {fmt(r[f'{col}_median'])}" for r in order))
     verdict = HELD if ok else NOT_HELD
-    return verdict, f"sparsest k={decpg[0]['k']}, densest k={decpg[-1]['k']}; " + "; ".join(parts)
+    return verdict, f"sparsest {_graph(decpg[0])}, densest {_graph(decpg[-1])}; " + "; ".join(parts)
 
 
 def claim_test_trend(table: dict) -> tuple[str, str]:
     col = "average_test"
-    decpg = sorted(_gossiping(table, lambda r: _has(r, col)), key=lambda r: -r["k"])
+    decpg = sorted(_gossiping(table, lambda r: _has(r, col)), key=lambda r: -_sparsity(r))
     if len(decpg) < 2:
-        return NO_DATA, "needs eval.json of DecPG runs with at least two values of k"
+        return NO_DATA, "needs eval.json of DecPG runs on at least two graphs (two values of k)"
     values = [r[f"{col}_median"] for r in decpg]
     steps = [b - a for a, b in zip(values, values[1:])]
     trend = ("increasing" if all(s > 0 for s in steps) else "decreasing" if all(s < 0 for s in steps)
              else "flat" if all(s == 0 for s in steps) else "mixed")
-    detail = "dense → sparse: " + ", ".join(f"k={r['k']} {fmt(v)}" for r, v in zip(decpg, values))
+    detail = "dense → sparse: " + ", ".join(f"{_graph(r)} {fmt(v)}" for r, v in zip(decpg, values))
     return (HELD if trend == "increasing" else NOT_HELD), f"{trend} ({detail})"
 
 
@@ -126,7 +137,7 @@ def claims(rows: list[dict], runs: list[dict] | None = None) -> list[str]:
     lines = []
     for i, (text, check, learned) in enumerate(CLAIMS, start=1):
         if twins:
-            verdict, detail = NO_DATA, f"several configurations share an algorithm and k ({', '.join(twins[:4])})"
+            verdict, detail = NO_DATA, f"several configurations share an algorithm and graph ({', '.join(twins[:4])})"
         else:
             verdict, detail = check(table)
             flagged = [r for r in learned(table) if degenerate.group_verdict(r)] if learned and runs else []
