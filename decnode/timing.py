@@ -37,13 +37,14 @@ class Recorder:
     # ends as (is_send, flow id, host time, simulated time); host times are perf_counter, shared by local processes.
     sections: list | None = None
     flows: list | None = None
+    sent: list | None = None  # while tracing: bytes put on the wire as (host time, stream, bytes) (comm/wire.py)
 
     def start_trace(self) -> None:
-        self.sections, self.flows = [], []
+        self.sections, self.flows, self.sent = [], [], []
 
     def stop_trace(self) -> dict | None:
-        out = None if self.sections is None else {"sections": self.sections, "flows": self.flows}
-        self.sections = self.flows = None
+        out = None if self.sections is None else {"sections": self.sections, "flows": self.flows, "sent": self.sent}
+        self.sections = self.flows = self.sent = None
         return out
 
     def flow(self, is_send: bool, flow_id: int, simulated: float | None = None) -> None:

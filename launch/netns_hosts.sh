@@ -16,7 +16,8 @@
 # A straggler, slowed for real: HOST_SLOWDOWN=I:F[,I:F...] gives host I a CPU quota of 1/F of its cores (a cgroup,
 # 10 ms period), so its work takes F times as long; `net.speed` is the same factor in a profile.
 # Env: PYTHON (default REPO/.venv/bin/python, else python3), BURST (tbf bucket, bytes; default 1 ms at RATE,
-# at least 16000), NETNS_TAG, NETNS_SUBNET, RDZV_PORT (29500), HOST_SLOWDOWN, GLOO_PING (1: also time a gloo message).
+# at least 16000), NETNS_TAG, NETNS_SUBNET, RDZV_PORT (29500), HOST_SLOWDOWN, GLOO_PING (1: also time a gloo message),
+# NET_COUNTERS=FILE (each host's eth0 kernel counters just before the job starts and after it ends, into FILE).
 set -euo pipefail
 me=$(basename "$0")
 if (($(id -u) != 0)); then
@@ -217,6 +218,21 @@ slow_cgroup() {  # host $1 at 1/$2 of its cores; sets PROCS_FILE[$1], the cgroup
 declare -A PROCS_FILE=()
 for i in "${!SLOW[@]}"; do slow_cgroup "$i" "${SLOW[$i]}"; done
 
+# NET_COUNTERS: the kernel's count of what each host's interface carried, for benchmarks/wire_bytes.py to set beside
+# decnode's own (comm/wire.py). Read after the pings above, so only the job's traffic (rendezvous included) counts.
+counters() {  # phase: one line per host, "PHASE HOST tx_bytes tx_packets rx_bytes rx_packets"
+    [[ -n ${NET_COUNTERS:-} ]] || return 0
+    local i f line
+    for ((i = 0; i < HOSTS; i++)); do
+        line="$1 $i"
+        for f in tx_bytes tx_packets rx_bytes rx_packets; do
+            line+=" $(ip netns exec "dn-$TAG-h$i" cat "/sys/class/net/eth0/statistics/$f")"
+        done
+        echo "$line" >> "$NET_COUNTERS"
+    done
+}
+counters before
+
 HEAD=$SUBNET.1
 for ((i = 0; i < HOSTS; i++)); do
     # unshare --uts: the host's own hostname, so processes.json and torchrun's logs tell the hosts apart. A
@@ -243,4 +259,5 @@ while true; do
         for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     fi
 done
+counters after
 exit "$status"

@@ -13,6 +13,7 @@ import torch
 
 from ..net.link import Link
 from ..timing import Recorder, Section
+from .wire import WireCount
 
 
 class Pending(Protocol):
@@ -33,6 +34,7 @@ class Fabric(Protocol):
     device: torch.device
     recorder: Recorder
     link: Link  # the simulated network and faults (net/link.py); on XLA a link without either
+    wire: WireCount  # the bytes this rank sent, per link and stream (wire.py)
     context: str
     iteration: int
 

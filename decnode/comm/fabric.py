@@ -141,6 +141,7 @@ class Fabric(AgentBlocks, Collectives):
             with self.recorder.section(name), self.transport():
                 chunks = list(full.split(self.per_process)) if self.rank == 0 else None
                 sim = self._join_start(self.link.profile.gather_s(self.world, like.numel() * like.element_size()))
+                self.wire.collective(name, like.numel() * like.element_size() * (self.world - 1) * (self.rank == 0))
                 self._wait_all([dist.scatter(like, chunks, src=0, async_op=True)], name)
                 self._joined(sim)
             return like
@@ -168,6 +169,7 @@ class Fabric(AgentBlocks, Collectives):
             with self.recorder.section(name), self.transport():
                 chunks = list(full.split(self.per_process)) if self.rank == 0 else None
                 sim = self._join_start(self.link.profile.gather_s(self.world, local.numel() * local.element_size()))
+                self.wire.collective(name, 0 if self.rank == 0 else local.numel() * local.element_size())  # wire.py
                 self._wait_all([dist.gather(local.contiguous(), chunks, dst=0, async_op=True)], name)
                 self._joined(sim)
             return full if self.rank == 0 else None

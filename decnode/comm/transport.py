@@ -12,6 +12,7 @@ analysis tools use `Collectives` alone.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from .frames import MAGIC, SENT, STAMP, Frames, mismatch
 from ..net.link import Link
 from ..timing import Recorder, Section
 from .watchdog import Watchdog
+from .wire import CLOCK, OBJECTS, WireCount
 
 # The point-to-point streams. gloo matches a receive by (peer, tag) alone, so two streams in flight between the
 # same ranks (the actor's and the critic's gossip under DecPG with local critics) must never share a tag: a
@@ -79,6 +81,7 @@ class Collectives:
         self.frames = Frames()  # every p2p message travels with a header (frames.py)
         self.iteration = -1  # what the job is doing, as a number: -1 during setup (message headers)
         self.watch = watch
+        self.wire = WireCount(rank, world, P2P_STREAMS, self.recorder)  # the bytes this rank puts on each link (wire.py)
 
     def begin_iteration(self, iteration: int) -> None:
         """The trainer's one hook per iteration (counted from 1, as metrics.jsonl does)."""
@@ -140,6 +143,7 @@ class Collectives:
         if mine is None:
             return None
         clocks = torch.tensor(mine, dtype=torch.float64)
+        self.wire.collective(CLOCK, 16)
         return clocks, dist.all_reduce(clocks, op=dist.ReduceOp.MAX, async_op=True), cost
 
     def _joined(self, sim) -> None:
@@ -175,6 +179,7 @@ class Collectives:
         self.recorder.flow(True, flow, None if stamp is None else stamp[0])  # before the receiver can see it
         if self.link.drops(peer):
             return []  # the receiver's timeout names the fault
+        self.wire.sent(peer, tag, frame.raw.numel())
         return [(peer, dist.isend(frame.raw, dst=peer, tag=tag), frame.raw.numel())]
 
     def _irecv(self, x: torch.Tensor, peer: int, tag: int, stamps: list) -> list:
@@ -215,6 +220,7 @@ class Collectives:
             nbytes = buf.numel() * buf.element_size()
             with self.recorder.section(name), self.transport():
                 work = dist.all_reduce(buf, async_op=True)
+                self.wire.collective(name, nbytes)
                 sim = self._join_start(self.link.profile.allreduce_s(self.world, nbytes))
             self.recorder.count(name, nbytes=nbytes, messages=1)
         return PendingReduce(self, buf, work, name, scale, sim)
@@ -225,6 +231,7 @@ class Collectives:
             return x.clone()
         with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1), self.transport():
             out = [torch.empty_like(x) for _ in range(self.world)] if self.rank == 0 else None
+            self.wire.collective(name, 0 if self.rank == 0 else x.numel() * x.element_size())
             sim = self._join_start(self.link.profile.gather_s(self.world, x.numel() * x.element_size()))
             self._wait_all([dist.gather(x.contiguous(), out, dst=0, async_op=True)], name)
             self._joined(sim)
@@ -234,6 +241,7 @@ class Collectives:
         if self.distributed:
             with self.recorder.section(name, nbytes=x.numel() * x.element_size(), messages=1), self.transport():
                 sim = self._join_start(self.link.profile.broadcast_s(self.world, x.numel() * x.element_size()))
+                self.wire.collective(name, x.numel() * x.element_size() if self.rank == src else 0)
                 self._wait_all([dist.broadcast(x, src=src, async_op=True)], name)
                 self._joined(sim)
         return x
@@ -243,6 +251,9 @@ class Collectives:
         if not self.distributed:
             return [obj]
         out = [None] * self.world if self.rank == 0 else None
+        # torch gathers the pickles' sizes (int64), then the pickles padded to the largest: counted, this rank's
+        # pickle and its size, a lower bound (pickling twice costs a little, at checkpoints and the run's end only)
+        self.wire.collective(OBJECTS, 0 if self.rank == 0 else len(pickle.dumps(obj)) + 8)
         dist.gather_object(obj, out, dst=0)
         return out
 
@@ -251,6 +262,7 @@ class Collectives:
             with self.recorder.section(name), self.transport():
                 sim = self._join_start(self.link.profile.allreduce_s(self.world, 4))
                 self._wait_all([dist.barrier(async_op=True)], name)
+                self.wire.collective(name, 0)  # no payload (gloo's own notifications are not counted)
                 self._joined(sim)
 
 

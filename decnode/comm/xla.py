@@ -26,7 +26,8 @@ import threading
 import torch
 
 from .api import AgentBlocks
-from .transport import CommError
+from .transport import P2P_STREAMS, CommError
+from .wire import WireCount
 from ..net.link import Link
 from ..timing import Recorder, Section
 from ..topology import Graph, build_graph, shift_plan, shift_refusal
@@ -112,6 +113,9 @@ class XlaFabric(AgentBlocks):
         self.distributed = self.world > 1
         self.context, self.iteration = "setup", -1
         self.link = Link()  # no simulated network and no faults on XLA devices (config.py refuses both)
+        # the host fabric's count (its messages and collectives); the devices' own collectives are not counted
+        self.wire = host.wire if host is not None else WireCount(self.rank, self.world, P2P_STREAMS,
+                                                                                   self.recorder)
         self.n_agents = n_agents
         self.per_process = n_agents // self.world
         self.agents = self.rows_of(self.rank)

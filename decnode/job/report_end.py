@@ -10,6 +10,7 @@ import resource
 from pathlib import Path
 
 from ..net.profile import format_clock_table
+from ..comm.wire import job_links
 from ..timing import Section
 from .trace import write_trace
 
@@ -35,7 +36,7 @@ def finish(trainer, logger, run_dir: Path, start: int, stopped: bool, sim_total:
     # CPU seconds (user + system, all threads) say how much work a rank did, where wall-clock also counts waiting.
     usage = resource.getrusage(resource.RUSAGE_SELF)
     reports = fabric.gather_objects((rec.snapshot(), usage.ru_maxrss / 1024, sim_total, trace,
-                                     usage.ru_utime + usage.ru_stime))
+                                     usage.ru_utime + usage.ru_stime, fabric.wire.report()))
     if logger is not None:
         _record(trainer, logger, run_dir, start, summary, reports, trace is not None, oversubscribed)
     return summary
@@ -47,6 +48,7 @@ def _record(trainer, logger, run_dir, start, summary, reports, traced, oversubsc
     timing, memory = [r[0] for r in reports], [round(r[1], 1) for r in reports]
     summary["peak_rss_mb"] = memory
     summary["cpu_seconds"] = [round(r[4], 2) for r in reports]
+    summary["wire"] = job_links([r[5] for r in reports])  # bytes per link and stream (comm/wire.py)
     if clock is not None:
         summary["simulated"] = {"profile": vars(fabric.link.profile), "ranks": [r[2] for r in reports]}
     if traced:

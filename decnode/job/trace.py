@@ -3,7 +3,8 @@
 Two timelines, each with one row per rank: "host" is this machine's wall-clock (perf_counter, shared by the
 processes of one host), "simulated" is the per-node clock of the network profile (net/profile.py), when one is set.
 Sections are complete events ("X", nested as they ran); each point-to-point message is a flow arrow from the
-section that sent it to the one that received it.
+section that sent it to the one that received it. The bytes each rank put on the wire (comm/wire.py) are counter
+events ("C"), one counter per rank with a series per stream, cumulative from the start of the trace.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def chrome_trace(per_rank: list[dict], profile_name: str | None = None) -> dict:
             events.append({**common, "pid": HOST, "ts": (host - origin) * 1e6})
             if profile_name and sim is not None:
                 events.append({**common, "pid": SIMULATED, "ts": sim * 1e6})
+        totals: dict[str, int] = {}
+        for host, stream, nbytes in trace.get("sent", ()):
+            totals[stream] = totals.get(stream, 0) + nbytes
+            events.append({"ph": "C", "name": f"bytes sent by rank {rank}", "pid": HOST, "tid": rank,
+                           "ts": (host - origin) * 1e6, "args": dict(totals)})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 

@@ -27,6 +27,7 @@ from ..marl.actor import ActorBlock, row_pool
 from ..marl.combiners import make_combiner
 from ..extensions import combiner
 from ..comm.api import Fabric
+from ..comm.wire import job_bytes
 from ..config import Config
 from ..marl.critic import make_critic
 from ..envs import env_factory, make_env
@@ -183,11 +184,12 @@ class Trainer:
         code, row = self._nonfinite(first, critic_batch, params)
         flags = [0.0] * self.fabric.world
         flags[self.fabric.rank] = float(code + len(WATCHED) * row) if code else 0.0
+        sent = self.fabric.wire.window()  # bytes per stream since the previous line, stats' own last (comm/wire.py)
         variances, totals = agent_variance_and_sums(
             self.fabric, {"grad_disagreement": first["grad"], "update_variance": params - theta_start,
-                          "consensus_distance": theta_start}, [*scalars.values(), *flags])
+                          "consensus_distance": theta_start}, [*scalars.values(), *flags, *sent])
         sums = dict(zip(scalars, totals))
-        self._raise_if_nonfinite(totals[len(scalars):])
+        self._raise_if_nonfinite(totals[len(scalars): len(scalars) + len(flags)])
         n, critic_rows = self.n, self.critic.total_rows
         out = {"iteration": self.iteration, "env_steps": self.env_steps, "lr": lr,
                **{key: sums[key] / n for key in ("policy_loss", "entropy", "grad_norm", "approx_kl", "clip_fraction")},
@@ -204,6 +206,7 @@ class Trainer:
             out["train_reward"] = float(np.mean(rets)) if rets else None
             if coord.episode_wins:
                 out["train_win_rate"] = float(np.mean(coord.episode_wins))
+        out["bytes"] = job_bytes(totals[len(scalars) + len(flags):])  # every rank's, summed
         out["stop"] = sums["stop"] > 0
         return out
 

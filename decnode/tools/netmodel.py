@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{args.algo} n={cfg.env.n_agents} on {args.nproc} processes, '{args.net}', overlap "
                   f"{1e3 * hide:.1f} ms: {1e3 * pred['total']:.2f} ms per iteration ("
                   + "  ".join(f"{k} {1e3 * pred[k]:.2f}" for k in KINDS)
-                  + f" ms; combine before overlap {1e3 * pred['combine_raw']:.2f} ms)")
+                  + f" ms; combine before overlap {1e3 * pred['combine_raw']:.2f} ms)"
+                  + (f"; gossip {pred['gossip_bytes'] / 1e6:.3f} MB per iteration" if pred["gossip_bytes"] else ""))
         elif args.command == "compare":
             cfg = _job(args)
             if args.iterations < 2:
