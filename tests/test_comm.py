@@ -204,3 +204,37 @@ def test_both_fabrics_implement_the_fabric_protocol_with_its_signatures():
         assert cls.rows_of is api.AgentBlocks.rows_of and cls.allreduce_mean_start is api.AgentBlocks.allreduce_mean_start
     fabric = Fabric(4, 1)
     assert [a for a in api.Fabric.__annotations__ if not hasattr(fabric, a)] == []  # rank, world, link, ...
+
+
+def _foreign_job_worker():
+    from decnode.comm.transport import CommError, world_from_env
+    rank, world = world_from_env()
+    with open_fabric(2, 1, timeout_s=30) as fabric:
+        ours = fabric.job_id
+        ids = fabric.gather_objects(ours)
+        if rank == 1:
+            fabric.job_id = ours ^ 0x5A5A  # this rank now speaks for another job on the same ports
+        x = torch.ones(1, 3)
+        try:
+            fabric.gossip(x)
+            error = None
+        except CommError as err:
+            error = str(err)
+        fabric.job_id = ours
+        return ours, ids, error
+
+
+def test_a_frame_from_another_job_is_refused_in_one_line_naming_both_jobs():
+    (job0, ids, error0), (job1, _, error1) = run_ranks(_foreign_job_worker, 2, timeout=120)
+    assert job0 == job1 == ids[0] == ids[1] and job0 != 0  # one id per job, drawn by rank 0
+    other = job1 ^ 0x5A5A
+    # rank 0 received rank 1's forged frame; rank 1 received a genuine one (its own id was the forged one)
+    assert error0 is not None and "\n" not in error0, error0
+    assert "rank 0: gossip from rank 1 belongs to another job" in error0
+    assert f"{other:016x}" in error0 and f"{job0:016x}" in error0
+    assert error1 is not None and f"{job0:016x}" in error1  # …and to rank 1 the genuine frame looks foreign
+
+
+def test_two_jobs_draw_different_ids():
+    a, b = run_ranks(_foreign_job_worker, 2, timeout=120)[0][0], run_ranks(_foreign_job_worker, 2, timeout=120)[0][0]
+    assert a != b

@@ -13,9 +13,15 @@ import torch
 
 HEADER_BYTES = 64  # keeps the payload 64-byte aligned for every dtype
 MAGIC = 0x64656E6F6465  # "denode": a buffer that is not a decnode frame at all
-# int64 slots 0-3: magic, iteration (-1: setup), tag, sequence; float64 slots 4-7: the simulated stamp (departure,
-# arrival, host arrival) and the sender's wall time at sending (delay faults hold from it).
+# int64 slots 0-3: magic, iteration (-1: setup) × 256 + tag, the job's id, sequence; float64 slots 4-7: the simulated
+# stamp (departure, arrival, host arrival) and the sender's wall time at sending (delay faults hold from it).
 INTS, STAMP, SENT = slice(0, 4), slice(4, 7), 7
+TAGS = 256  # tags below this share a slot with the iteration
+
+
+def pack(iteration: int, tag: int, job: int, sequence: int) -> tuple[int, int, int, int]:
+    """The header's int64 slots."""
+    return MAGIC, iteration * TAGS + tag, job, sequence
 
 
 class Frame:
@@ -45,9 +51,10 @@ class Frames:
         return frame
 
 
-def mismatch(frame: Frame, iteration: int, tag: int, sequence: int, streams: tuple) -> str | None:
+def mismatch(frame: Frame, iteration: int, tag: int, sequence: int, streams: tuple, job: int = 0) -> str | None:
     """Why a received frame is not the one expected, or None. `streams`: names by tag − 1 (collectives.P2P_STREAMS)."""
-    magic, got_it, got_tag, got_seq = (int(v) for v in frame.ints[INTS])
+    magic, when_tag, got_job, got_seq = (int(v) for v in frame.ints[INTS])
+    got_it, got_tag = divmod(when_tag, TAGS)
 
     def name(t):
         return streams[t - 1] if 1 <= t <= len(streams) else f"tag {t}"
@@ -57,6 +64,9 @@ def mismatch(frame: Frame, iteration: int, tag: int, sequence: int, streams: tup
 
     if magic != MAGIC:
         return "carried no decnode header (a foreign or corrupt message)"
+    if got_job != job:  # gloo and the rendezvous store authenticate nobody: another job may reach these ports
+        return (f"belongs to another job (job id {got_job:016x}; this job is {job:016x}): a stale job or a second "
+                "job on the same address and ports reached this one")
     if got_it != iteration or got_tag != tag:
         return (f"carried {when(got_it)} (stream {name(got_tag)}), expected {when(iteration)} (stream {name(tag)}): "
                 "a stale or reordered message")

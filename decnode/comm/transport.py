@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import secrets
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ..elastic import group_store
-from .frames import MAGIC, SENT, STAMP, Frames, mismatch
+from .frames import SENT, STAMP, Frames, mismatch, pack
 from ..net.link import Link
 from ..timing import Recorder, Section
 from .watchdog import Watchdog
@@ -80,6 +81,7 @@ class Collectives:
         self._sequence: dict[tuple, int] = defaultdict(int)  # messages per (src, dst, tag): both ends agree on ids
         self.frames = Frames()  # every p2p message travels with a header (frames.py)
         self.iteration = -1  # what the job is doing, as a number: -1 during setup (message headers)
+        self.job_id = 0  # every frame carries it; process_group draws one per job (an attempt after a restart: anew)
         self.watch = watch
         self.wire = WireCount(rank, world, P2P_STREAMS, self.recorder)  # the bytes this rank puts on each link (wire.py)
 
@@ -169,7 +171,7 @@ class Collectives:
             frame.payload.copy_(x)
         else:
             torch.index_select(x, 0, rows, out=frame.payload)
-        frame.ints[:4] = (MAGIC, self.iteration, tag, seq)
+        frame.ints[:4] = pack(self.iteration, tag, self.job_id, seq)
         frame.floats[SENT] = time.time()
         # The bytes that travel: the rows sent, not the whole block they were taken from (a gossip round sends
         # each peer only the rows it needs).
@@ -194,7 +196,7 @@ class Collectives:
         the simulated clock when the last message arrives."""
         received = []
         for _, frame, flow, peer, tag, seq, dest in stamps:
-            problem = mismatch(frame, self.iteration, tag, seq, P2P_STREAMS)
+            problem = mismatch(frame, self.iteration, tag, seq, P2P_STREAMS, self.job_id)
             if problem:
                 raise CommError(f"rank {self.rank}: {P2P_STREAMS[tag - 1]} from rank {peer} {problem}")
             dest.copy_(frame.payload)
@@ -281,7 +283,13 @@ def process_group(timeout_s: float, build, hang_warning_s: float | None = None):
     if world > 1:  # under an elastic agent: in this attempt's own namespace of its store (elastic.py)
         dist.init_process_group("gloo", **group_store(timedelta(seconds=timeout_s)))
         watch = Watchdog(rank, world, hang_warning_s or timeout_s / 4, P2P_STREAMS)
+        # A random id per job (and per attempt after a restart), in every frame's header: a message from another
+        # job that reached these ports (nothing authenticates gloo's sockets) is refused, naming both ids.
+        job = torch.tensor([secrets.randbits(62) if rank == 0 else 0], dtype=torch.int64)
+        dist.broadcast(job, src=0)
     group = build(rank, world, watch)
+    if world > 1:
+        group.job_id = int(job)
     ok = False
     try:
         yield group
