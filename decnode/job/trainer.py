@@ -356,7 +356,8 @@ def _record_processes(trainer: Trainer, run_dir: Path) -> list[str]:
     # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
     procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
                                    "netns": _netns(), "machine": cores.machine_id(), "cores": cores.allowed(),
-                                   "threads": torch.get_num_threads(), "row_threads": trainer.row_threads})
+                                   "threads": torch.get_num_threads(), "row_threads": trainer.row_threads,
+                                   "job_id": f"{getattr(fabric, 'job_id', 0):016x}"})  # what its frames carry
     oversubscribed = cores.oversubscribed(procs) if trainer.coordinator else []
     if trainer.coordinator:
         with trainer.writing("processes.json"):
