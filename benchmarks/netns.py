@@ -9,7 +9,7 @@ latency_s = half the round trip (a) measured, and speed F for the rank that ran 
 (processes.json of (a)): rank 0's simulated seconds per iteration and its wire + waiting. The first iteration
 (warm-up) is left out; evaluation is off.
 
-    python benchmarks/netns.py [--ks 1 2 3] [--rates 100mbit 1gbit] [--slowdown 2] [--iterations 8]
+    python benchmarks/netns.py [--graphs k=1 k=2 k=3 torus exp1peer] [--rates 100mbit 1gbit] [--slowdown 2] [--iterations 8]
                                [--md results/netns_validation.md]
 
 A cell misses when either error is over 10 %; the table then says which term differs most: compute (simulated
@@ -66,13 +66,22 @@ def run(cmd: list[str], env: dict, timeout: float) -> str:
     return done.stdout + done.stderr
 
 
+def graph_args(graph: str) -> list[str]:
+    """decnode-run's flags for a cell's graph: "k=2" is the kNN ring of k = 2, anything else a --topology name."""
+    return ["--k", graph[2:]] if graph.startswith("k=") else ["--topology", graph]
+
+
+def cell_name(cell: dict) -> str:
+    return f"{cell['graph'].replace('=', '')}-{cell['rate']}-{'slow' if cell['slow'] > 1 else 'even'}"
+
+
 def on_hosts(cell: dict, job: list[str], env: dict, tmp: Path, hosts: int) -> tuple[Path, dict]:
     """The cell's job on namespace hosts; its run directory and what the script measured of the links."""
-    name = f"k{cell['k']}-{cell['rate']}-{'slow' if cell['slow'] > 1 else 'even'}"
+    name = cell_name(cell)
     real = tmp / f"hosts-{name}"
     host_env = dict(env, GLOO_PING="1", **({"HOST_SLOWDOWN": f"1:{cell['slow']:g}"} if cell["slow"] > 1 else {}))
-    out = run([str(REPO / "launch" / "netns_hosts.sh"), str(hosts), "1", cell["rate"], *job, "--k", str(cell["k"]),
-               "--out", str(real)], host_env, 900)
+    out = run([str(REPO / "launch" / "netns_hosts.sh"), str(hosts), "1", cell["rate"], *job,
+               *graph_args(cell["graph"]), "--out", str(real)], host_env, 900)
     links = {"rtt_us": float(re.search(r"round trip \S+ <-> \S+: (\d+) µs", out)[1]),
              "gloo_us": float(re.search(r"gloo one way \S+ -> \S+: (\d+) µs", out)[1])}
     return real, links
@@ -81,7 +90,7 @@ def on_hosts(cell: dict, job: list[str], env: dict, tmp: Path, hosts: int) -> tu
 def simulated(cell: dict, job: list[str], env: dict, tmp: Path, hosts: int, alpha_s: float, speed: list,
               tag: str = "") -> Path:
     """The same job over loopback with the per-node clock of a profile: α, the cell's rate, per-rank speed."""
-    name = f"k{cell['k']}-{cell['rate']}-{'slow' if cell['slow'] > 1 else 'even'}{tag}"
+    name = cell_name(cell) + tag
     profile, sim = tmp / f"{name}.yaml", tmp / f"sim-{name}"
     # preset: a base to override (its name would otherwise be taken for one).
     # An uncapped veth moves gigabytes per second: 100 Gbit/s prices its bytes at about nothing, as they cost.
@@ -89,7 +98,7 @@ def simulated(cell: dict, job: list[str], env: dict, tmp: Path, hosts: int, alph
     rate = f"bandwidth_bit_s: {beta:.0f}\n"
     profile.write_text(f"preset: ethernet\nname: netns-{name}\njitter_s: 0\nlatency_s: {alpha_s:.9f}\n{rate}"
                        f"speed: {speed}\n")
-    run([sys.executable, "-m", "decnode.run", "--nproc", str(hosts), *job, "--k", str(cell["k"]), "--net",
+    run([sys.executable, "-m", "decnode.run", "--nproc", str(hosts), *job, *graph_args(cell["graph"]), "--net",
          str(profile), "--out", str(sim)], env, 900)
     return sim
 
@@ -105,11 +114,11 @@ def sim_comm(run_dir: Path) -> float:
     return statistics.mean(x["sim"]["wire"] + x["sim"]["waiting"] for x in steady(run_dir))
 
 
-def calibrate_alpha(k: int, job: list[str], env: dict, tmp: Path, hosts: int) -> dict:
+def calibrate_alpha(graph: str, job: list[str], env: dict, tmp: Path, hosts: int) -> dict:
     """α for these hosts as decnode's messages see them, fitted once on an uncapped link: the simulated
     communication is linear in α (slope: the latencies on rank 0's path per iteration), so two simulated runs
     place the α at which it equals the measured one. The gloo ping-pong's one way is the floor."""
-    cell = dict(k=k, rate="none", slow=1.0)
+    cell = dict(graph=graph, rate="none", slow=1.0)
     real, links = on_hosts(cell, job, env, tmp, hosts)
     measured = host_comm(real)[0]
     a0, a1 = links["gloo_us"] * 1e-6, links["gloo_us"] * 1e-6 + 1e-3
@@ -156,16 +165,16 @@ def table(rows: list[dict], hosts: int, agents: int, args, cpu: str, fit: dict) 
     head = ("| graph | link | straggler | gloo µs | s/it measured | s/it simulated | error | comm measured | "
             "comm simulated | error | compute measured | compute simulated | verdict |")
     lines = [f"{hosts} namespace hosts × 1 rank × {agents} agents (Simple Spread, n = {hosts * agents}), DecPG on the "
-             f"kNN ring, {args.iterations} iterations (the first left out), each host pinned to its own core(s); "
+             f"graph of each row (k=K: the kNN ring), {args.iterations} iterations (the first left out), each host pinned to its own core(s); "
              f"rank 0, seconds per iteration. CPU: {cpu}.", "",
              f"The profile of each cell: β = the cell's tbf rate, speed = the straggler's factor on the rank that ran "
-             f"on host 1, α = {fit['alpha_s'] * 1e6:.0f} µs fitted once on an uncapped link (k={args.ks[0]}, no "
+             f"on host 1, α = {fit['alpha_s'] * 1e6:.0f} µs fitted once on an uncapped link ({args.graphs[0]}, no "
              f"straggler: {fit['measured'] * 1e3:.1f} ms measured communication per iteration; the gloo one way "
              f"between the pinned hosts is {fit['gloo_us']:.0f} µs, their TCP round trip {fit['rtt_us']:.0f} µs).",
              "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         e_it, e_comm = r["s_iter"] / r["m_iter"] - 1, r["s_comm"] / r["m_comm"] - 1
-        lines.append(f"| k={r['k']} | {r['rate']} | {'host 1 ' + format(r['slow'], 'g') + '×' if r['slow'] > 1 else 'off'}"
+        lines.append(f"| {r['graph']} | {r['rate']} | {'host 1 ' + format(r['slow'], 'g') + '×' if r['slow'] > 1 else 'off'}"
                      f" | {r['gloo_us']:.0f} | {r['m_iter']:.3f} | {r['s_iter']:.3f} | {100 * e_it:+.1f} % | "
                      f"{r['m_comm']:.3f} | {r['s_comm']:.3f} | {100 * e_comm:+.1f} % | {r['m_compute']:.3f} | "
                      f"{r['s_compute']:.3f} | {verdict(r)} |")
@@ -173,7 +182,7 @@ def table(rows: list[dict], hosts: int, agents: int, args, cpu: str, fit: dict) 
     errors_comm = [abs(r["s_comm"] / r["m_comm"] - 1) for r in rows]
     worst = max(rows, key=lambda r: max(abs(r["s_iter"] / r["m_iter"] - 1), abs(r["s_comm"] / r["m_comm"] - 1)))
     lines += ["", f"Mean absolute error: seconds per iteration {100 * statistics.mean(errors_it):.1f} %, "
-                  f"communication {100 * statistics.mean(errors_comm):.1f} % (target ≤ 10 %). Worst cell: k={worst['k']}"
+                  f"communication {100 * statistics.mean(errors_comm):.1f} % (target ≤ 10 %). Worst cell: {worst['graph']}"
                   f", {worst['rate']}, straggler {'on' if worst['slow'] > 1 else 'off'} "
                   f"({100 * (worst['s_iter'] / worst['m_iter'] - 1):+.1f} % per iteration, "
                   f"{100 * (worst['s_comm'] / worst['m_comm'] - 1):+.1f} % communication).",
@@ -184,7 +193,8 @@ def table(rows: list[dict], hosts: int, agents: int, args, cpu: str, fit: dict) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--graphs", nargs="+", default=["k=1", "k=2", "k=3", "torus", "exp1peer"],
+                    help="k=K (the kNN ring) or a --topology name per row group; the first is α's fit")
     ap.add_argument("--rates", nargs="+", default=["100mbit", "1gbit"])
     ap.add_argument("--slowdown", type=float, default=2.0, help="the straggler's factor (1: no straggler cells)")
     ap.add_argument("--iterations", type=int, default=8)
@@ -203,20 +213,20 @@ def main() -> None:
            "--set", "run.checkpoint_interval=0"]
     env = dict(os.environ, PYTHON=sys.executable,
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    cells = [dict(k=k, rate=rate, slow=slow) for rate in args.rates
-             for slow in ([1.0, args.slowdown] if args.slowdown > 1 else [1.0]) for k in args.ks]
+    cells = [dict(graph=graph, rate=rate, slow=slow) for rate in args.rates
+             for slow in ([1.0, args.slowdown] if args.slowdown > 1 else [1.0]) for graph in args.graphs]
     rows = []
     with tempfile.TemporaryDirectory(prefix="decnode-netns-") as scratch:
         tmp = Path(args.keep or scratch)
         tmp.mkdir(parents=True, exist_ok=True)
-        fit = calibrate_alpha(args.ks[0], job, env, tmp, hosts)
-        print(f"α fitted on an uncapped link (k={args.ks[0]}): {fit['alpha_s'] * 1e6:.0f} µs (gloo one way "
+        fit = calibrate_alpha(args.graphs[0], job, env, tmp, hosts)
+        print(f"α fitted on an uncapped link ({args.graphs[0]}): {fit['alpha_s'] * 1e6:.0f} µs (gloo one way "
               f"{fit['gloo_us']:.0f} µs, TCP round trip {fit['rtt_us']:.0f} µs; {fit['latencies']:.0f} latencies per "
               f"iteration on rank 0's path)", flush=True)
         for cell in cells:
             rows.append(measure(cell, job, env, tmp, hosts, fit["alpha_s"]))
             r = rows[-1]
-            print(f"k={r['k']} {r['rate']} slow {r['slow']:g}: s/it {r['m_iter']:.3f} measured, {r['s_iter']:.3f} "
+            print(f"{r['graph']} {r['rate']} slow {r['slow']:g}: s/it {r['m_iter']:.3f} measured, {r['s_iter']:.3f} "
                   f"simulated; comm {r['m_comm']:.3f} / {r['s_comm']:.3f}", flush=True)
     text = table(rows, hosts, args.agents, args, cpu_name(), fit)
     print("\n" + text)

@@ -99,8 +99,8 @@ def test_a_slowed_host_on_a_capped_link_takes_the_time_the_simulated_clock_predi
            "--set", "run.checkpoint_interval=0"]
     tmp = Path(tempfile.mkdtemp())
     try:
-        fit = bench.calibrate_alpha(1, job, env, tmp, hosts=2)
-        row = bench.measure(dict(k=1, rate="100mbit", slow=2.0), job, env, tmp, hosts=2, alpha_s=fit["alpha_s"])
+        fit = bench.calibrate_alpha("k=1", job, env, tmp, hosts=2)
+        row = bench.measure(dict(graph="k=1", rate="100mbit", slow=2.0), job, env, tmp, hosts=2, alpha_s=fit["alpha_s"])
     finally:
         _remove(tag)
         shutil.rmtree(tmp, ignore_errors=True)
