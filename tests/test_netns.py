@@ -100,7 +100,8 @@ def test_a_slowed_host_on_a_capped_link_takes_the_time_the_simulated_clock_predi
     tmp = Path(tempfile.mkdtemp())
     try:
         fit = bench.calibrate_alpha("k=1", job, env, tmp, hosts=2)
-        row = bench.measure(dict(graph="k=1", rate="100mbit", slow=2.0), job, env, tmp, hosts=2, alpha_s=fit["alpha_s"])
+        row = bench.measure(dict(graph="k=1", rate="100mbit", slow=2.0), job, env, tmp, hosts=2,
+                            alpha_s=fit["alpha_s"])
     finally:
         _remove(tag)
         shutil.rmtree(tmp, ignore_errors=True)
