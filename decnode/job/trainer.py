@@ -9,10 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import signal
-import socket
-import sys
 import threading
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import torch
 
 from . import checkpoint as ckpt
 from ..nn import native
-from . import cores, metricsfile, report_end
+from . import metricsfile, records, report_end
 from .rundir import writing
 from ..marl.actor import ActorBlock, row_pool
 from ..marl.combiners import make_combiner
@@ -313,13 +310,6 @@ class Trainer:
         return json.dumps(clean)
 
 
-def _netns() -> str | None:
-    try:
-        return os.readlink("/proc/self/ns/net")  # e.g. net:[4026531840]
-    except OSError:  # not Linux
-        return None
-
-
 def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None,
           restarts: list[dict] | None = None) -> dict:
     """Run (or continue) a training job on this process; rank 0 logs. Returns a summary dict. `restarts`: records
@@ -328,13 +318,9 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
 
     with fabric.recorder.section(Section.SETUP):
         trainer = Trainer(cfg, fabric, run_dir, resume)
-    oversubscribed = _record_processes(trainer, run_dir)
+    oversubscribed = records.processes(trainer, run_dir)
     if trainer.coordinator and trainer.gossips:
-        with trainer.writing("topology.json"):  # the graph by content: a file: topology stays on record
-            graph = fabric.graph
-            (Path(run_dir) / "topology.json").write_text(json.dumps(
-                {**graph.describe(), "weights": cfg.algo.weights,
-                 "matrices": [W.tolist() for W in graph.phases]}))
+        records.topology(trainer, run_dir)
     logger = (RunLogger(run_dir, cfg.train.iterations, trainer.iteration, cfg.run.tensorboard, trainer.writing,
                         trainer.last_line) if trainer.coordinator else None)
     # The heap that setup built (torch, the envs, the nets: ~10^6 objects) is moved out of the collector's sight:
@@ -347,24 +333,6 @@ def train(cfg: Config, fabric: Fabric, run_dir: Path, resume: dict | None = None
     trainer.save_checkpoint()
     trainer.save_models()
     return report_end.finish(trainer, logger, run_dir, start, stopped, sim_total, trace, oversubscribed)
-
-
-def _record_processes(trainer: Trainer, run_dir: Path) -> list[str]:
-    """processes.json on rank 0, and the warnings (rank 0's) of machines running more threads than cores."""
-    fabric = trainer.fabric
-    # Which process is which rank: for whoever has to inspect or stop one of them. netns: the network namespace
-    # (emulated hosts share a kernel, and a pid is only meaningful inside its host).
-    procs = fabric.gather_objects({"rank": fabric.rank, "host": socket.gethostname(), "pid": os.getpid(),
-                                   "netns": _netns(), "machine": cores.machine_id(), "cores": cores.allowed(),
-                                   "threads": torch.get_num_threads(), "row_threads": trainer.row_threads,
-                                   "job_id": f"{getattr(fabric, 'job_id', 0):016x}"})  # what its frames carry
-    oversubscribed = cores.oversubscribed(procs) if trainer.coordinator else []
-    if trainer.coordinator:
-        with trainer.writing("processes.json"):
-            (Path(run_dir) / "processes.json").write_text(json.dumps(procs, indent=1))
-        for line in oversubscribed:  # once per host, from the coordinator, which sees every host
-            print(line, file=sys.stderr, flush=True)
-    return oversubscribed
 
 
 def _loop(trainer: Trainer, logger, restarts: list[dict] | None) -> tuple[bool, dict, object]:
