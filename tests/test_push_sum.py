@@ -85,12 +85,14 @@ def test_the_mass_is_conserved_every_round(world, dtype, graph_file):
 def test_push_weights_are_column_stochastic_and_decpgs_on_a_regular_undirected_graph(graph_file):
     for spec in ("exp", "exp1peer", graph_file, "random_regular"):
         graph = build_graph(spec, N, degree=3).push_weights()
+        assert graph.column_stochastic
         for t in range(graph.period):
             A = graph.matrix(t)
             assert np.allclose(A.sum(axis=0), 1.0, atol=1e-12)
             assert np.array_equal(A != 0, build_graph(spec, N, degree=3).matrix(t) != 0)  # the same edges
     for spec in ("ring", "complete", "knn"):  # undirected and regular: the very matrix DecPG mixes with
         assert np.array_equal(build_graph(spec, N, k=2).push_weights().phases[0], build_graph(spec, N, k=2).phases[0])
+    assert not build_graph(graph_file, N).push_weights().doubly_stochastic  # its rows do not sum to 1
     with pytest.raises(GraphError) as err:  # a row-stochastic irregular graph is not column-stochastic
         check_graph(build_graph(graph_file, N), "column", "push_sum")
     assert "push_sum needs column-stochastic weights" in str(err.value) and "\n" not in str(err.value)

@@ -82,12 +82,13 @@ class Graph:
         return not self.union.any()
 
     @property
-    def doubly_stochastic(self) -> bool:
+    def column_stochastic(self) -> bool:
         return all(np.allclose(W.sum(axis=0), 1.0, atol=TOL) for W in self.phases)
 
     @property
-    def column_stochastic(self) -> bool:
-        return all(np.allclose(W.sum(axis=0), 1.0, atol=TOL) for W in self.phases)
+    def doubly_stochastic(self) -> bool:
+        """Columns and rows sum to 1 (a push-sum graph's columns do, its rows need not)."""
+        return self.column_stochastic and all(np.allclose(W.sum(axis=1), 1.0, atol=TOL) for W in self.phases)
 
     def push_weights(self) -> "Graph":
         """The same edges, every round, with push-sum's column-stochastic shares (weights.push): agent j keeps and
