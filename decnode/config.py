@@ -58,13 +58,15 @@ class EnvConfig:
 @dataclass
 class AlgoConfig:
     name: str = _key("decpg", "algorithm", COMBINERS)
-    k: int = _key(4, "kNN topology: neighbours per agent (decpg only), in [0, n-1]")
-    topology: str = _key("knn", "the gossip graph (decpg only): knn (the paper's ring of algo.k) | ring | torus[:RxC] "
-                         "| exp | exp1peer | random_regular | complete | file:PATH (README 'Topologies')")
+    k: int = _key(4, "kNN topology: neighbours per agent (decpg, push_sum), in [0, n-1]")
+    topology: str = _key("knn", "the gossip graph (decpg, push_sum): knn (the paper's ring of algo.k) | ring "
+                         "| torus[:RxC] | exp | exp1peer | random_regular | complete | file:PATH (README 'Topologies')")
     weights: str = _key("uniform", "gossip weights: uniform (1/(in-degree+1), the paper's) | metropolis "
-                        "(Metropolis–Hastings, undirected graphs)", ("uniform", "metropolis"))
+                        "(Metropolis–Hastings, undirected graphs); push_sum sends its own shares",
+                        ("uniform", "metropolis"))
     degree: int = _key(3, "random_regular: each agent's number of neighbours", "min1")
-    mix_every: str = _key("step", "decpg: one gossip round per SGD step, or once per iteration", ("step", "iteration"))
+    mix_every: str = _key("step", "decpg, push_sum: one gossip round per SGD step, or once per iteration",
+                          ("step", "iteration"))
     critic: str = _key("central", "", CRITICS)
     agents_per_process: int | None = _key(None, "agents held by each process; null: n_agents / processes", "min1")
 
@@ -431,6 +433,8 @@ def resolve(cfg: Config, n_procs: int) -> Config:
         raise ConfigError(f"train.chunk_length must divide env.episode_length={env.episode_length}, "
                           f"got {tr.chunk_length}")
     if cfg.run.device == "xla":  # what the XLA placement does not have (yet): refused, not ignored
+        if not combiner(algo.name).xla:
+            raise ConfigError(f"run.device=xla does not run algo.name={algo.name} (the CPU placement does)")
         profile = cfg.net.profile if isinstance(cfg.net.profile, str) else cfg.net.profile.get("name")
         unsupported = [what for what, bad in ((f"net.profile={profile}", cfg.net.profile != "loopback"),
                                               ("faults", bool(cfg.faults))) if bad]

@@ -30,7 +30,10 @@ class CombinerEntry(Lazy):
           algo.degree and algo.mix_every apply), "allreduce" (the mean gradient over all agents) or "none".
     label: how plots and reports name a run; "{graph}" is replaced by "k=<algo.k>" on the kNN ring, else by the
            topology's name; "{k}" by algo.k.
-    doubly_stochastic: a gossiping algorithm that needs doubly stochastic weights (DSGD: the average is kept).
+    stochastic: what a gossiping algorithm's mixing needs of the graph's matrices (topology.check_graph): "doubly"
+           (DSGD: the average is kept), "row", or "column" (push-sum: the job gossips on the graph's edges with
+           each sender's equal shares, Graph.push_weights, whatever algo.weights says).
+    xla: the XLA placement (run.device=xla) runs it; otherwise config time refuses it in one line.
     baseline: a parameter-sharing baseline the paper's claims compare DecPG against.
     entropy: the baseline's "+entropy" variant (its bonus is configs' per_algo.<name>.entropy_coef, not code).
     """
@@ -39,11 +42,14 @@ class CombinerEntry(Lazy):
     label: str = ""
     baseline: bool = False
     entropy: bool = False
-    doubly_stochastic: bool = True
+    stochastic: str = "doubly"
+    xla: bool = True
 
     def __post_init__(self):
         if self.comm not in ("gossip", "allreduce", "none"):
             raise ValueError(f"comm must be gossip, allreduce or none, got {self.comm!r}")
+        if self.stochastic not in ("row", "doubly", "column"):
+            raise ValueError(f"stochastic must be row, doubly or column, got {self.stochastic!r}")
 
     @property
     def gossips(self) -> bool:
@@ -61,6 +67,8 @@ COMBINERS.register("ps", CombinerEntry("decnode.marl.combiners:ParameterSharing"
                                        baseline=True))
 COMBINERS.register("ps_entropy", CombinerEntry("decnode.marl.combiners:ParameterSharing", comm="allreduce",
                                                label="PS+entropy", baseline=True, entropy=True))
+COMBINERS.register("push_sum", CombinerEntry("decnode.marl.push_sum:PushSum", comm="gossip", label="push-sum {graph}",
+                                             stochastic="column", xla=False))
 
 
 def combiner(name: str) -> CombinerEntry:
@@ -104,8 +112,13 @@ def job_graph(cfg):
     entry = combiner(algo.name)
     if not entry.gossips:
         return build_graph("knn", n, k=0)
+    if entry.stochastic == "column" and algo.weights != "uniform":
+        raise ConfigError(f"algo.weights={algo.weights} is a receiver's choice of weights; {algo.name} sends equal "
+                          "shares 1/(out-degree+1) on the graph's edges (leave algo.weights=uniform)")
     graph = build_graph(algo.topology, n, k=algo.k, degree=algo.degree, weights=algo.weights, seed=cfg.train.seed)
-    check_graph(graph, entry.doubly_stochastic, algo.name)
+    if entry.stochastic == "column":
+        graph = graph.push_weights()
+    check_graph(graph, entry.stochastic, algo.name)
     return graph
 
 

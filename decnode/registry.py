@@ -4,7 +4,7 @@
     COMBINERS.register("decpg", CombinerEntry(...))         # an entry
     @FAULTS.register("stall")                                 # or a class, as a decorator
     class Stall: ...
-    COMBINERS.get("x")  ->  ConfigError: unknown algorithm 'x' (known: decpg, ps, ps_entropy)
+    COMBINERS.get("x")  ->  ConfigError: unknown algorithm 'x' (known: decpg, ps, ps_entropy, push_sum)
 
 Code asks an entry what it needs to know (does this algorithm gossip? is this critic per agent?), never compares
 the name. An entry may name its implementation by import path ("decnode.marl.combiners:DecPG", see `Lazy`), so a

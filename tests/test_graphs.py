@@ -65,7 +65,7 @@ def test_rows_sum_to_one_and_regular_graphs_are_doubly_stochastic(name, n):
         assert W.dtype == np.float64 and W.shape == (n, n) and (W >= 0).all()
         np.testing.assert_allclose(W.sum(axis=1), 1.0, atol=1e-12)
         np.testing.assert_allclose(W.sum(axis=0), 1.0, atol=1e-12)  # every one is regular: uniform is doubly stochastic
-    check_graph(g, doubly_stochastic=True, algorithm="decpg")
+    check_graph(g, stochastic="doubly", algorithm="decpg")
     assert g.diameter() is not None
 
 
@@ -126,7 +126,7 @@ def test_metropolis_on_random_regular_is_symmetric_doubly_stochastic(degree):
     np.testing.assert_array_equal(W, W.T)
     np.testing.assert_allclose(W.sum(axis=0), 1.0, atol=1e-12)
     np.testing.assert_allclose(W[g.union], 1 / (degree + 1))  # regular: Metropolis is uniform
-    check_graph(g, doubly_stochastic=True, algorithm="decpg")
+    check_graph(g, stochastic="doubly", algorithm="decpg")
 
 
 def test_metropolis_on_an_irregular_file_graph(tmp_path):
@@ -141,7 +141,7 @@ def test_metropolis_on_an_irregular_file_graph(tmp_path):
     np.testing.assert_allclose(W.sum(axis=1), 1.0, atol=1e-12)
     assert W[0, 3] == 1 / 4 and W[3, 4] == 1 / 3 and W[4, 5] == 1 / 3 and W[1, 0] == 1 / 4
     assert W[1, 1] == 3 / 4 and (W >= 0).all()
-    check_graph(g, doubly_stochastic=True, algorithm="decpg")
+    check_graph(g, stochastic="doubly", algorithm="decpg")
 
 
 # ---- files --------------------------------------------------------------------------------------------------------
@@ -176,11 +176,11 @@ def test_not_strongly_connected_names_the_node(tmp_path):
     f = tmp_path / "chain.txt"
     f.write_text("0 -> 1\n1 -> 2\n2 -> 3\n")
     with pytest.raises(GraphError) as err:
-        check_graph(build_graph(f"file:{f}", 4), doubly_stochastic=False, algorithm="decpg")
+        check_graph(build_graph(f"file:{f}", 4), stochastic="row", algorithm="decpg")
     one_line(err, "not strongly connected", "node 1's parameters never reach node 0")
     f.write_text("0 1\n\n2 3\n")  # time-varying, two halves that never meet
     with pytest.raises(GraphError) as err:
-        check_graph(build_graph(f"file:{f}", 4), doubly_stochastic=False, algorithm="decpg")
+        check_graph(build_graph(f"file:{f}", 4), stochastic="row", algorithm="decpg")
     one_line(err, "over one period", "node")
 
 
@@ -188,7 +188,7 @@ def test_a_row_not_summing_to_one_names_the_node(tmp_path):
     f = tmp_path / "w.txt"
     f.write_text("0.5 0.5 0\n0.25 0.5 0.25\n0 0.5 0.4\n")
     with pytest.raises(GraphError) as err:
-        check_graph(build_graph(f"file:{f}", 3), doubly_stochastic=False, algorithm="decpg")
+        check_graph(build_graph(f"file:{f}", 3), stochastic="row", algorithm="decpg")
     one_line(err, "node 2's weights sum to 0.9")
 
 
@@ -196,12 +196,12 @@ def test_dsgd_on_uniform_weights_of_an_irregular_graph_names_the_fix(tmp_path):
     f = tmp_path / "star.txt"
     f.write_text("0 1\n0 2\n0 3\n")
     with pytest.raises(GraphError) as err:
-        check_graph(build_graph(f"file:{f}", 4), doubly_stochastic=True, algorithm="decpg")
+        check_graph(build_graph(f"file:{f}", 4), stochastic="doubly", algorithm="decpg")
     one_line(err, "decpg needs doubly stochastic weights", "node 0's parameters", "algo.weights=metropolis")
     f.write_text("0 -> 1\n1 -> 2\n2 -> 0\n0 -> 2\n")  # directed and irregular: only push-sum can use it
     with pytest.raises(GraphError) as err:
-        check_graph(build_graph(f"file:{f}", 3), doubly_stochastic=True, algorithm="decpg")
-    one_line(err, "decpg needs doubly stochastic weights", "push-sum")
+        check_graph(build_graph(f"file:{f}", 3), stochastic="doubly", algorithm="decpg")
+    one_line(err, "decpg needs doubly stochastic weights", "--algo push_sum accepts a directed graph")
     with pytest.raises(GraphError) as err:
         build_graph(f"file:{f}", 3, weights="metropolis")
     one_line(err, "Metropolis–Hastings weights need an undirected graph", "node")

@@ -254,7 +254,7 @@ def test_precedence_defaults_base_file_per_algo_flags_set(box):
     (["--set", "train.lr=1:30"], "'train.lr' must be float, got '1:30'"),
     (["--set", "train"], "--set expects section.key=value"),
     (["--set", "train.lr=[1"], "--set train.lr: not valid YAML"),
-    (["--set", "per_algo.sac.lr=1"], "per_algo.sac: unknown algorithm 'sac' (known: decpg, ps, ps_entropy)"),
+    (["--set", "per_algo.sac.lr=1"], "per_algo.sac: unknown algorithm 'sac' (known: decpg, ps, ps_entropy, push_sum)"),
     (["--set", "per_algo.ps.k=1"], "unknown key 'per_algo.ps.k'"),
 ])
 def test_non_finite_inconsistent_and_mistyped_values_are_refused(box, args, needle):
@@ -428,7 +428,7 @@ def test_analysis_tools_check_their_output_before_the_work(box, finished, module
     (["--k", "1.5"], "argument --k: invalid int value: '1.5'"),
     (["--nproc", "x"], "invalid int value: 'x'"),
     # names are checked against the registries (plugins included) once config.compose has loaded the plugins
-    (["--algo", "foo"], "unknown algorithm 'foo' (known: decpg, ps, ps_entropy)"),
+    (["--algo", "foo"], "unknown algorithm 'foo' (known: decpg, ps, ps_entropy, push_sum)"),
     (["--critic", "up"], "unknown critic placement 'up' (known: central, local)"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--iterations"], "expected one argument"),

@@ -1,4 +1,5 @@
-"""PS and DecPG (k=1) learn Simple Spread N=3 on real processes within a short CI budget.
+"""PS, DecPG (k=1) and push-sum (on the one-peer exponential graph) learn Simple Spread N=3 on real processes within
+a short CI budget.
 
 The criterion is the training return (the stochastic policies' 32 episodes per iteration), averaged over the
 first and the last 10 of 120 iterations (seed 1, lr 0.5 constant, entropy 0.01, batch 800). Measured for PS,
@@ -31,10 +32,11 @@ RUN_TIMEOUT_S = TEST_TIMEOUT_S - 60
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 
-def train(tmp_path: Path, algo: str, iterations: int, lr: float) -> list[dict]:
+def train(tmp_path: Path, algo: str, iterations: int, lr: float, *extra: str) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    res = subprocess.run([sys.executable, "-m", "decnode.run", "--algo", algo, *ARGS, "--iterations", str(iterations),
-                          "--set", f"train.lr={lr}", "--set", f"train.min_lr={lr}", "--out", str(tmp_path / "r")],
+    res = subprocess.run([sys.executable, "-m", "decnode.run", "--algo", algo, *ARGS, *extra,
+                          "--iterations", str(iterations), "--set", f"train.lr={lr}", "--set", f"train.min_lr={lr}",
+                          "--out", str(tmp_path / "r")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert res.returncode == 0, res.stderr[-2000:]
     return [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
@@ -55,4 +57,11 @@ def test_training_return_improves(tmp_path, algo):
     lines = train(tmp_path, algo, ITERATIONS, 0.5)
     assert gain(lines) > GAIN, f"{algo}: training return gained {gain(lines):.2f} over {ITERATIONS} iterations"
     assert all(d["eval_reward"] is not None for d in lines if d["iteration"] % 50 == 0 or d is lines[-1])
+    assert torch.load(tmp_path / "r" / "models.pt", weights_only=False)["iteration"] == ITERATIONS
+
+
+def test_push_sum_on_a_time_varying_directed_graph_learns(tmp_path):
+    """Issue 27: push-sum on exp1peer (at n = 3, round t sends to i+1, then i+2: directed, period 2)."""
+    lines = train(tmp_path, "push_sum", ITERATIONS, 0.5, "--topology", "exp1peer")
+    assert gain(lines) > GAIN, f"push_sum: training return gained {gain(lines):.2f} over {ITERATIONS} iterations"
     assert torch.load(tmp_path / "r" / "models.pt", weights_only=False)["iteration"] == ITERATIONS

@@ -22,7 +22,7 @@ BASE = ROOT / "configs" / "simple_spread.yaml"
 TINY = ["--iterations", "2", "--set", "env.n_envs=2", "--set", "env.episode_length=5", "--set", "train.hidden=16",
         "--set", "eval.interval=0", "--set", "eval.episodes=2", "--set", "eval.test_episodes=2",
         "--set", "run.tensorboard=false", "--no-preflight"]
-KNOWN = {"algorithm": "unknown algorithm 'nope' (known: decpg, ps, ps_entropy)",
+KNOWN = {"algorithm": "unknown algorithm 'nope' (known: decpg, ps, ps_entropy, push_sum)",
          "critic": "unknown critic placement 'nope' (known: central, local)",
          "env": "unknown environment 'nope' (known: simple_spread, smax:<map>, smac:<map>)"}
 KEYS = {"algorithm": ("algo", "name"), "critic": ("algo", "critic"), "env": ("env", "name")}
@@ -80,9 +80,9 @@ def test_an_unknown_name_is_one_line_listing_the_known_ones(tmp_path, kind, wher
 
 def test_a_name_only_a_plugin_registers_is_known_only_with_it(tmp_path):
     one_line(cli(["--nproc", "2", "--algo", "nocomm", "--print-config"], tmp_path),
-             "unknown algorithm 'nocomm' (known: decpg, ps, ps_entropy)")
+             "unknown algorithm 'nocomm' (known: decpg, ps, ps_entropy, push_sum)")
     one_line(cli(["--nproc", "2", "--plugin", PLUGIN, "--algo", "nope", "--print-config"], tmp_path),
-             "unknown algorithm 'nope' (known: decpg, ps, ps_entropy, nocomm)")
+             "unknown algorithm 'nope' (known: decpg, ps, ps_entropy, push_sum, nocomm)")
     # the plugin named in a config file (run.plugins) or a sweep file's set, the algorithm anywhere else
     (tmp_path / "c.yaml").write_text(f"base: {BASE}\nrun:\n  plugins: [{PLUGIN}]\n")
     res = cli(["--nproc", "2", "--config", tmp_path / "c.yaml", "--set", "algo.name=nocomm", "--print-config"],
@@ -91,7 +91,7 @@ def test_a_name_only_a_plugin_registers_is_known_only_with_it(tmp_path):
     assert "name: nocomm" in res.stdout and str(PLUGIN) in res.stdout
     one_line(cli([sweep_file(tmp_path, {"algo.name": ["nocomm", "nope"]}, **{"run.plugins": [str(PLUGIN)]}),
                   "--dry-run"], tmp_path, module="decnode.tools.sweep.command"),
-             "unknown algorithm 'nope' (known: decpg, ps, ps_entropy, nocomm)", prog="decnode-sweep")
+             "unknown algorithm 'nope' (known: decpg, ps, ps_entropy, push_sum, nocomm)", prog="decnode-sweep")
 
 
 @pytest.mark.parametrize("plugin,needle", [

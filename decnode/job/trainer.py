@@ -256,6 +256,9 @@ class Trainer:
         another process count, plus rank 0's coordinator state and the counters."""
         rollout, critic = self.rollout.state_dict(), self.critic.state_dict()
         rows = {"actor": self.actor.state_dict(), "rollout": rollout["rows"], "critic": critic["rows"]}
+        combining = self.actor_combiner.state_dict()  # push-sum's x and w; nothing for DecPG and PS
+        if combining:
+            rows["combiner"] = combining
         per_rank = self.fabric.gather_objects(rows)
         if not self.coordinator:
             return {}
@@ -266,6 +269,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         rows = ckpt.take_rows(state["agents"], self.fabric.agents)
         self.actor.load_state_dict(rows["actor"])
+        self.actor_combiner.load_state_dict(rows.get("combiner", {}))
         self.rollout.load_state_dict({"rows": rows["rollout"], "coordinator": state["coordinator"]["rollout"]})
         self.critic.load_state_dict({"rows": rows["critic"], "coordinator": state["coordinator"]["critic"]})
         self.iteration, self.env_steps = state["iteration"], state["env_steps"]

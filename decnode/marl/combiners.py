@@ -3,7 +3,7 @@
 Which class an algorithm uses, and what it communicates, is its entry in COMBINERS (decnode/extensions.py); a new
 one is a Combiner subclass plus one registry line (README "Extending decnode").
 
-Both act on flat [a, D] rows (one per local agent). The update is plain SGD (no momentum) written out
+All act on flat [a, D] rows (one per local agent). The update is plain SGD (no momentum) written out
 directly, because DecPG's step θᵢ ← Σⱼ Pᵢⱼ θⱼ − η gᵢ is not an optimiser step on θᵢ alone.
 """
 
@@ -41,6 +41,14 @@ class Combiner:
 
     def step(self, params: torch.Tensor, grads: torch.Tensor, lr: float, max_grad_norm: float) -> None:
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """State of its own the combiner carries across iterations, per agent (rows: tensors with an agent axis),
+        for the checkpoint; {} — DecPG's and PS's — adds nothing to it."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 - optional hook
+        pass
 
 
 class LocalSGD(Combiner):

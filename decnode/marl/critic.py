@@ -238,10 +238,12 @@ class LocalCritics(_Placement):
                            rewards.permute(2, 0, 1).unsqueeze(-1)).advantages.contiguous()
 
     def state_dict(self) -> dict:
-        return {"rows": self.net.state_dict(), "coordinator": {}}
+        rows, combining = self.net.state_dict(), self.combiner.state_dict()  # push-sum's x and w of the critics
+        return {"rows": {**rows, "combiner": combining} if combining else rows, "coordinator": {}}
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["rows"])
+        self.combiner.load_state_dict(state["rows"].get("combiner", {}))
 
     def saved_params(self):
         """models.pt: every agent's critic and per-agent return statistics, gathered on rank 0."""

@@ -82,8 +82,26 @@ class Graph:
         return not self.union.any()
 
     @property
-    def doubly_stochastic(self) -> bool:
+    def column_stochastic(self) -> bool:
         return all(np.allclose(W.sum(axis=0), 1.0, rtol=0, atol=TOL) for W in self.phases)  # as check_graph
+
+    @property
+    def doubly_stochastic(self) -> bool:
+        """Columns and rows sum to 1 (a push-sum graph's columns do, its rows need not)."""
+        return self.column_stochastic and all(np.allclose(W.sum(axis=1), 1.0, rtol=0, atol=TOL) for W in self.phases)
+
+    def push_weights(self) -> "Graph":
+        """The same edges, every round, with push-sum's column-stochastic shares (weights.push): agent j keeps and
+        sends 1/(out-degree_j(t) + 1) of its mass. A graph's own weights (algo.weights, a file's matrix) are not
+        kept: push-sum needs each sender's shares to sum to 1, which a receiver's choice of weights does not give."""
+        from .weights import push  # (weights.py imports this module)
+
+        phases = []
+        for W in self.phases:
+            A = W != 0
+            np.fill_diagonal(A, False)
+            phases.append(push(A))
+        return Graph(self.name, tuple(phases), k=self.k)
 
     @property
     def circulant(self) -> bool:
@@ -141,10 +159,19 @@ def unreachable(A: np.ndarray) -> tuple[int, int] | None:
     return (int(bad[0][0]), int(bad[0][1])) if len(bad) else None
 
 
-def check_graph(graph: Graph, doubly_stochastic: bool, algorithm: str) -> None:
-    """Refuse, in one line naming the node at fault, a graph `algorithm` cannot gossip on: a negative weight, a row
-    not summing to 1, not strongly connected over one period (an edgeless graph is allowed: independent learners),
-    or (doubly_stochastic) a column not summing to 1."""
+STOCHASTIC = ("row", "doubly", "column")  # what an algorithm's mixing needs of every round's matrix
+
+
+def check_graph(graph: Graph, stochastic: str | bool, algorithm: str) -> None:
+    """Refuse, in one line naming the node at fault, a graph `algorithm` cannot gossip on: a negative weight, not
+    strongly connected over one period (an edgeless graph is allowed: independent learners), or weights that are not
+    what `stochastic` says it mixes with — "row" (θᵢ ← Σⱼ Wᵢⱼ θⱼ: each row sums to 1), "doubly" (also each column:
+    DSGD keeps the average), "column" (push-sum: each sender's shares sum to 1; rows may not). True/False: "doubly"/
+    "row"."""
+    if isinstance(stochastic, bool):
+        stochastic = "doubly" if stochastic else "row"
+    if stochastic not in STOCHASTIC:
+        raise ValueError(f"stochastic must be one of {', '.join(STOCHASTIC)}, got {stochastic!r}")
     where = lambda t: f" in round {t}" if graph.time_varying else ""  # noqa: E731
     for t, W in enumerate(graph.phases):
         if W.shape != (graph.n, graph.n):
@@ -155,7 +182,7 @@ def check_graph(graph: Graph, doubly_stochastic: bool, algorithm: str) -> None:
             raise GraphError(f"topology {graph.name}: node {i} gives node {j} a negative weight {W[i, j]:g}{where(t)}")
         rows = W.sum(axis=1)
         bad = np.flatnonzero(np.abs(rows - 1.0) > TOL)
-        if len(bad):
+        if len(bad) and stochastic != "column":
             raise GraphError(f"topology {graph.name}: node {bad[0]}'s weights sum to {rows[bad[0]]:.6g}{where(t)}, "
                              "not 1 (row-stochastic mixing: θᵢ ← Σⱼ Wᵢⱼ θⱼ)")
     if not graph.edgeless:
@@ -165,12 +192,17 @@ def check_graph(graph: Graph, doubly_stochastic: bool, algorithm: str) -> None:
             over = " over one period" if graph.time_varying else ""
             raise GraphError(f"topology {graph.name} is not strongly connected{over}: node {j}'s parameters never "
                              f"reach node {i}")
-    if doubly_stochastic:
-        for t, W in enumerate(graph.phases):
-            cols = W.sum(axis=0)
-            bad = np.flatnonzero(np.abs(cols - 1.0) > TOL)
-            if len(bad):
-                hint = ("algo.weights=metropolis makes an undirected graph's weights doubly stochastic"
-                        if not graph.directed else "push-sum gossip (issue 27) accepts a directed graph's weights")
-                raise GraphError(f"topology {graph.name}: {algorithm} needs doubly stochastic weights, but the weights "
-                                 f"on node {bad[0]}'s parameters sum to {cols[bad[0]]:.6g}{where(t)}; {hint}")
+    if stochastic == "row":
+        return
+    for t, W in enumerate(graph.phases):
+        cols = W.sum(axis=0)
+        bad = np.flatnonzero(np.abs(cols - 1.0) > TOL)
+        if not len(bad):
+            continue
+        if stochastic == "column":
+            raise GraphError(f"topology {graph.name}: {algorithm} needs column-stochastic weights, but node "
+                             f"{bad[0]}'s shares sum to {cols[bad[0]]:.6g}{where(t)} (Graph.push_weights gives them)")
+        hint = ("algo.weights=metropolis makes an undirected graph's weights doubly stochastic"
+                if not graph.directed else "--algo push_sum accepts a directed graph")
+        raise GraphError(f"topology {graph.name}: {algorithm} needs doubly stochastic weights, but the weights "
+                         f"on node {bad[0]}'s parameters sum to {cols[bad[0]]:.6g}{where(t)}; {hint}")

@@ -6,6 +6,7 @@ Edge list — one edge per line, node ids 0 … n−1 (every id up to the larges
   weighted by algo.weights (uniform: 1/(in-degree + 1); metropolis: Metropolis–Hastings, undirected graphs only).
 Weight matrix — n lines of n numbers: row i holds the weights agent i gives each j (θᵢ ← Σⱼ Wᵢⱼ θⱼ), used as
   written (algo.weights does not apply); each row must sum to 1.
+push_sum keeps a file's edges only and sends its own shares on them (Graph.push_weights).
 A `#` starts a comment (to the end of the line). Blocks separated by blank lines are the rounds of a time-varying
 graph's period (round t uses block t mod the number of blocks); each block is an edge list or a matrix on its own:
 a block is a matrix when its first line holds more than two numbers or a number that is not an integer (a 2-node
