@@ -10,8 +10,10 @@ collective's name, with no link (`"collective"`). With 2 ranks that is exactly w
 counted: gloo's own headers and handshakes, the rendezvous store and the watchdog's store traffic, TCP/IP (the
 README's "Simulating real nodes" section compares the count with the kernel's interface counters).
 
-metrics.jsonl: each rank's bytes per stream since its previous line, summed over ranks in the trainer's one
-per-iteration all-reduce (`window` / `job_bytes`). timing.json: every rank's `report()`.
+metrics.jsonl: each rank's bytes per stream during the iteration (the trainer starts a window when the iteration
+begins and reads it before the statistics' all-reduce, which carries the sums: `window` / `job_bytes`; what runs
+between iterations — evaluation, checkpoints — is only in timing.json, so a resumed run logs what an uninterrupted
+one does). timing.json: every rank's `report()`.
 """
 
 from __future__ import annotations

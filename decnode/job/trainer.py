@@ -121,6 +121,7 @@ class Trainer:
         self.fabric.begin_iteration(self.iteration + 1)  # counted from 1, as metrics.jsonl; fires faults.py
         lr = linear_lr(self.iteration, tr.iterations, tr.lr, tr.min_lr)
         theta_start = self.actor.params.cpu().clone()
+        self.fabric.wire.window()  # the iteration's bytes start here: not the evaluation or checkpoint before it
 
         batch, coord = self.rollout.collect()
         critic_batch = self.critic.prepare(coord)  # this rank's advantages and the critic's training data
@@ -181,7 +182,7 @@ class Trainer:
         code, row = self._nonfinite(first, critic_batch, params)
         flags = [0.0] * self.fabric.world
         flags[self.fabric.rank] = float(code + len(WATCHED) * row) if code else 0.0
-        sent = self.fabric.wire.window()  # bytes per stream since the previous line, stats' own last (comm/wire.py)
+        sent = self.fabric.wire.window()  # bytes per stream since the iteration began (comm/wire.py)
         variances, totals = agent_variance_and_sums(
             self.fabric, {"grad_disagreement": first["grad"], "update_variance": params - theta_start,
                           "consensus_distance": theta_start}, [*scalars.values(), *flags, *sent])
