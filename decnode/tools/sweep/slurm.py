@@ -132,6 +132,16 @@ def live(out: Path, strict: bool = False) -> dict[str, tuple[str, str, str]]:
     return found
 
 
+def indexes(spec: str) -> list[int]:
+    """SLURM's array index list ("3", "5-8", "1,3,5-8%2": tasks it never split off) as the indexes."""
+    found = []
+    for part in spec.split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (hi.isdigit() or not hi):
+            found.extend(range(int(lo), int(hi or lo) + 1))
+    return found
+
+
 def ended(out: Path) -> dict[str, tuple[str, str]]:
     """{cell name: (job id as J_i, SLURM's final state, e.g. TIMEOUT, CANCELLED, FAILED)} for the last task of each
     cell, from sacct (accounting), else scontrol (jobs SLURM still remembers: MinJobAge); {} if neither knows."""
@@ -142,18 +152,18 @@ def ended(out: Path) -> dict[str, tuple[str, str]]:
         try:
             for line in _client(["sacct", "-n", "-P", "-X", "-j", job, "-o", "JobID,State"]).splitlines():
                 jid, _, st = line.partition("|")
-                m = re.fullmatch(rf"{job}_(\d+)", jid.strip())
+                m = re.fullmatch(rf"{job}_\[?([\d,%-]+)\]?", jid.strip())
                 if m:
-                    pairs.append((int(m.group(1)), st.split()[0] if st.strip() else ""))
+                    pairs += [(i, st.split()[0] if st.strip() else "") for i in indexes(m.group(1))]
         except ConfigError:  # no accounting (e.g. a one-machine cluster): what the controller still holds
             try:
                 text = _client(["scontrol", "-o", "show", "job", job])
             except ConfigError:
                 continue
             for line in text.splitlines():
-                index, st = re.search(r"\bArrayTaskId=(\d+)\b", line), re.search(r"\bJobState=(\S+)", line)
+                index, st = re.search(r"\bArrayTaskId=(\S+)", line), re.search(r"\bJobState=(\S+)", line)
                 if index and st and re.search(rf"\bArrayJobId={job}\b", line):
-                    pairs.append((int(index.group(1)), st.group(1)))
+                    pairs += [(i, st.group(1)) for i in indexes(index.group(1))]
         for index, st in pairs:
             if (job, index) in cells and st and st not in LIVE:
                 found[cells[job, index]] = (f"{job}_{index}", st)
@@ -165,8 +175,8 @@ def script_text(path: Path, out: Path, cells: list[Cell], cpus: int, options: li
     out = out.resolve()
     lines = ["#!/bin/bash",
              f"# decnode-sweep --launcher slurm: {path.resolve()}, {len(cells)} cells, one array task each.",
-             "# Submitted by decnode-sweep, which skips finished and queued cells; `sbatch` this file by hand runs "
-             "the cells named below (a done one exits at once, a stopped one resumes).",
+             "# Submitted by decnode-sweep, which skips finished and queued cells; `sbatch` this file by hand runs",
+             "# the cells named below again (a done one exits at once, a stopped one resumes).",
              f"#SBATCH --job-name={job_name(out)}",
              f"#SBATCH --array=0-{len(cells) - 1}",
              "#SBATCH --nodes=1",

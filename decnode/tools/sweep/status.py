@@ -2,7 +2,8 @@
 to SLURM, squeue (live tasks) and sacct or scontrol (ended ones). Reads only; works while the sweep runs.
 
     done · running (SLURM job J_i | pid P on host H) · pending in queue (SLURM job J_i[: reason])
-    stopped at iteration i · failed: <its last error line> · not submitted (not started, for a local sweep)
+    stopped at iteration i · failed (exit c): <its last error line> · not started (submitted, ended before it
+    ran; or a local sweep's cell) · not submitted
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def cell_state(out: Path, cell: Cell, queued: dict, ended: dict, submitted: set)
         return "failed", f"failed (exit {last['exit']}){end}: {last_error(out, cell)}"
     if (d / checkpoint.CHECKPOINT).exists() or last or (out / "logs" / f"{cell.name}.log").exists():
         return "stopped", f"stopped at iteration {it}{end}"
-    if cell.name in submitted:
-        return "stopped", f"stopped at iteration 0{end}"  # its task ended before decnode-run began
+    if cell.name in submitted:  # its task ended before decnode-run began (cancelled in the queue)
+        return "not started", f"not started{end}"
     return ("not submitted", "not submitted") if submitted else ("not started", "not started")
 
 
