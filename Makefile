@@ -47,7 +47,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q --durations=20 -m "not slurm"
 
 # A real one-machine SLURM (launch/slurm_local.sh: munge, slurmctld, slurmd; apt-get installs them once when
-# missing), started and stopped by tests/test_slurm.py; root only, else skipped. ~100 s here, apart from make test.
+# missing), started and stopped by tests/test_slurm.py; root only, else skipped. 94-131 s here, so apart from make test.
 test-slurm: $(STAMP)
 	$(PY) -m pytest -q --durations=10 -m slurm tests/test_slurm.py
 

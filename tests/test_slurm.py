@@ -93,10 +93,12 @@ def wait_gone(env, job: str) -> None:
         time.sleep(0.5)
 
 
-def wait_logged(run_dir: Path, n: int) -> None:
+def wait_logged(run_dir: Path, n: int, env, job: str) -> None:
+    """Until run_dir logged n iterations; fails at once if SLURM no longer holds the job that should log them."""
     deadline = time.monotonic() + WAIT_S
     while not (run_dir / "metrics.jsonl").exists() or len((run_dir / "metrics.jsonl").read_text().splitlines()) < n:
         assert time.monotonic() < deadline, f"{run_dir} logged fewer than {n} iterations in {WAIT_S} s"
+        assert squeue(env, "-j", job, "-o", "%i").strip(), f"SLURM job {job} ended before {run_dir} logged {n}"
         time.sleep(0.2)
 
 
@@ -152,32 +154,39 @@ def test_four_cells_run_as_one_array_and_report_reads_them(slurm, tmp_path):
     assert len(rows) == 5 and all(f"cells/{name}" in "\n".join(rows) for name in cells)
 
 
-def test_a_cancelled_cell_resumes_from_its_checkpoint_when_submitted_again(slurm, tmp_path):
-    path, out = write_sweep(tmp_path, 80, {"algo.name": ["ps"]}, set={"run.checkpoint_interval": 5})
-    run_dir = out / "cells" / "name-ps"
+def test_cancelled_and_timed_out_cells_resume_from_their_checkpoints_when_submitted_again(slurm, tmp_path):
+    path, out = write_sweep(tmp_path, 80, {"train.seed": [1, 2]}, set={"run.checkpoint_interval": 5})
+    cells = ["seed-1", "seed-2"]
+    runs = [out / "cells" / name for name in cells]
     first = submitted(sweep(slurm, path, "--launcher", "slurm"))
-    wait_logged(run_dir, 5)
-    # Meanwhile neither a local sweep nor another submission starts the cell SLURM holds.
+    for run_dir in runs:
+        wait_logged(run_dir, 5, slurm, first)
+    # Meanwhile neither a local sweep nor another submission starts the cells SLURM holds.
     dry = sweep(slurm, path, "--dry-run")
-    assert dry.returncode == 0 and re.search(r"name-ps +processes 1 +running ", dry.stdout), dry.stdout + dry.stderr
+    assert dry.returncode == 0 and "0 pending, 2 running" in dry.stdout, dry.stdout + dry.stderr
     again = sweep(slurm, path, "--launcher", "slurm")
-    assert "0 of 1 cells submitted; 0 done, 1 queued or running already" in again.stdout, again.stdout + again.stderr
-    subprocess.run(["scancel", first], check=True, timeout=30, env=slurm)
+    assert "0 of 2 cells submitted; 0 done, 2 queued or running already" in again.stdout, again.stdout + again.stderr
+    # Cell 1 pre-empted (scancel: SIGTERM to every process, SIGKILL 30 s later); cell 2 at its time limit
+    # (--signal=B:TERM@120: SIGTERM to the batch shell only, which is the task).
+    subprocess.run(["scancel", f"{first}_0"], check=True, timeout=30, env=slurm)
+    subprocess.run(["scancel", "--batch", "--signal=TERM", f"{first}_1"], check=True, timeout=30, env=slurm)
     wait_gone(slurm, first)
-    stopped = len(iterations(run_dir))
-    assert 5 <= stopped < 80
-    assert status(slurm, out) == {"name-ps": f"stopped at iteration {stopped} (SLURM job {first}_0: CANCELLED)"}
-    assert (run_dir / "checkpoint.pt").exists()
+    stopped = [len(iterations(run_dir)) for run_dir in runs]
+    assert all(5 <= n < 80 for n in stopped) and all((d / "checkpoint.pt").exists() for d in runs)
+    assert status(slurm, out) == {"seed-1": f"stopped at iteration {stopped[0]} (SLURM job {first}_0: CANCELLED)",
+                                  "seed-2": f"stopped at iteration {stopped[1]} (SLURM job {first}_1: COMPLETED)"}
+    assert json.loads((out / "logs" / "seed-2.json").read_text())["interrupted"] is True
 
     res = sweep(slurm, path, "--launcher", "slurm")
     second = submitted(res)
-    assert second != first and "1 of 1 cells submitted" in res.stdout
+    assert second != first and "2 of 2 cells submitted" in res.stdout
     wait_gone(slurm, second)
-    assert status(slurm, out) == {"name-ps": "done"}
-    assert iterations(run_dir) == list(range(1, 81))  # resumed: no iteration logged twice, none missing
-    attempts = (out / "logs" / "name-ps.log").read_text().split("\n=== ")[1:]
-    assert len(attempts) == 2 and "--resume" in attempts[1].splitlines()[0]
-    assert "--resume" not in attempts[0].splitlines()[0]
+    assert status(slurm, out) == {name: "done" for name in cells}
+    for name, run_dir in zip(cells, runs):
+        assert iterations(run_dir) == list(range(1, 81))  # resumed: no iteration logged twice, none missing
+        attempts = (out / "logs" / f"{name}.log").read_text().split("\n=== ")[1:]
+        assert len(attempts) == 2 and "--resume" in attempts[1].splitlines()[0]
+        assert "--resume" not in attempts[0].splitlines()[0]
 
 
 def test_slurm_sbatch_trains_on_one_node_stops_at_the_time_limit_signal_and_resumes(slurm, tmp_path):
@@ -194,7 +203,7 @@ def test_slurm_sbatch_trains_on_one_node_stops_at_the_time_limit_signal_and_resu
         return res.stdout.strip()
 
     job = submit(*flags, "--out", str(run_dir))
-    wait_logged(run_dir, 3)
+    wait_logged(run_dir, 3, slurm, job)
     # What --signal=TERM@120 does before the time limit: SIGTERM to every process of the job's steps.
     subprocess.run(["scancel", "--signal=TERM", job], check=True, timeout=30, env=slurm)
     wait_gone(slurm, job)
