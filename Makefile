@@ -37,14 +37,19 @@ $(XSTAMP): pyproject.toml
 	$(XPY) -m decnode.nn.native
 	touch $(XSTAMP)
 
-.PHONY: install run test bench install-xla test-xla
+.PHONY: install run test test-slurm bench install-xla test-xla
 install: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/decnode-run --nproc $(NPROC) --k $(K) $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q --durations=20 -m "not slurm"
+
+# A real one-machine SLURM (launch/slurm_local.sh: munge, slurmctld, slurmd; apt-get installs them once when
+# missing), started and stopped by tests/test_slurm.py; root only, else skipped. 94-131 s here, so apart from make test.
+test-slurm: $(STAMP)
+	$(PY) -m pytest -q --durations=10 -m slurm tests/test_slurm.py
 
 install-xla: $(XSTAMP)
 

@@ -8,6 +8,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 pytest.register_assert_rewrite("figcheck")  # its failures show the values, as a test's own asserts do
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm: needs a real SLURM (tests/test_slurm.py starts one; make test-slurm)")
+
+
 @pytest.fixture
 def box(tmp_path):
     """A sandbox: the user's files (home/), and the working directory the command runs in (cwd/)."""

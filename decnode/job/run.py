@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _agent_handles(signum: int) -> bool:
+    """torchrun's agent acts on this signal (its --signals-to-handle, which it passes to its workers)."""
+    names = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT")
+    return signal.Signals(signum).name in {n.strip() for n in names.split(",")}
+
+
 def under_torchrun() -> bool:
     """Started by torchrun (a complete, valid set of its variables); False when they are absent or broken."""
     try:
@@ -296,9 +302,10 @@ def worker(cfg_dict: dict, run_dir: str, resume: bool) -> dict:
         except BaseException:
             RunLogger.abandon()
             raise
-    if summary.get("signal") and under_torchrun():
+    if summary.get("signal") and under_torchrun() and _agent_handles(summary["signal"]):
         # Checkpoint written and the group torn down: now let the launcher's signal end this process, as it
-        # expects (it would otherwise wait for a return value nobody reads, then SIGKILL us).
+        # expects (it would otherwise wait for a return value nobody reads, then SIGKILL us). A signal the agent
+        # leaves alone (launch/slurm.sbatch: SLURM signals every rank itself) ends the rank as a finished one.
         signal.signal(summary["signal"], signal.SIG_DFL)
         dirlock.release_all()  # the signal skips atexit: a stop is not a death, so leave no lock behind
         os.kill(os.getpid(), summary["signal"])

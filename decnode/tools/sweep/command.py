@@ -35,7 +35,8 @@ from ... import yamlio
 from ...job import metricsfile, rundir
 from ...cli import OneLineParser, fail
 from ...config import ConfigError
-from .file import Cell, load_sweep
+from . import slurm, status
+from .file import Cell, cells_of, load_sweep
 from .plan import command, config_text, cores, info, logged, plan, state, take_lock
 
 PROG = "decnode-sweep"
@@ -95,14 +96,18 @@ def prepare_dir(path: Path, out: Path, cells: list[Cell]) -> None:
                                      f"--nproc {c.procs} --out {c.run_dir}\n{text}")
 
 
+def sweep_log(out: Path, text: str) -> None:
+    with open(out / "sweep.log", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+
+
 class Sweep:
     def __init__(self, path: Path, out: Path, cells: list[Cell], jobs: int, states: dict):
         self.path, self.out, self.cells, self.jobs, self.states = path, out, cells, jobs, dict(states)
         self.signum = None
 
     def log(self, text: str) -> None:
-        with open(self.out / "sweep.log", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+        sweep_log(self.out, text)
 
     def start(self, c: Cell) -> None:
         how = self.states[c.name]
@@ -209,6 +214,39 @@ class Sweep:
         return 130
 
 
+def submit(args, path: Path, out: Path, cells: list[Cell]) -> None:
+    """--launcher slurm: every refusal first (sbatch, the plan of a local sweep, the partition, the cores a cell
+    needs), then the unfinished cells (not done, not queued or running in SLURM, not failed unless --retry-failed)
+    as job arrays (slurm.py); the sweep directory's lock is held only while submitting."""
+    slurm.check_sbatch()
+
+    def unfinished(locked: bool) -> tuple[dict, list[Cell]]:
+        states = plan(path, out, cells, 1, args.retry_failed, locked=locked, queued=set(slurm.live(out, strict=True)))
+        return states, [c for c in cells if states[c.name] in ("pending", "stopped")]
+
+    states, todo = unfinished(False)
+    slurm.check_cluster(path, todo, args.partition)
+    opts = slurm.options(args.partition, args.time, args.sbatch_arg)
+    if args.dry_run:
+        for c in cells:
+            print(f"{c.name:<44} processes {c.procs:<3} cores {slurm.cores_needed(c):<3} "
+                  f"{'submit' if c in todo else 'skip'} ({states[c.name]})")
+        print(f"{len(todo)} of {len(cells)} cells would be submitted as {len(slurm.groups(todo))} SLURM job "
+              f"array(s) ({' '.join(opts) or 'no sbatch options'}); sweep directory {out}")
+        return
+    lock = take_lock(out)  # noqa: F841 - two submissions at once would submit the same cells twice
+    states, todo = unfinished(True)
+    prepare_dir(path, out, cells)
+    for job, members, script in slurm.submit(path, out, todo, opts, lambda text: sweep_log(out, text)):
+        print(f"{PROG}: submitted {len(members)} cells as SLURM job array {job} "
+              f"({slurm.cores_needed(members[0])} cores each; {script})", flush=True)
+    write_csv(out, cells, {**states, **{c.name: "queued" for c in todo}})
+    counts = {k: sum(s == k for s in states.values()) for k in ("done", "running", "failed")}
+    print(f"{PROG}: {len(todo)} of {len(cells)} cells submitted; {counts['done']} done, {counts['running']} queued or "
+          f"running already, {counts['failed']} failed (skipped; --retry-failed submits them). "
+          f"Their states: {PROG} {out} --status", flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description="Run a grid of decnode-run cells: resumable, J at a time.")
     p.add_argument("sweep", help="sweep file (YAML; see configs/sweeps/)")
@@ -217,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate and list the cells and their states; run nothing")
     p.add_argument("--retry-failed", action="store_true",
                    help="run failed cells again (from their checkpoint if they have one)")
+    p.add_argument("--status", action="store_true",
+                   help="print each cell's state (SWEEP may be the sweep directory); with SLURM, its job's state")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: run the cells here; slurm: submit the unfinished ones as a SLURM job array and exit")
+    p.add_argument("--partition", help="SLURM partition (--launcher slurm; default: the cluster's default)")
+    p.add_argument("--time", help="SLURM time limit per cell, e.g. 04:00:00 (--launcher slurm; a cell that runs "
+                                  "out checkpoints and resumes at the next submission)")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="extra sbatch option, repeatable, written as given: --sbatch-arg=--mem=8G")
     return p
 
 
@@ -226,20 +273,35 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.jobs is not None and args.jobs < 1:
             raise ConfigError(f"--jobs must be ≥ 1, got {args.jobs}")
+        if args.launcher != "slurm" and (args.partition or args.time or args.sbatch_arg):
+            raise ConfigError("--partition, --time and --sbatch-arg are for --launcher slurm")
+        if args.status:
+            if path.is_dir() and args.out is None:
+                out, cells = path, cells_of(path)
+            else:
+                out, cells = load_sweep(path, Path(args.out) if args.out else None)
+            return status.show(out, cells)
         out, cells = load_sweep(path, Path(args.out) if args.out else None)
+        if args.launcher == "slurm":
+            return submit(args, path, out, cells)
         jobs = args.jobs or max(1, cores() // max(c.procs for c in cells))
-        states = plan(path, out, cells, jobs, args.retry_failed)  # all a run checks, before it writes anything
+        # cells a SLURM job array of this sweep holds are left to it (plain local sweeps: none)
+        queued = set(slurm.live(out))
+        states = plan(path, out, cells, jobs, args.retry_failed, queued=queued)  # before it writes anything
         if args.dry_run:
             for c in cells:
                 print(f"{c.name:<44} processes {c.procs:<3} {states[c.name]:<8} "
                       f"{min(logged(c.run_dir), c.cfg.train.iterations)}/{c.cfg.train.iterations} it")
             counts = ", ".join(f"{sum(s == k for s in states.values())} {k}" for k in ("done", "stopped", "failed",
                                                                                           "pending"))
+            if "running" in states.values():  # held by a SLURM job array of this sweep
+                counts += f", {sum(s == 'running' for s in states.values())} running"
             print(f"{len(cells)} cells ({counts}), {sum(c.cfg.train.iterations for c in cells)} iterations; "
                   f"--jobs {jobs}; sweep directory {out}")
             return
         lock = take_lock(out)  # noqa: F841 - held until we exit: two sweeps would start the same cells twice
-        states = plan(path, out, cells, jobs, args.retry_failed, locked=True)  # again: another sweep may have run
+        states = plan(path, out, cells, jobs, args.retry_failed, locked=True, queued=queued)  # again: another
+        # sweep may have run meanwhile
         prepare_dir(path, out, cells)
     except ConfigError as err:
         fail(PROG, str(err))

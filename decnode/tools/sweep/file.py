@@ -15,7 +15,7 @@ from pathlib import Path
 from ... import yamlio
 from ...job import preflight
 from ...cli import check_output
-from ...config import ConfigError, compose, read_file, resolve
+from ...config import ConfigError, compose, from_dict, read_file, resolve
 from ...extensions import env_agents
 
 KEYS = ("config", "overlays", "out", "processes", "set", "grid", "seeds")
@@ -204,3 +204,15 @@ def _make_cell(path, out, name, values, lower, set_layer, procs_spec) -> Cell:
         text = str(err)
         raise ConfigError(text if text.startswith(str(path)) else f"{path}: cell {name}: {text}") from None
     return Cell(name, values, cfg, procs, out / "configs" / f"{name}.yaml", out / "cells" / name)
+
+
+def cells_of(out: Path) -> list[Cell]:
+    """Every cell of a sweep directory as the last sweep that ran or submitted it wrote them (sweep.yaml and
+    configs/<cell>.yaml), whatever its sweep file says now: what a SLURM task runs and `--status DIR` shows."""
+    summary = yamlio.parse((out / "sweep.yaml").read_text(), str(out / "sweep.yaml"))
+    cells = []
+    for c in summary["cells"]:
+        config = Path(c["config"])
+        cells.append(Cell(c["name"], c["values"], from_dict(read_file(config), str(config)), int(c["processes"]),
+                          config, Path(c["run_dir"])))
+    return cells

@@ -53,14 +53,15 @@ def state(out: Path, cell: Cell, retry_failed: bool = False) -> str:
 
 
 # ---- the command --------------------------------------------------------------------------------------------------
-def threads(jobs: int, cell: Cell) -> int:
-    return max(1, cores() // (jobs * cell.procs))  # J cells side by side share the cores
+def threads(jobs: int, cell: Cell, n_cores: int | None = None) -> int:
+    """J cells side by side share the cores (n_cores: a SLURM task's allocation, else this process's cores)."""
+    return max(1, (n_cores or cores()) // (jobs * cell.procs))
 
 
-def command(cell: Cell, how: str, jobs: int) -> list[str]:
+def command(cell: Cell, how: str, jobs: int, n_cores: int | None = None) -> list[str]:
     """decnode-run's arguments for a cell in state `how`: a stopped cell resumes, any other starts from scratch
     (--overwrite clears only decnode's own files: a failed or killed attempt of this very cell)."""
-    args = ["--nproc", str(cell.procs), "--set", f"run.threads={threads(jobs, cell)}"]
+    args = ["--nproc", str(cell.procs), "--set", f"run.threads={threads(jobs, cell, n_cores)}"]
     if how == "stopped":
         return args + ["--resume", str(cell.run_dir)]
     fresh = ["--config", str(cell.config_file), "--out", str(cell.run_dir)]
@@ -128,7 +129,8 @@ def _check_layout(path: Path, out: Path, cells: list[Cell]) -> None:
 # What decnode-sweep writes into its directory; cells/ holds run directories (decnode-run guards their files) and
 # report/ is decnode-report's default output (outputs.py guards it).
 WRITES = ("sweep.yaml", "sweep.yaml.tmp", "runs.csv", "runs.csv.tmp", "sweep.log", LOCK, "configs/*.yaml",
-          "logs/*.log", "logs/*.json")
+          "logs/*.log", "logs/*.json",
+          "slurm*.sbatch", "slurm.json", "slurm.json.tmp", "logs/slurm-*.out")  # --launcher slurm (slurm.py)
 
 
 def _made_by_sweep(out: Path) -> bool:
@@ -182,15 +184,20 @@ def check_dir(path: Path, out: Path) -> None:
                           f"({outputs.listing(lost)}); nothing is written: move them or choose another out")
 
 
-def plan(path: Path, out: Path, cells: list[Cell], jobs: int, retry_failed: bool, locked: bool = False) -> dict:
+def plan(path: Path, out: Path, cells: list[Cell], jobs: int, retry_failed: bool, locked: bool = False,
+         queued: set | frozenset = frozenset()) -> dict:
     """{cell name: state}; ConfigError (one line naming the sweep file and the cell) for anything the sweep or a
-    cell's decnode-run would refuse. Writes nothing. `locked`: this process holds the directory's lock."""
+    cell's decnode-run would refuse. Writes nothing. `locked`: this process holds the directory's lock. `queued`:
+    cells a SLURM job array of this sweep holds (pending or running, slurm.live): "running", left to it."""
     if not locked:
         check_lock(out)
     check_dir(path, out)
     _check_layout(path, out, cells)
     states = {c.name: state(out, c, retry_failed) for c in cells}
     for c in cells:
+        if c.name in queued and states[c.name] != "done":
+            states[c.name] = "running"
+            continue
         how = states[c.name]
         # A cell that trained keeps its config: another one would no longer be the run the sweep file describes.
         ran = _ran_with(c) if how != "pending" else None
