@@ -358,7 +358,7 @@ def test_doubly_stochastic_means_what_check_graph_accepts(tmp_path):
     g = build_graph(f"file:{f}", 2)
     assert not g.doubly_stochastic
     with pytest.raises(GraphError) as err:
-        check_graph(g, doubly_stochastic=True, algorithm="decpg")
+        check_graph(g, stochastic="doubly", algorithm="decpg")
     one_line(err, "node 0's parameters sum to 1")
 
 
@@ -371,7 +371,7 @@ def test_the_readme_examples_of_the_file_format_read_as_documented(tmp_path):
         start = readme.index(f"```text\n# {kind}") + len("```text\n")
         (tmp_path / "g.txt").write_text(readme[start: readme.index("```", start)])
         examples[kind] = g = build_graph(f"file:{tmp_path / 'g.txt'}", 3)
-        check_graph(g, doubly_stochastic=False, algorithm="decpg")
+        check_graph(g, stochastic="row", algorithm="decpg")
     edges = examples["an edge list"].phases[0]
     # 0 hears 1 and 2 (1/3 each), 1 hears 0, 2 hears 1 (1/2 each); 1 never hears 2 nor 2 hears 0
     assert edges[0, 1] == edges[0, 2] == 1 / 3 and edges[1, 0] == edges[2, 1] == 1 / 2

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         graphs = []
         for spec in args.graphs:
             graph = build_graph(spec, n, k=args.k, degree=args.degree, weights=args.weights, seed=args.seed)
-            check_graph(graph, doubly_stochastic=False, algorithm="gossip")
+            check_graph(graph, stochastic="row", algorithm="gossip")
             graphs.append(graph)
         dim = args.dim if args.dim is not None else actor_dim(args.env, n, args.hidden)
         what = f"{args.env} actor, hidden {args.hidden}" if args.dim is None else "--dim"
