@@ -18,8 +18,10 @@ from typing import Any
 from . import yamlio
 from .extensions import COMBINERS, CRITICS, ENVS, combiner, critic, env_agents, job_graph
 from .extensions import env as env_entry
-from .registry import ConfigError, Registry, load_plugins
-from .topology import shift_refusal  # ConfigError: imported from here, as always
+from .registry import ConfigError, Registry, load_plugins  # ConfigError: imported from here, as always
+from .topology import shift_refusal
+
+GRAPH_AGENTS = 4096  # the most agents whose dense mixing matrices (128 MiB at this size) a job builds
 
 # Seeds reach numpy's SeedSequence (no negatives), torch.Generator.manual_seed (< 2⁶⁴) and JAX's PRNGKey
 # (a C long: < 2⁶³); evaluation and the landscape add offsets below 2²² (evaluate.py, landscape.py).
@@ -426,6 +428,9 @@ def resolve(cfg: Config, n_procs: int) -> Config:
     # A graph file is found from any directory a worker or a resume runs in.
     if algo.topology.startswith("file:") and algo.topology != "file:":
         algo.topology = "file:" + os.path.abspath(os.path.expanduser(algo.topology[len("file:"):]))
+    if n > GRAPH_AGENTS:  # before building it: a graph is planned as dense n×n float64 matrices
+        raise ConfigError(f"n={n} agents: decnode plans the agents' graph as dense n×n matrices ({8 * n * n / 2**30:.1f} "
+                          f"GiB per round here), for up to {GRAPH_AGENTS} agents")
     graph = job_graph(cfg)  # the graph is built and checked (a one-line GraphError naming the node at fault)
     if tr.num_minibatch != 1:
         raise ConfigError(f"train.num_minibatch must be 1 (full batch, as in the paper), got {tr.num_minibatch}")

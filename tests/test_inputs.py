@@ -283,7 +283,7 @@ def test_a_link_must_be_an_edge_of_the_knn_graph(box):
     # k=1 on 4 agents: agent i listens to i+1, so 2 → 1 carries gossip and 1 → 2 nothing (neither is rank 0's).
     args = [*TINY, "--nproc", "4", "--no-preflight", "--out", "{box}/home/run"]
     refused(box, [*args, "--set", "faults=[{kind: drop, link: [1, 2], iteration: 1}]"],
-            "link 1→2 carries no messages in this job: not an edge of the kNN graph (k=1, 4 processes)")
+            "link 1→2 carries no messages in this job: not an edge of the graph (k=1, 4 processes)")
     assert resolved(box, [*TINY[2:], "--nproc", "4", "--no-preflight", "--set",
                           "faults=[{kind: drop, link: [2, 1], iteration: 1}]"])["faults"][0]["link"] == [2, 1]
 
@@ -442,12 +442,18 @@ def test_argument_errors_are_one_line_with_the_allowed_values(box, args, needle)
 # ---- 11. what the machine can run --------------------------------------------------------------------------------
 @pytest.mark.parametrize("args,nofile,needle", [
     (["--nproc", "1000"], None, "estimated peak memory"),
-    (["--nproc", "100000"], None, "estimated peak memory"),
+    (["--nproc", "4000"], None, "estimated peak memory"),
     (["--nproc", "20"], 60, "need about 104 open files each, but the limit is 60"),
 ])
 def test_process_count_is_bounded_by_memory_and_files(box, args, nofile, needle):
     line = refused(box, [*TINY, *args, "--k", "1", "--out", "{box}/home/run"], needle, nofile=nofile)
     assert "--no-preflight" in line
+
+
+def test_more_agents_than_a_dense_graph_can_hold_are_refused_before_it_is_built(box):
+    refused(box, [*TINY, "--nproc", "100000", "--k", "1", "--out", "{box}/home/run"],
+            "n=100000 agents: decnode plans the agents' graph as dense n×n matrices (74.5 GiB per round here), for up "
+            "to 4096 agents")
 
 
 def test_no_preflight_skips_the_estimate(box):

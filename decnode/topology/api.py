@@ -133,11 +133,16 @@ class Graph:
     def diameter(self) -> int | None:
         """Longest shortest path (in hops, over the union of the period's edges); None if not strongly connected."""
         n, A = self.n, self.union
+        if n > 256:  # one n×n product per hop is n⁴ on a ring: breadth-first search instead (networkx, with torch)
+            import networkx as nx
+
+            g = nx.from_numpy_array(A.T.astype(np.int8), create_using=nx.DiGraph)  # an edge j → i: j sends to i
+            return nx.diameter(g) if nx.is_strongly_connected(g) else None
         reach = np.eye(n, dtype=bool)
         for hops in range(n):
             if reach.all():
                 return hops
-            reach = reach | (A.astype(np.int64) @ reach.astype(np.int64) > 0)  # j reaches i in one more hop
+            reach = reach | (A.astype(np.float64) @ reach.astype(np.float64) > 0)  # j reaches i in one more hop
         return None
 
     def describe(self) -> dict:
@@ -154,7 +159,7 @@ def unreachable(A: np.ndarray) -> tuple[int, int] | None:
     # reach[i, j]: j's parameters reach i; closing under "i receives from m and j reaches m" n times is enough.
     reach = np.eye(n, dtype=bool) | A
     for _ in range(int(np.ceil(np.log2(max(n, 2)))) + 1):
-        reach = reach | (reach.astype(np.int64) @ reach.astype(np.int64) > 0)
+        reach = reach | (reach.astype(np.float64) @ reach.astype(np.float64) > 0)  # BLAS: counts stay exact
     bad = np.argwhere(~reach)
     return (int(bad[0][0]), int(bad[0][1])) if len(bad) else None
 
