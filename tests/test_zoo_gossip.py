@@ -27,35 +27,38 @@ def theta(n: int, dtype) -> torch.Tensor:
     return torch.randn(n, DIM, generator=torch.Generator().manual_seed(n), dtype=torch.float64).to(dtype)
 
 
-def _rounds_worker(n: int, dtype, names: list[str], rounds: int):
+def _rounds_worker(n: int, dtypes: list, names: list[str], rounds: int):
+    """Every graph in `names`, in every dtype, in one process group: spawning the ranks costs more than the rounds."""
     from decnode.comm.transport import world_from_env
     rank, world = world_from_env()
     out = {}
     with open_fabric(n, 0, timeout_s=60):
-        for name in names:
-            fabric = Fabric(n, graph_of(name, n), rank, world, timeout_s=60)
-            x = theta(n, dtype)[fabric.agents.start: fabric.agents.stop].clone()
-            seen = []
-            for _ in range(rounds):
-                x = fabric.gossip(x).clone()
-                seen.append(x)
-            out[name] = seen
+        for dtype in dtypes:
+            for name in names:
+                fabric = Fabric(n, graph_of(name, n), rank, world, timeout_s=60)
+                x = theta(n, dtype)[fabric.agents.start: fabric.agents.stop].clone()
+                seen = []
+                for _ in range(rounds):
+                    x = fabric.gossip(x).clone()
+                    seen.append(x)
+                out[dtype, name] = seen
     return out
 
 
 @pytest.mark.parametrize("n,world", [(6, 1), (6, 3), (6, 6), (7, 1), (7, 7), (8, 4)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_every_graph_mixes_as_its_round_matrix(n, world, dtype):
-    names = names_for(n)
-    results = run_ranks(_rounds_worker, world, n, dtype, names, ROUNDS, timeout=240)
-    tol = 1e-6 if dtype == torch.float32 else 1e-12
-    for name in names:
-        graph, before = graph_of(name, n), theta(n, dtype).to(torch.float64)
-        for t in range(ROUNDS):  # each round against P_t @ (the round before, as the processes had it)
-            got = torch.cat([r[name][t] for r in results]).to(torch.float64)
-            want = torch.as_tensor(graph.matrix(t)) @ before
-            assert float((got - want).abs().max()) <= tol, (name, n, world, t)
-            before = got
+def test_every_graph_mixes_as_its_round_matrix(n, world):
+    names, dtypes = names_for(n), [torch.float32, torch.float64]
+    results = run_ranks(_rounds_worker, world, n, dtypes, names, ROUNDS, timeout=240)
+    for dtype in dtypes:
+        tol = 1e-6 if dtype == torch.float32 else 1e-12
+        for name in names:
+            graph, before = graph_of(name, n), theta(n, dtype).to(torch.float64)
+            for t in range(ROUNDS):  # each round against P_t @ (the round before, as the processes had it)
+                got = torch.cat([r[dtype, name][t] for r in results]).to(torch.float64)
+                assert all(r[dtype, name][t].dtype == dtype for r in results)
+                want = torch.as_tensor(graph.matrix(t)) @ before
+                assert float((got - want).abs().max()) <= tol, (dtype, name, n, world, t)
+                before = got
 
 
 @pytest.mark.parametrize("n,world", [(8, 1), (8, 8), (16, 4)])
@@ -64,11 +67,11 @@ def test_one_peer_exponential_graph_averages_exactly_in_log2_n_rounds(n, world):
     graph = build_graph("exp1peer", n)
     assert graph.period == period
     check_graph(graph, True, "decpg")
-    results = run_ranks(_rounds_worker, world, n, torch.float64, ["exp1peer"], period, timeout=240)
-    got = torch.cat([r["exp1peer"][-1] for r in results])
+    results = run_ranks(_rounds_worker, world, n, [torch.float64], ["exp1peer"], period, timeout=240)
+    got = torch.cat([r[torch.float64, "exp1peer"][-1] for r in results])
     mean = theta(n, torch.float64).mean(0)
     assert float((got - mean).abs().max()) <= 1e-12
-    before = torch.cat([r["exp1peer"][-2] for r in results])  # one round short it is not the average yet
+    before = torch.cat([r[torch.float64, "exp1peer"][-2] for r in results])  # one round short it is not the average yet
     assert float((before - mean).abs().max()) > 1e-3
 
 
