@@ -144,7 +144,7 @@ class Trainer:
             if critic is None:
                 with rec.section(Section.CRITIC):
                     self.critic.epoch(critic_batch, lr, mix)  # while the actor's message is in flight
-            with rec.section(Section.ACTOR_UPDATE):
+            with rec.section(Section.ACTOR_STEP):
                 combiner.step(actor.params, actor.grads, lr, tr.max_grad_norm)
             self.fabric.sync()  # XLA: one graph per epoch, run by every device together (nothing on the CPU)
 
