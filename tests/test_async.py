@@ -204,3 +204,18 @@ def test_compute_model_costs_come_from_a_finished_run(plain_run):
     assert costs["act"] == pytest.approx(act, abs=1e-9) and costs["actor_update"] > 0
     critic = timing[0]["critic"]  # the central critic: rank 0's one net
     assert costs["critic"] == pytest.approx(critic["seconds"] / critic["calls"], abs=1e-9)
+
+
+def test_the_alpha_beta_model_hides_a_round_behind_tau_plus_one_rounds_of_compute():
+    from decnode.config import load, resolve
+    from decnode.net.model import predict_iteration_comm
+    from decnode.net.profile import PRESETS
+
+    pred = {}
+    for tau in (0, 2):
+        cfg = resolve(load(None, ["algo.name=push_sum", "algo.k=2", f"algo.staleness={tau}", "env.n_agents=10"]), 10)
+        pred[tau] = predict_iteration_comm(cfg, PRESETS["wan"], 10, overlap_s=0.012)
+    one, rounds = pred[0]["combine_raw"] / 10, 10
+    assert pred[0]["combine"] == pytest.approx(rounds * (one - 0.012))
+    assert pred[2]["combine"] == pytest.approx((rounds - 1) * max(one - 3 * 0.012, 0) + one - 0.012)
+    assert pred[2]["total"] < pred[0]["total"] and pred[2]["combine_raw"] == pred[0]["combine_raw"]
