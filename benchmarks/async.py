@@ -5,7 +5,7 @@ seconds per iteration of synchronous DecPG, push-sum τ=0 and push-sum τ=2, and
     python benchmarks/async.py --iterations 10 --seeds 1 --out results/async_n10.json
 
 Every cell is a real `decnode.run` job with `--net` (the slow node is rank SLOW, not rank 0, which steps the
-environments) and net.compute=model: compute is charged fixed seconds per section and agent row (net/profile.py
+environments) and net.compute=model: compute is charged fixed seconds per section and agent row (net/compute.py
 COMPUTE_S) × the node's slowdown, so the simulated figures are the same on any host and under any load.
 Seconds per iteration: mean over every iteration of rank 0's metrics.jsonl `sim` (the ranks join their clocks in
 each iteration's statistics all-reduce, so it is the job's); compute / waiting: the slow node's and a fast one's,

@@ -14,7 +14,8 @@ from contextlib import nullcontext
 
 from .faults import Faults, make_faults
 from ..extensions import critic
-from .profile import PRESETS, Emulator, NetProfile, NodeClock, job_profile, section_rows
+from .compute import section_rows
+from .profile import PRESETS, Emulator, NetProfile, NodeClock, job_profile
 
 Stamp = tuple[float, float, float]  # a message's departure and arrival on the simulated clock, its host arrival
 

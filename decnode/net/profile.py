@@ -16,7 +16,6 @@ Pure Python, no torch: a rank's Link (link.py) stamps the real messages with the
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import threading
@@ -27,28 +26,10 @@ from pathlib import Path
 
 from .. import yamlio
 from ..config import ConfigError
-from ..extensions import critic
 from ..registry import Registry
-from ..timing import Section
+from .compute import COMPUTE, COMPUTE_S, parse_costs
 
 MODES = ("simulate", "emulate")  # emulate: the same delays also as real waits on the real messages
-COMPUTE = ("measured", "model")
-# compute: model — seconds per call and agent row of each compute section (Recorder section names), charged when
-# the section ends; env per agent of the job (rank 0 steps them all), the others per agent of the rank. Measured
-# here (AMD EPYC, 2 cores, one thread per process; Simple Spread, B = 32, T = 25, hidden 64: scripts in README
-# 'Simulating real nodes'); a run's own: compute_s: RUN_DIR (its timing.json). Evaluation is not charged.
-COMPUTE_S = {Section.ENV: 4.0e-5, Section.ACT: 3.0e-4, Section.CRITIC: 1.5e-2, Section.ACTOR_UPDATE: 1.2e-2,
-             Section.ACTOR_STEP: 2.0e-4}
-
-
-def section_rows(rank: int, n_agents: int, per_process: int, per_agent_critic: bool) -> dict[str, int]:
-    """The rows each compute section of a rank works on: rank 0 steps every agent's environment; a central critic
-    is one net on rank 0, local critics one per agent; acting and the actor's update, the rank's agents."""
-    return {Section.ENV: n_agents if rank == 0 else 0, Section.ACT: per_process, Section.ACTOR_UPDATE: per_process,
-            Section.ACTOR_STEP: per_process,
-            Section.CRITIC: per_process if per_agent_critic else int(rank == 0)}
-
-
 @dataclass(frozen=True)
 class NetProfile:
     name: str = "loopback"
@@ -158,7 +139,7 @@ def make_profile(spec: dict, source: str = "net") -> NetProfile:
                 raise ConfigError(f"{source}: net.compute must be one of {', '.join(COMPUTE)}, got {value!r}")
             values[key] = value
         elif key == "compute_s":
-            values[key] = _costs(source, value)
+            values[key] = parse_costs(source, value)
         elif key == "speed":
             speeds = value if isinstance(value, list) else [value]
             if not speeds:
@@ -183,41 +164,6 @@ def make_profile(spec: dict, source: str = "net") -> NetProfile:
             raise ConfigError(f"{source}: net.name '{profile.name}' is the preset's name, but this profile has "
                               f"{', '.join(differ)}: give it a name of its own (or leave name out)")
     return profile
-
-
-def _costs(source: str, value) -> tuple[tuple[str, float], ...]:
-    """compute_s: a mapping section → seconds per call and agent row (sections left out keep their default), or a
-    run directory (or its timing.json) whose measured seconds per call and row become the costs."""
-    if isinstance(value, str):
-        return tuple(costs_from_run(Path(value), source).items())
-    if not isinstance(value, dict):
-        raise ConfigError(f"{source}: net.compute_s must map compute sections ({', '.join(COMPUTE_S)}) to seconds, "
-                          f"or name a run directory, got {value!r:.60}")
-    unknown = sorted(set(value) - set(COMPUTE_S))
-    if unknown:
-        raise ConfigError(f"{source}: net.compute_s: '{unknown[0]}' is not a compute section ({', '.join(COMPUTE_S)})")
-    return tuple({**COMPUTE_S, **{k: _number(source, f"compute_s.{k}", v) for k, v in value.items()}}.items())
-
-
-def costs_from_run(path: Path, source: str = "net.compute_s") -> dict[str, float]:
-    """Seconds per call and agent row of each compute section, as a finished run measured them (its timing.json:
-    every rank's exclusive seconds and calls; its config.yaml: agents per rank)."""
-    run = path.parent if path.name == "timing.json" else path
-    try:
-        ranks = json.loads((run / "timing.json").read_text())["ranks"]
-        cfg = yamlio.read(run / "config.yaml", "run config")
-        n, per = cfg["env"]["n_agents"], cfg["algo"]["agents_per_process"]
-        per_agent = critic(cfg["algo"]["critic"]).per_agent
-    except (OSError, ValueError, KeyError, TypeError, yamlio.YamlError, ConfigError) as err:
-        raise ConfigError(f"{source}: cannot read the costs of run '{run}' (its timing.json and config.yaml): "
-                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    out = {}
-    for section in COMPUTE_S:
-        rows = [(t[section]["seconds"], t[section]["calls"] * section_rows(rank, n, per, per_agent)[section])
-                for rank, t in enumerate(ranks) if t.get(section, {}).get("calls")]
-        calls = sum(c for _, c in rows)
-        out[section] = round(sum(s for s, c in rows if c) / calls, 9) if calls else 0.0
-    return out
 
 
 def describe(spec) -> str:
