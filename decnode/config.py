@@ -70,6 +70,9 @@ class AlgoConfig:
     mix_every: str = _key("step", "decpg, push_sum: one gossip round per SGD step, or once per iteration",
                           ("step", "iteration"))
     critic: str = _key("central", "", CRITICS)
+    staleness: int = _key(0, "push_sum: bounded staleness τ — mix what the simulated clock has delivered, wait only for "
+                          "a message more than τ rounds old (needs --net in simulate mode with net.compute=model); 0: "
+                          "synchronous", "nonneg")
     agents_per_process: int | None = _key(None, "agents held by each process; null: n_agents / processes", "min1")
 
 
@@ -131,6 +134,9 @@ class NetConfig:
                                "real nodes')")
     mode: str | None = _key(None, "simulate: a per-node clock only | emulate: also real waits on the real messages; "
                             "null: the profile's own", ("simulate", "emulate"))
+    compute: str | None = _key(None, "what the clock charges as compute: measured (this process's CPU time × slowdown) | "
+                               "model (fixed seconds per compute section and agent row × slowdown: two runs' clocks "
+                               "agree exactly); null: the profile's own", ("measured", "model"))
 
 
 @dataclass
@@ -437,6 +443,13 @@ def resolve(cfg: Config, n_procs: int) -> Config:
     if tr.chunk_length is not None and env.episode_length % tr.chunk_length:
         raise ConfigError(f"train.chunk_length must divide env.episode_length={env.episode_length}, "
                           f"got {tr.chunk_length}")
+    if algo.staleness and cfg.run.device == "xla":
+        raise ConfigError(f"run.device=xla does not run algo.staleness={algo.staleness} (the CPU placement does, with "
+                          "push_sum)")
+    if algo.staleness and not combiner(algo.name).staleness:
+        able = ", ".join(name for name, entry in COMBINERS.items() if entry.staleness)
+        raise ConfigError(f"algo.staleness={algo.staleness} needs an algorithm that adds a late message when it "
+                          f"arrives ({able}); algo.name={algo.name} waits for every message (drop algo.staleness)")
     if cfg.run.device == "xla":  # what the XLA placement does not have (yet): refused, not ignored
         if not combiner(algo.name).xla:
             raise ConfigError(f"run.device=xla does not run algo.name={algo.name} (the CPU placement does)")

@@ -34,6 +34,7 @@ class CombinerEntry(Lazy):
            (DSGD: the average is kept), "row", or "column" (push-sum: the job gossips on the graph's edges with
            each sender's equal shares, Graph.push_weights, whatever algo.weights says).
     xla: the XLA placement (run.device=xla) runs it; otherwise config time refuses it in one line.
+    staleness: it can add a message in a later round than it was sent (algo.staleness > 0: push-sum's shares).
     baseline: a parameter-sharing baseline the paper's claims compare DecPG against.
     entropy: the baseline's "+entropy" variant (its bonus is configs' per_algo.<name>.entropy_coef, not code).
     """
@@ -44,6 +45,7 @@ class CombinerEntry(Lazy):
     entropy: bool = False
     stochastic: str = "doubly"
     xla: bool = True
+    staleness: bool = False
 
     def __post_init__(self):
         if self.comm not in ("gossip", "allreduce", "none"):
@@ -68,7 +70,7 @@ COMBINERS.register("ps", CombinerEntry("decnode.marl.combiners:ParameterSharing"
 COMBINERS.register("ps_entropy", CombinerEntry("decnode.marl.combiners:ParameterSharing", comm="allreduce",
                                                label="PS+entropy", baseline=True, entropy=True))
 COMBINERS.register("push_sum", CombinerEntry("decnode.marl.push_sum:PushSum", comm="gossip", label="push-sum {graph}",
-                                             stochastic="column", xla=False))
+                                             stochastic="column", xla=False, staleness=True))
 
 
 def combiner(name: str) -> CombinerEntry:

@@ -63,6 +63,8 @@ class Recorder:
             yield
         finally:
             elapsed = time.perf_counter() - t0
+            if self.clock is not None:
+                self.clock.charge(name)  # compute: model — the section's fixed cost (net/profile.py)
             if tracing and self.sections is not None:
                 sim1 = self.clock.advance() if self.clock is not None else None
                 self.sections.append((name, t0, t0 + elapsed, sim0, sim1))
@@ -109,7 +111,8 @@ class Section:
     CRITIC = "critic"
     CRITIC_SGD = "critic_sgd"
     STATE_BROADCAST = "state_broadcast"
-    ACTOR_UPDATE = "actor_update"
+    ACTOR_UPDATE = "actor_update"  # forward and backward (and posting the combine)
+    ACTOR_STEP = "actor_step"  # finishing the combine's step (its wait is the gossip's or all-reduce's section)
     GOSSIP = "gossip"
     GOSSIP_CRITIC = "gossip_critic"
     ALLREDUCE = "allreduce"
@@ -127,7 +130,7 @@ class Section:
 GROUPS = {Section.SETUP: "setup", Section.ENV: "rollout", Section.ACT: "rollout",
           Section.STEP_EXCHANGE: "step_exchange", Section.REWARD_SCATTER: "step_exchange",
           Section.CRITIC: "critic", Section.CRITIC_SGD: "critic", Section.STATE_BROADCAST: "critic",
-          Section.ACTOR_UPDATE: "actor_update", Section.GOSSIP: "gossip/allreduce",
+          Section.ACTOR_UPDATE: "actor_update", Section.ACTOR_STEP: "actor_update", Section.GOSSIP: "gossip/allreduce",
           Section.GOSSIP_CRITIC: "gossip/allreduce", Section.ALLREDUCE: "gossip/allreduce",
           Section.ALLREDUCE_CRITIC: "gossip/allreduce", Section.EVAL: "eval", Section.STATS: "waiting",
           Section.BROADCAST: "waiting", Section.GATHER: "waiting", Section.WAIT: "waiting",

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from .api import AgentBlocks
+from .stale import Staleness
 from .transport import Collectives, process_group, stream_tag
 from .watchdog import Watchdog
 from ..net.link import Link
@@ -23,16 +24,25 @@ from ..topology import Graph, block_plan, build_graph
 class GossipHandle:
     """An in-flight gossip round: `wait()` returns P @ Θ for the local rows (a persistent buffer)."""
 
-    def __init__(self, fabric: "Fabric", state: dict, works: list, timer_name: str, stamps: list):
+    def __init__(self, fabric: "Fabric", state: dict, works: list, timer_name: str, stamps: list, round_: int):
         self._fabric, self._state, self._works, self._name, self._stamps = fabric, state, works, timer_name, stamps
+        self._round = round_
 
     def wait(self) -> torch.Tensor:
-        st = self._state
-        with self._fabric.recorder.section(self._name):
-            with self._fabric.transport():
-                self._fabric._wait_all(self._works, self._name)
-                self._fabric._arrived(self._stamps)
+        st, fabric = self._state, self._fabric
+        late = ()
+        with fabric.recorder.section(self._name):
+            with fabric.transport():
+                fabric._wait_all(self._works, self._name)
+                received = fabric._unpack(self._stamps)
+                if fabric.stale is None:
+                    fabric._complete(received)
+                else:  # the simulated clock decides what is mixed now (stale.py)
+                    late = fabric.stale.settle(self._name, self._round, received, list(st["recv_slices"].values()),
+                                               st["weights"], st["buf"], fabric._complete)
             torch.matmul(st["weights"], st["buf"], out=st["out"])
+            for share in late:
+                st["out"].add_(share)
         st["in_flight"] = False
         return st["out"]
 
@@ -66,6 +76,19 @@ class Fabric(AgentBlocks, Collectives):
         self.rounds_per_iteration: int | None = None  # gossip rounds of a stream per iteration (the trainer's)
         self._rounds: dict[str, int] = {}  # per stream: rounds posted since the iteration began (or ever)
         self._gossip_state: dict[tuple, dict] = {}
+        self.stale: Staleness | None = None  # bounded-staleness gossip (stale.py): set by the trainer for push-sum
+
+    def gossip_flush(self, name: str) -> torch.Tensor | None:
+        """Bounded staleness: wait for every message still held on stream `name` and return the sum of their shares
+        (None if none), to be added to the rows they were sent to."""
+        if self.stale is None or not self.stale.held.get(name):
+            return None
+        with self.recorder.section(name), self.transport():
+            shares = self.stale.flush(name, self.gossip_round(name), self._complete)
+            total = shares[0].clone()
+            for share in shares[1:]:
+                total.add_(share)
+        return total
 
     def begin_iteration(self, iteration: int) -> None:
         super().begin_iteration(iteration)
@@ -102,7 +125,7 @@ class Fabric(AgentBlocks, Collectives):
             self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
         st["in_flight"] = True
         self._rounds[name] = self._rounds.get(name, 0) + 1
-        return GossipHandle(self, st, works, name, stamps)
+        return GossipHandle(self, st, works, name, stamps, t)
 
     def _make_gossip_state(self, name: str, phase: int, dim: int, dtype: torch.dtype) -> dict:
         # Allocated once per stream and round of the period: no model-sized allocation per round.

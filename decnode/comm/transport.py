@@ -194,6 +194,10 @@ class Collectives:
     def _arrived(self, stamps: list) -> None:
         """After the real waits: check every frame's header, unpack it, and (with a profile) complete the receive on
         the simulated clock when the last message arrives."""
+        self._complete(self._unpack(stamps))
+
+    def _unpack(self, stamps: list) -> list:
+        """Check every frame's header and copy its payload out; returns [(its stamp, flow id)] in posting order."""
         received = []
         for _, frame, flow, peer, tag, seq, dest in stamps:
             problem = mismatch(frame, self.iteration, tag, seq, P2P_STREAMS, self.job_id)
@@ -202,6 +206,10 @@ class Collectives:
             dest.copy_(frame.payload)
             self.link.arrived(peer, float(frame.floats[SENT]))
             received.append((frame.floats[STAMP].tolist(), flow))
+        return received
+
+    def _complete(self, received: list) -> None:
+        """The receives of [(stamp, flow id)] on the simulated clock (in order of arrival), and their trace ends."""
         for flow, arrive in self.link.receive(received):
             self.recorder.flow(False, flow, arrive)
 

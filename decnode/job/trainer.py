@@ -24,6 +24,7 @@ from ..marl.actor import ActorBlock, row_pool
 from ..marl.combiners import make_combiner
 from ..extensions import combiner
 from ..comm.api import Fabric
+from ..comm.stale import Staleness
 from ..comm.wire import job_bytes
 from ..config import Config
 from ..marl.critic import make_critic
@@ -76,6 +77,10 @@ class Trainer:
                            else range(tr.ppo_epochs - 1, tr.ppo_epochs))
 
         self.actor_combiner = make_combiner(cfg.algo.name, fabric)
+        # Push-sum on a simulated network: the clock decides which messages are mixed (comm/stale.py; τ = 0 waits
+        # for all of them, the synchronous mix bit for bit), and metrics.jsonl says how stale they were.
+        if combiner(cfg.algo.name).staleness and fabric.link.clock is not None:
+            fabric.stale = Staleness(cfg.algo.staleness, fabric.link.clock)
         # Gossip rounds are counted per iteration, so a time-varying graph's round is the same on every rank and
         # after a resume; its matrices' gaps are what metrics.jsonl reports for the rounds each iteration ran.
         self.gossips = combiner(cfg.algo.name).gossips
@@ -144,9 +149,12 @@ class Trainer:
             if critic is None:
                 with rec.section(Section.CRITIC):
                     self.critic.epoch(critic_batch, lr, mix)  # while the actor's message is in flight
-            with rec.section(Section.ACTOR_UPDATE):
+            with rec.section(Section.ACTOR_STEP):
                 combiner.step(actor.params, actor.grads, lr, tr.max_grad_norm)
             self.fabric.sync()  # XLA: one graph per epoch, run by every device together (nothing on the CPU)
+        with rec.section(Section.ACTOR_STEP):
+            combiner.finish(actor.params)  # bounded staleness: the shares still in flight are waited for and added
+            self.critic.finish()
 
         self.iteration += 1
         self.env_steps += self.T * self.B
@@ -183,11 +191,13 @@ class Trainer:
         flags = [0.0] * self.fabric.world
         flags[self.fabric.rank] = float(code + len(WATCHED) * row) if code else 0.0
         sent = self.fabric.wire.window()  # bytes per stream since the iteration began (comm/wire.py)
+        stale = self._staleness_slots()
         variances, totals = agent_variance_and_sums(
             self.fabric, {"grad_disagreement": first["grad"], "update_variance": params - theta_start,
-                          "consensus_distance": theta_start}, [*scalars.values(), *flags, *sent])
+                          "consensus_distance": theta_start}, [*scalars.values(), *flags, *sent, *stale])
         sums = dict(zip(scalars, totals))
         self._raise_if_nonfinite(totals[len(scalars): len(scalars) + len(flags)])
+        totals, stale_sums = totals[: len(totals) - len(stale)], totals[len(totals) - len(stale):]
         n, critic_rows = self.n, self.critic.total_rows
         out = {"iteration": self.iteration, "env_steps": self.env_steps, "lr": lr,
                **{key: sums[key] / n for key in ("policy_loss", "entropy", "grad_norm", "approx_kl", "clip_fraction")},
@@ -204,9 +214,23 @@ class Trainer:
             out["train_reward"] = float(np.mean(rets)) if rets else None
             if coord.episode_wins:
                 out["train_win_rate"] = float(np.mean(coord.episode_wins))
+        if stale:  # rounds between a message's sending and its mixing, over every message of every rank
+            total, count, *maxima = stale_sums
+            out["staleness_mean"] = total / count if count else None
+            out["staleness_max"] = int(max(maxima))
         out["bytes"] = job_bytes(totals[len(scalars) + len(flags):])  # every rank's, summed
         out["stop"] = sums["stop"] > 0
         return out
+
+    def _staleness_slots(self) -> list[float]:
+        """Bounded staleness: this rank's (sum, count) of its messages' staleness and its maximum in its own slot
+        (a sum of slots is every rank's maximum); [] without it."""
+        if self.fabric.stale is None:
+            return []
+        total, count, most = self.fabric.stale.window()
+        maxima = [0.0] * self.fabric.world
+        maxima[self.fabric.rank] = float(most)
+        return [float(total), float(count), *maxima]
 
     def _raise_if_nonfinite(self, flags: list[float]) -> None:
         bad = [(rank, int(f)) for rank, f in enumerate(flags) if f]

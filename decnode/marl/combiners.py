@@ -42,6 +42,9 @@ class Combiner:
     def step(self, params: torch.Tensor, grads: torch.Tensor, lr: float, max_grad_norm: float) -> None:
         raise NotImplementedError
 
+    def finish(self, params: torch.Tensor) -> None:  # noqa: B027 - optional hook
+        """The iteration's last step is done: add what is still in flight (bounded staleness)."""
+
     def state_dict(self) -> dict:
         """State of its own the combiner carries across iterations, per agent (rows: tensors with an agent axis),
         for the checkpoint; {} — DecPG's and PS's — adds nothing to it."""

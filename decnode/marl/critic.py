@@ -142,6 +142,11 @@ class _Placement:
         combiner.step(net.params, net.grads, lr, self.max_grad_norm)
         batch.losses.append(loss.detach())
 
+    def finish(self) -> None:
+        """After the iteration's last epoch: the combiner adds what is still in flight (bounded staleness)."""
+        if self.net is not None:
+            self.combiner.finish(self.net.params)
+
     def offline_advantages(self, states, reset, rewards, dones) -> torch.Tensor:
         raise NotImplementedError
 

@@ -1,5 +1,6 @@
-"""Push-sum gossip (Stochastic Gradient Push, Assran et al., ICML 2019), synchronous (τ = 0): DSGD for graphs
-whose mixing cannot be doubly stochastic — directed, irregular, time-varying."""
+"""Push-sum gossip (Stochastic Gradient Push, Assran et al., ICML 2019): DSGD for graphs whose mixing cannot be
+doubly stochastic — directed, irregular, time-varying; synchronous, or with bounded staleness (comm/stale.py: a late
+share is added when it arrives)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,14 @@ class PushSum(Combiner):
         x, w = xw[:, :-1], xw[:, -1:]
         x.sub_(grads, alpha=lr)
         torch.div(x, w, out=params)
+
+    def finish(self, params: torch.Tensor) -> None:
+        """Bounded staleness (algo.staleness): the shares still held at the iteration's end are waited for and added,
+        so every iteration ends with Σw = n and nothing in flight (a checkpoint holds it all)."""
+        late = self.fabric.gossip_flush(self.name)
+        if late is not None:
+            self.xw.add_(late)
+            torch.div(self.xw[:, :-1], self.xw[:, -1:], out=params)
 
     def state_dict(self) -> dict:
         if self.xw is None:  # no step yet: x = θ and w = 1 follow from the parameters

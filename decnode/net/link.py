@@ -13,6 +13,8 @@ import time
 from contextlib import nullcontext
 
 from .faults import Faults, make_faults
+from ..extensions import critic
+from .compute import section_rows
 from .profile import PRESETS, Emulator, NetProfile, NodeClock, job_profile
 
 Stamp = tuple[float, float, float]  # a message's departure and arrival on the simulated clock, its host arrival
@@ -22,16 +24,17 @@ class Link:
     """This rank's clock (None without a profile), emulator (net.mode emulate) and faults (None without any)."""
 
     def __init__(self, profile: NetProfile | None = None, rank: int = 0, world: int = 1, seed: int = 0,
-                 faults: Faults | None = None):
+                 faults: Faults | None = None, rows: dict | None = None):
         self.profile, self.rank, self.faults = profile or PRESETS["loopback"], rank, faults
         active = self.profile.active and world > 1
-        self.clock = NodeClock(self.profile, rank, seed) if active else None
+        self.clock = NodeClock(self.profile, rank, seed, rows=rows or {}) if active else None
         self.emulator = Emulator(self.profile) if active and self.profile.mode == "emulate" else None
 
     @classmethod
     def for_job(cls, cfg, rank: int, world: int) -> "Link":
         """The link of a training job's rank: the job's profile (net.*) and its faults (faults:)."""
-        return cls(job_profile(cfg), rank, world, cfg.train.seed, make_faults(cfg, rank, world))
+        rows = section_rows(rank, cfg.env.n_agents, cfg.algo.agents_per_process, critic(cfg.algo.critic).per_agent)
+        return cls(job_profile(cfg), rank, world, cfg.train.seed, make_faults(cfg, rank, world), rows)
 
     def begin_iteration(self, iteration: int) -> None:
         """Once per iteration (counted from 1): a straggler draw on the clock, then the faults of this iteration."""

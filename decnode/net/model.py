@@ -6,8 +6,9 @@ messages queued on its one link, then the actions back; the critic's scatter; pe
 the run's graph (algo.topology: each rank's rows to its out-neighbour ranks through its own link; a time-varying
 graph averaged over its period) or one ring all-reduce of the [D] gradient; the stats all-reduce. A point-to-point
 message costs its payload plus the frame header, the bytes the transport counts (comm/wire.py); `gossip_link_bytes`
-gives those bytes per link. `overlap_s` is the compute a combine hides behind on the critical rank (DecPG: actor backward and the
-critic's epoch; PS: the critic's epoch), which the simulated clock (a replay of the real run) also hides.
+gives those bytes per link. `overlap_s` is the compute a combine hides behind on the critical rank (DecPG: actor
+backward and the critic's epoch; PS: the critic's epoch; with bounded staleness τ + 1 rounds of it), which the
+simulated clock (a replay of the real run) also hides.
 Calibration, the comparison with a real job, the bandwidth sweep and the CLI are tools/netmodel.py.
 """
 
@@ -142,7 +143,11 @@ def predict_iteration_comm(cfg: Config, profile: NetProfile, n_procs: int, overl
             # the links carry both
             one = p.allreduce_s(W, 4 * (D + (Dc if local else 0)))
         out["combine_raw"] = rounds * one
-        out["combine"] = rounds * max(one - overlap_s, 0.0)
+        # Bounded staleness (algo.staleness τ): a round's message may be mixed τ rounds later, so it hides behind
+        # τ + 1 rounds of compute — but the last round's is waited for at the iteration's end, behind one.
+        tau = cfg.algo.staleness if algo.staleness and rounds else 0
+        out["combine"] = ((rounds - 1) * max(one - (tau + 1) * overlap_s, 0.0) + max(one - overlap_s, 0.0)) if tau \
+            else rounds * max(one - overlap_s, 0.0)
         # marl/noise.py: Σ rows of ∇, Δθ, θ (float64), their 3 squared norms, 8 scalars, one NaN flag per rank,
         # the byte counters
         out["stats"] = p.allreduce_s(W, 8 * (3 * D + 3 + 8 + W + STATS_WIRE_SLOTS))

@@ -2,6 +2,9 @@
 
 A profile gives every link a latency α (seconds), a bandwidth β (bits per second) and a jitter, and every node a
 compute speed (a slowdown factor per rank, plus stragglers: with probability p an iteration runs s× slower).
+What the clock charges as compute is `compute`: measured (the rank's CPU time, below) or model (fixed seconds per
+call of each compute section and agent row, `compute_s`: two runs' clocks agree exactly, whatever the host's load —
+what bounded-staleness gossip decides arrival by).
 
 `NodeClock` is the time one rank would see on such a cluster — a discrete-event simulation driven by the real
 run: compute advances it by the rank's own CPU time (not wall time, which ten processes on two cores inflate)
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -23,10 +27,9 @@ from pathlib import Path
 from .. import yamlio
 from ..config import ConfigError
 from ..registry import Registry
+from .compute import COMPUTE, COMPUTE_S, parse_costs
 
 MODES = ("simulate", "emulate")  # emulate: the same delays also as real waits on the real messages
-
-
 @dataclass(frozen=True)
 class NetProfile:
     name: str = "loopback"
@@ -37,6 +40,12 @@ class NetProfile:
     straggler_p: float = 0.0  # probability that a rank's iteration is straggler_slowdown× slower
     straggler_slowdown: float = 1.0
     mode: str = "simulate"
+    compute: str = "measured"  # or "model": fixed costs (compute_s) instead of CPU time
+    compute_s: tuple[tuple[str, float], ...] = tuple(COMPUTE_S.items())
+
+    def costs(self) -> dict[str, float] | None:
+        """compute: model — seconds per call and agent row by section; None when compute is measured."""
+        return dict(self.compute_s) if self.compute == "model" else None
 
     @property
     def active(self) -> bool:
@@ -49,6 +58,7 @@ class NetProfile:
         """Every key of the profile, as make_profile reads it back: what a run records in its config."""
         spec = {f.name: getattr(self, f.name) for f in fields(self)}
         spec["speed"] = list(self.speed)
+        spec["compute_s"] = dict(self.compute_s)
         return spec
 
     def slowdown(self, rank: int) -> float:
@@ -124,6 +134,12 @@ def make_profile(spec: dict, source: str = "net") -> NetProfile:
             if value not in MODES:
                 raise ConfigError(f"{source}: net.mode must be one of {', '.join(MODES)}, got {value!r}")
             values[key] = value
+        elif key == "compute":
+            if value not in COMPUTE:
+                raise ConfigError(f"{source}: net.compute must be one of {', '.join(COMPUTE)}, got {value!r}")
+            values[key] = value
+        elif key == "compute_s":
+            values[key] = parse_costs(source, value)
         elif key == "speed":
             speeds = value if isinstance(value, list) else [value]
             if not speeds:
@@ -143,7 +159,7 @@ def make_profile(spec: dict, source: str = "net") -> NetProfile:
     named = PRESETS.find(profile.name)
     if named is not None:  # "loopback" over ethernet's values ran nothing; "ethernet" over other values misleads
         differ = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in profile.to_spec().items()
-                  if k not in ("name", "mode") and v != named.to_spec()[k]]
+                  if k not in ("name", "mode", "compute") and v != named.to_spec()[k]]
         if differ:
             raise ConfigError(f"{source}: net.name '{profile.name}' is the preset's name, but this profile has "
                               f"{', '.join(differ)}: give it a name of its own (or leave name out)")
@@ -198,16 +214,27 @@ def job_profile(cfg, n_procs: int | None = None) -> NetProfile:
     """The job's profile (net.profile, net.mode over it); ConfigError where it would silently do nothing: a mode
     without a profile, or a profile for one process (no message crosses a network; the clock needs peers)."""
     profile = load_profile(cfg.net.profile)
-    mode = cfg.net.mode
+    mode, compute, tau = cfg.net.mode, cfg.net.compute, cfg.algo.staleness
     if not profile.active:
-        if mode is not None:
-            raise ConfigError(f"net.mode={mode} needs a network profile (--net): loopback has no delays to {mode} "
-                              "(drop it, or --set net.mode=null)")
+        for key, value in (("mode", mode), ("compute", compute)):
+            if value is not None:
+                raise ConfigError(f"net.{key}={value} needs a network profile (--net): loopback has no clock "
+                                  f"(drop it, or --set net.{key}=null)")
+        if tau:
+            raise ConfigError(f"algo.staleness={tau} needs a simulated network (--net PROFILE --set net.compute=model"
+                              "): the simulated clock decides which messages have arrived (real arrival is not built)")
         return profile
     if n_procs == 1:
         raise ConfigError(f"--net {describe(cfg.net.profile)} needs 2 or more processes (--nproc): one process sends "
                           "no messages, so nothing would be simulated")
-    return replace(profile, mode=mode) if mode else profile
+    profile = replace(profile, mode=mode or profile.mode, compute=compute or profile.compute)
+    if tau and profile.mode != "simulate":
+        raise ConfigError(f"algo.staleness={tau} runs in net.mode=simulate only: the simulated clock decides which "
+                          f"messages have arrived (real arrival, {profile.mode} mode, is not built)")
+    if tau and profile.compute != "model":
+        raise ConfigError(f"algo.staleness={tau} needs net.compute=model (--set net.compute=model): with measured CPU "
+                          "time the clock, and so which messages count as arrived, would differ from run to run")
+    return profile
 
 
 @dataclass
@@ -230,12 +257,27 @@ class NodeClock:
     link_free: float = 0.0  # when this node's outgoing link has sent everything queued on it
     tally: ClockTally = field(default_factory=ClockTally)
     cpu: callable = time.process_time  # what "compute" is measured in: this process's CPU time
+    rows: dict = field(default_factory=dict)  # compute: model — rows per section (section_rows; default 1)
 
     def __post_init__(self):
         self._cpu_mark = self.cpu()
         self._factor = self.profile.slowdown(self.rank)
         self._rng = random.Random(self.seed * 1_000_003 + self.rank)
         self._in_transport = 0
+        self._costs = self.profile.costs()
+        # Charges come from the thread that drives this node's messages: a row pool's overlapped critic epoch
+        # (another core) would otherwise land before or after a send by the host's scheduling.
+        self._owner = threading.get_ident()
+
+    def charge(self, section: str) -> None:
+        """compute: model — a compute section ended: its fixed cost × rows × slowdown (nothing when measured)."""
+        if self._costs is None or threading.get_ident() != self._owner:
+            return
+        cost = self._costs.get(section, 0.0)
+        if cost:
+            spent = cost * self.rows.get(section, 1) * self._factor
+            self.now += spent
+            self.tally.compute += spent
 
     def snapshot(self) -> dict[str, float]:
         self.advance()
@@ -250,9 +292,10 @@ class NodeClock:
         self._factor = p.slowdown(self.rank) * (p.straggler_slowdown if straggle else 1.0)
 
     def advance(self) -> float:
-        """Charge the CPU time used since the last call as compute; returns the clock."""
+        """Charge the CPU time used since the last call as compute (compute: model — nothing: `charge` does);
+        returns the clock."""
         cpu = self.cpu()
-        spent = 0.0 if self._in_transport else max(cpu - self._cpu_mark, 0.0) * self._factor
+        spent = 0.0 if self._in_transport or self._costs is not None else max(cpu - self._cpu_mark, 0.0) * self._factor
         self._cpu_mark = cpu
         self.now += spent
         self.tally.compute += spent
