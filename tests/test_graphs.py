@@ -377,3 +377,24 @@ def test_the_readme_examples_of_the_file_format_read_as_documented(tmp_path):
     assert edges[0, 1] == edges[0, 2] == 1 / 3 and edges[1, 0] == edges[2, 1] == 1 / 2
     assert edges[1, 2] == edges[2, 0] == 0
     np.testing.assert_array_equal(examples["a weight matrix"].phases[0], [[.5, .5, 0], [.25, .5, .25], [0, .5, .5]])
+
+
+def test_strong_connectivity_agrees_with_the_transitive_closure_on_random_digraphs():
+    """unreachable() searches from node 0 both ways; the closure (reach ← reach ∨ reach·reach) is the definition.
+    Both name the first (i, j) in row order whose j never reaches i."""
+    from decnode.topology.api import unreachable
+
+    def closure(A):
+        reach = np.eye(len(A), dtype=bool) | A
+        for _ in range(len(A)):
+            reach = reach | (reach.astype(float) @ reach.astype(float) > 0)
+        bad = np.argwhere(~reach)
+        return (int(bad[0][0]), int(bad[0][1])) if len(bad) else None
+
+    rng, seen = np.random.default_rng(0), set()
+    for _ in range(2000):
+        n = int(rng.integers(1, 9))
+        A = rng.random((n, n)) < rng.random() * 0.5
+        assert unreachable(A) == closure(A), A.astype(int)
+        seen.add(closure(A) is None)
+    assert seen == {True, False}  # both answers were tested

@@ -104,7 +104,8 @@ TINY = ["--set", "env.n_agents=4", "--k", "2", "--set", "env.n_envs=2", "--set",
         "--no-preflight"]
 
 
-@pytest.mark.parametrize("topology,critic", [("ring", "central"), ("complete", "local"), ("knn", "central")])
+# (knn at k = 2 and n = 4 is the ring: one of the two is enough)
+@pytest.mark.parametrize("topology,critic", [("ring", "central"), ("complete", "local")])
 def test_on_a_regular_undirected_graph_push_sum_is_decpg(tmp_path, topology, critic):
     ends = {}
     for algo in ("decpg", "push_sum"):
@@ -116,7 +117,7 @@ def test_on_a_regular_undirected_graph_push_sum_is_decpg(tmp_path, topology, cri
     assert float((ends["decpg"]["critic"] - ends["push_sum"]["critic"]).abs().max()) <= 1e-6
 
 
-@pytest.mark.parametrize("critic", ["central", "local"])
+@pytest.mark.parametrize("critic", ["local"])  # both push-sum combiners (actor's and critics'); central: above
 def test_a_directed_graph_decpg_refuses_trains_with_push_sum_and_resumes_exactly(tmp_path, critic):
     f = tmp_path / "directed.txt"
     f.write_text("0 -> 1\n0 -> 2\n1 -> 2\n2 -> 3\n3 -> 0\n")
