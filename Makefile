@@ -43,8 +43,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/decnode-run --nproc $(NPROC) --k $(K) $(ARGS)
 
+# Two tests at a time (pytest-xdist): a test is mostly processes starting (~1 core busy), and there are 2 cores. The
+# tests that compare wall-clock or simulated time with the host's (marked serial) then run alone.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=20 -m "not slurm"
+	$(PY) -m pytest -q -n 2 --durations=20 -m "not slurm and not serial"
+	$(PY) -m pytest -q --durations=10 -m "serial and not slurm"
 
 # A real one-machine SLURM (launch/slurm_local.sh: munge, slurmctld, slurmd; apt-get installs them once when
 # missing), started and stopped by tests/test_slurm.py; root only, else skipped. 94-131 s here, so apart from make test.

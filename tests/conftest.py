@@ -10,6 +10,8 @@ pytest.register_assert_rewrite("figcheck")  # its failures show the values, as a
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slurm: needs a real SLURM (tests/test_slurm.py starts one; make test-slurm)")
+    config.addinivalue_line("markers", "serial: compares wall-clock or simulated time with the host's: make test runs "
+                                       "these alone, after the others have run two at a time")
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import pytest
 
 from decnode.job.cores import oversubscribed
 
+pytestmark = pytest.mark.serial  # it compares times with the host's: make test runs it alone
+
 TINY = ["--k", "1", "--iterations", "2", "--set", "env.n_envs=2", "--set", "env.episode_length=5",
         "--set", "train.hidden=16", "--set", "eval.episodes=2", "--set", "eval.test_episodes=2",
         "--set", "run.tensorboard=false"]

@@ -16,6 +16,8 @@ from decnode.comm.fabric import Fabric
 from multiproc import run_ranks
 from test_reliability import BASE, _wait_for_iterations, decnode, models
 
+pytestmark = pytest.mark.serial  # it compares times with the host's: make test runs it alone
+
 SMALL = [*BASE, "--set", "eval.test_episodes=4", "--set", "env.episode_length=10"]
 # What a job may take to end once its waits on a lost rank (or link) begin: they time out after run.timeout_s, plus
 # this. The waiting ranks block within an iteration, the first to time out finds whom to blame (a few reads of the

@@ -12,6 +12,8 @@ from decnode.net.link import Link
 from decnode.net.profile import PRESETS, NetProfile, NodeClock, load_profile, make_profile
 from multiproc import run_ranks
 
+pytestmark = pytest.mark.serial  # it compares times with the host's: make test runs it alone
+
 SLOW_LINK = NetProfile("test", latency_s=0.005, bandwidth_bit_s=8e6)  # 1 MB/s: 100 KB take 0.1 s on the wire
 
 

@@ -7,6 +7,8 @@ from decnode.net.profile import PRESETS, NetProfile
 from decnode.net.model import predict_iteration_comm
 from decnode.tools.netmodel import SIZES, calibrate, compare, fit_alpha_beta, job_config, main
 
+pytestmark = pytest.mark.serial  # it compares times with the host's: make test runs it alone
+
 
 def test_the_fit_recovers_a_known_latency_and_bandwidth_from_noisy_timings():
     alpha, beta = 40e-6, 5e9

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.serial  # it compares times with the host's: make test runs it alone
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "launch" / "netns_hosts.sh"
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -26,62 +26,73 @@ def rows_sent(P: np.ndarray, world: int, src: int, dst: int) -> int:
     return sum(any(P[i, j] > 0 for i in range(dst * a, (dst + 1) * a)) for j in range(src * a, (src + 1) * a))
 
 
-def _gossip_worker(per_process: int, k: int, rounds: int):
-    from decnode.comm.fabric import open_fabric
-    from decnode.comm.transport import world_from_env
-    rank, world = world_from_env()
-    n = per_process * world
-    with open_fabric(n, k, timeout_s=60) as fabric:
-        x = torch.randn(per_process, DIM, generator=torch.Generator().manual_seed(rank))  # float32
-        for _ in range(rounds):
-            x = fabric.gossip(x).clone()
-        fabric.allreduce_sum(torch.zeros(5, dtype=torch.float64))
-        return fabric.wire.report()
-
-
-@pytest.mark.parametrize("world,per_process,k", [(2, 1, 1), (4, 1, 2), (4, 1, 3), (2, 2, 1), (4, 2, 3)])
-def test_a_gossip_round_puts_the_closed_form_on_each_link(world, per_process, k):
-    rounds, n = 3, world * per_process
-    reports = run_ranks(_gossip_worker, world, per_process, k, rounds, timeout=120)
-    P = mixing_matrix(n, k)
-    for src, report in enumerate(reports):
-        for dst in range(world):
-            rows = rows_sent(P, world, src, dst) if dst != src else 0
-            got = report["links"].get(f"{src}->{dst}", {}).get("gossip")
-            if rows == 0:
-                assert got is None, (src, dst, got)
-            else:  # one frame per peer and round: the rows it needs, float32, and one header
-                assert got == {"bytes": rounds * (rows * DIM * 4 + HEADER_BYTES), "messages": rounds}, (src, dst)
-        # a collective: the payload this rank hands to gloo, no link
-        assert report["collectives"]["allreduce"] == {"bytes": 40, "calls": 1}
-        assert report["total"] == sum(t["bytes"] for per in report["links"].values() for t in per.values()) + 40
-
-
-def _graph_worker(spec: str, per_process: int, rounds: int):
+def _gossip_worker(cases: list[tuple[int, int]], rounds: int):
+    """Each (agents per process, k) of `cases` on its own Fabric (its own byte counts) in one process group:
+    spawning the ranks costs more than the rounds."""
     from decnode.comm.fabric import Fabric, open_fabric
     from decnode.comm.transport import world_from_env
     rank, world = world_from_env()
-    n = per_process * world
-    graph = build_graph(spec, n, k=2)
-    with open_fabric(n, 0, timeout_s=60) as base:
-        fabric = Fabric(n, graph, rank, world, timeout_s=60)  # round t mixes with the graph's matrix of round t
-        x = torch.randn(per_process, DIM, generator=torch.Generator().manual_seed(rank))
-        for _ in range(rounds):
-            x = fabric.gossip(x).clone()
-        base.barrier()
-        return fabric.wire.report()
+    out = {}
+    with open_fabric(world, 0, timeout_s=60) as base:
+        for per_process, k in cases:
+            fabric = Fabric(per_process * world, k, rank, world, timeout_s=60)
+            x = torch.randn(per_process, DIM, generator=torch.Generator().manual_seed(rank))  # float32
+            for _ in range(rounds):
+                x = fabric.gossip(x).clone()
+            fabric.allreduce_sum(torch.zeros(5, dtype=torch.float64))
+            out[per_process, k] = fabric.wire.report()
+            base.barrier()
+    return out
 
 
-@pytest.mark.parametrize("spec,world,per_process", [("knn", 4, 1), ("exp", 4, 1), ("exp", 4, 2), ("exp1peer", 4, 1),
-                                                    ("exp1peer", 4, 2)])
-def test_the_model_prices_the_bytes_the_transport_counts_on_any_graph(spec, world, per_process):
-    n = world * per_process
-    graph = build_graph(spec, n, k=2)
-    rounds = 2 * graph.period  # a time-varying graph: whole periods, where the model's average is exact
-    reports = run_ranks(_graph_worker, world, spec, per_process, rounds, timeout=120)
-    counted = {(src, int(link.split("->")[1])): per["gossip"]["bytes"]
-               for src, r in enumerate(reports) for link, per in r["links"].items()}
-    assert counted == model.gossip_link_bytes(graph, world, [DIM * 4], rounds)
+@pytest.mark.parametrize("world,cases", [(2, [(1, 1), (2, 1)]), (4, [(1, 2), (1, 3), (2, 3)])])
+def test_a_gossip_round_puts_the_closed_form_on_each_link(world, cases):
+    rounds = 3
+    results = run_ranks(_gossip_worker, world, cases, rounds, timeout=120)
+    for per_process, k in cases:
+        P = mixing_matrix(world * per_process, k)
+        for src, report in enumerate(r[per_process, k] for r in results):
+            for dst in range(world):
+                rows = rows_sent(P, world, src, dst) if dst != src else 0
+                got = report["links"].get(f"{src}->{dst}", {}).get("gossip")
+                if rows == 0:
+                    assert got is None, (per_process, k, src, dst, got)
+                else:  # one frame per peer and round: the rows it needs, float32, and one header
+                    want = {"bytes": rounds * (rows * DIM * 4 + HEADER_BYTES), "messages": rounds}
+                    assert got == want, (per_process, k, src, dst)
+            # a collective: the payload this rank hands to gloo, no link
+            assert report["collectives"]["allreduce"] == {"bytes": 40, "calls": 1}
+            assert report["total"] == sum(t["bytes"] for per in report["links"].values() for t in per.values()) + 40
+
+
+GRAPH_CASES = [("knn", 1), ("exp", 1), ("exp", 2), ("exp1peer", 1), ("exp1peer", 2)]  # (graph, agents per process)
+
+
+def _graph_worker(cases: list[tuple[str, int]]):
+    from decnode.comm.fabric import Fabric, open_fabric
+    from decnode.comm.transport import world_from_env
+    rank, world = world_from_env()
+    out = {}
+    with open_fabric(world, 0, timeout_s=60) as base:
+        for spec, per_process in cases:
+            graph = build_graph(spec, per_process * world, k=2)
+            fabric = Fabric(graph.n, graph, rank, world, timeout_s=60)  # round t mixes with the graph's round t
+            x = torch.randn(per_process, DIM, generator=torch.Generator().manual_seed(rank))
+            for _ in range(2 * graph.period):  # a time-varying graph: whole periods, where the model's mean is exact
+                x = fabric.gossip(x).clone()
+            base.barrier()
+            out[spec, per_process] = fabric.wire.report()
+    return out
+
+
+def test_the_model_prices_the_bytes_the_transport_counts_on_any_graph():
+    world = 4
+    results = run_ranks(_graph_worker, world, GRAPH_CASES, timeout=120)
+    for spec, per_process in GRAPH_CASES:
+        graph = build_graph(spec, world * per_process, k=2)
+        counted = {(src, int(link.split("->")[1])): per["gossip"]["bytes"]
+                   for src, r in enumerate(results) for link, per in r[spec, per_process]["links"].items()}
+        assert counted == model.gossip_link_bytes(graph, world, [DIM * 4], 2 * graph.period), (spec, per_process)
 
 
 def test_the_constants_the_model_restates_match_the_transport():
