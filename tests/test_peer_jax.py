@@ -25,10 +25,22 @@ def test_measure_is_finite_and_shaped():
 
 def test_per_agent_rows_start_equal_and_update_separately():
     env = peer_jax.make_env(3, 25)
-    update, runner = peer_jax.build(env, 4, 25, 1, 16, "per-agent", 0.1, 0)
+    update, runner = peer_jax.build(env, 4, 25, 1, 16, "per-agent", 0)
     w0 = np.asarray(runner.actor["out"]["w"])
     assert w0.shape[0] == 3 and np.array_equal(w0[0], w0[1]) and np.array_equal(w0[0], w0[2])
-    new, _ = jax.jit(update)(runner)
+    new, _ = jax.jit(update)(runner, 0.1)
     w1 = np.asarray(new.actor["out"]["w"])
     assert not np.allclose(w1, w0)  # the actor moved
     assert not np.allclose(w1[0] - w0[0], w1[1] - w0[1])  # each agent by its own gradient
+
+
+def test_learning_curve_follows_decnodes_schedule_and_definitions(tmp_path):
+    """--curve: one line per iteration from θ₀; lr falls linearly (decnode's linear_lr, min_lr at the last
+    iteration); the first entropy is the initial policy's, near-uniform (out gain 0.01) so ≈ ln 5."""
+    path = tmp_path / "c.jsonl"
+    r = peer_jax.learn(str(path), n=3, n_envs=4, weights="shared", iterations=3, seed=0, lr=0.5, min_lr=0.1)
+    lines = [__import__("json").loads(x) for x in path.read_text().splitlines()]
+    assert [x["iteration"] for x in lines] == [1, 2, 3]
+    assert [x["lr"] for x in lines] == pytest.approx([0.5, 0.3, 0.1])
+    assert abs(lines[0]["entropy"] - math.log(5)) < 1e-3
+    assert all(x["train_reward"] < 0 for x in lines) and r["final_train_reward"] == lines[-1]["train_reward"]
