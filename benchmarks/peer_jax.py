@@ -2,11 +2,17 @@
 
     python benchmarks/peer_jax.py                          # N=10, per-agent actor weights, 10 timed iterations
     python benchmarks/peer_jax.py --n 10 --weights shared --iterations 6 --json
+    python benchmarks/peer_jax.py --weights shared --lr 0.5 --min-lr 0.05 --iterations 200 --curve c.jsonl  # learning
+
+With --curve FILE it trains from θ₀ instead of timing (no warmup): every iteration appends one JSON line
+{iteration, lr, train_reward, entropy, seconds}, with decnode's definitions (metrics.jsonl): train_reward is the
+rollout's episode return sum_t mean_i r_t^i averaged over the B envs, entropy the policy's mean entropy at the
+rollout's parameters (the first PPO epoch), lr falls linearly from --lr to --min-lr as decnode's linear_lr.
 
 benchmarks/iteration.py runs this in a subprocess (so JAX and torch never share a process) and divides decnode's
 seconds per iteration by `seconds_per_iteration`; with --json the LAST stdout line is the result as one JSON object.
 
-One call of the jitted `update(runner) -> (runner, metrics)` does the same work as one decnode iteration of
+One call of the jitted `update(runner, lr) -> (runner, metrics)` does the same work as one decnode iteration of
 configs/simple_spread.yaml (decpg, central critic):
   * rollout: B=32 envs of jaxmarl "MPE_simple_spread_v3" (N agents, N landmarks, local_ratio 0.5), reset at the
     start of the rollout and run for T=25 steps (one whole episode), discrete actions (5) sampled from the actor;
@@ -21,7 +27,7 @@ configs/simple_spread.yaml (decpg, central critic):
     B=32 sequences of T=25 from their stored start hiddens: clip 0.2, entropy coef 0 (entropy still computed),
     clipped Huber (delta 10) value loss, plain SGD lr 1e-2, grad-norm clip 10. Actor and critic step once per epoch.
   * value normalisation as on-policy/decnode's ValueNorm (pooled, beta 0.99999), kept in float32 here.
-Differences from decnode: constant lr (decnode decays it linearly; same work); episode-end is the T-step cut
+Differences from decnode: a constant lr unless --min-lr is given; episode-end is the T-step cut
 (jaxmarl's own done fires one step late, at step max_steps+1, so we never use it); grad clipping is per agent
 in `per-agent` mode (each agent clips its own gradient, as decnode's clip_rows_) and global in `shared` mode;
 no gossip / communication (the peer is a single process); float32 value statistics (decnode: float64).
@@ -148,8 +154,16 @@ def make_env(n: int, episode_length: int):
                         max_steps=episode_length)
 
 
-def build(env, n_envs: int, episode_length: int, ppo_epochs: int, hidden: int, weights: str, lr: float, seed: int):
-    """(update, initial Runner) for one configuration; update is pure and ready for jax.jit."""
+def linear_lr(iteration: int, total_iterations: int, lr: float, min_lr: float) -> float:
+    """decnode's schedule (decnode/nn/losses.py): lr at iteration 0, min_lr at iteration total_iterations - 1."""
+    if total_iterations <= 1:
+        return lr
+    return lr + (min_lr - lr) * min(max(iteration, 0), total_iterations - 1) / (total_iterations - 1)
+
+
+def build(env, n_envs: int, episode_length: int, ppo_epochs: int, hidden: int, weights: str, seed: int):
+    """(update, initial Runner) for one configuration; update(runner, lr) is pure and ready for jax.jit (lr is an
+    argument, so a schedule does not recompile)."""
     if weights not in ("shared", "per-agent"):
         raise ValueError(f"weights must be shared or per-agent, got {weights!r}")
     per_agent = weights == "per-agent"
@@ -169,7 +183,7 @@ def build(env, n_envs: int, episode_length: int, ppo_epochs: int, hidden: int, w
     stack = lambda d: jnp.stack([d[a] for a in agents])  # noqa: E731  dict of [B, ...] -> [N, B, ...]
     masked = lambda logits: jnp.where(avail, logits, MASKED_LOGIT)  # noqa: E731
 
-    def update(r: Runner):
+    def update(r: Runner, lr):
         key, k_reset, k_roll = jax.random.split(r.key, 3)
         obs_d, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, B))
 
@@ -249,6 +263,7 @@ def build(env, n_envs: int, episode_length: int, ppo_epochs: int, hidden: int, w
 
         (actor_new, critic_new), per_epoch = jax.lax.scan(epoch, (r.actor, r.critic), None, length=ppo_epochs)
         metrics = {k: v[-1] for k, v in per_epoch.items()}
+        metrics["entropy_first"] = per_epoch["entropy"][0]  # at the rollout's θ, as decnode logs `entropy`
         metrics["mean_return"] = rew.mean(2).sum(0).mean()  # episode return: sum_t mean_i r, mean over envs
         new = Runner(actor_new, critic_new, vn, h_actor, c_hs[T - 1], last_done, key)
         return new, metrics
@@ -260,18 +275,19 @@ def measure(n: int = 10, n_envs: int = 32, episode_length: int = 25, ppo_epochs:
             weights: str = "per-agent", iterations: int = 10, warmup: int = 2, seed: int = 0, lr: float = 1e-2) -> dict:
     """Compile, run the compile call + `warmup` untimed iterations, then time `iterations` iterations."""
     env = make_env(n, episode_length)
-    update, runner = build(env, n_envs, episode_length, ppo_epochs, hidden, weights, lr, seed)
+    update, runner = build(env, n_envs, episode_length, ppo_epochs, hidden, weights, seed)
+    lr_arg = jnp.float32(lr)
     t0 = time.perf_counter()
-    step = jax.jit(update, donate_argnums=0).lower(runner).compile()
+    step = jax.jit(update, donate_argnums=0).lower(runner, lr_arg).compile()
     compile_s = time.perf_counter() - t0
-    runner, m = jax.block_until_ready(step(runner))  # first call: excluded from timing
+    runner, m = jax.block_until_ready(step(runner, lr_arg))  # first call: excluded from timing
     first = float(m["mean_return"])
     for _ in range(warmup):
-        runner, m = jax.block_until_ready(step(runner))
+        runner, m = jax.block_until_ready(step(runner, lr_arg))
     times = []
     for _ in range(iterations):
         t0 = time.perf_counter()
-        runner, m = jax.block_until_ready(step(runner))
+        runner, m = jax.block_until_ready(step(runner, lr_arg))
         times.append(time.perf_counter() - t0)
     last = {k: float(v) for k, v in m.items()}
     return {"seconds_per_iteration": statistics.median(times) if times else float("nan"),
@@ -279,6 +295,30 @@ def measure(n: int = 10, n_envs: int = 32, episode_length: int = 25, ppo_epochs:
             "episode_length": episode_length, "ppo_epochs": ppo_epochs, "hidden": hidden, "weights": weights,
             "lr": lr, "seconds": times, "jax_version": jax.__version__, "devices": str(jax.devices()),
             "mean_return_first": first, "mean_return_last": last["mean_return"], "last_metrics": last}
+
+
+def learn(curve_path: str, n: int = 10, n_envs: int = 32, episode_length: int = 25, ppo_epochs: int = 10,
+          hidden: int = 64, weights: str = "shared", iterations: int = 200, seed: int = 0, lr: float = 0.5,
+          min_lr: float | None = None) -> dict:
+    """Train `iterations` iterations from θ₀ (the first one included), appending each one's line to curve_path."""
+    min_lr = lr if min_lr is None else min_lr
+    env = make_env(n, episode_length)
+    update, runner = build(env, n_envs, episode_length, ppo_epochs, hidden, weights, seed)
+    t0 = time.perf_counter()
+    step = jax.jit(update, donate_argnums=0).lower(runner, jnp.float32(lr)).compile()
+    compile_s, start = time.perf_counter() - t0, time.perf_counter()
+    with open(curve_path, "w") as f:
+        for it in range(iterations):
+            lr_it = linear_lr(it, iterations, lr, min_lr)
+            t0 = time.perf_counter()
+            runner, m = jax.block_until_ready(step(runner, jnp.float32(lr_it)))
+            line = {"iteration": it + 1, "lr": lr_it, "train_reward": float(m["mean_return"]),
+                    "entropy": float(m["entropy_first"]), "seconds": time.perf_counter() - t0}
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+    return {"curve": curve_path, "iterations": iterations, "seconds": time.perf_counter() - start,
+            "compile_seconds": compile_s, "final_train_reward": line["train_reward"], "final_entropy": line["entropy"],
+            "n": n, "weights": weights, "lr": lr, "min_lr": min_lr, "seed": seed, "jax_version": jax.__version__}
 
 
 def main() -> None:
@@ -289,9 +329,20 @@ def main() -> None:
     parser.add_argument("--weights", choices=("per-agent", "shared"), default="per-agent")
     parser.add_argument("--n-envs", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-2, help="SGD lr (the work does not depend on it)")
+    parser.add_argument("--min-lr", type=float, default=None, help="with --curve: lr falls linearly to this")
+    parser.add_argument("--curve", metavar="FILE", help="train from θ₀ and log every iteration here (no timing)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the result dict as the last stdout line")
     args = parser.parse_args()
+    if args.curve:
+        r = learn(args.curve, n=args.n, n_envs=args.n_envs, weights=args.weights, iterations=args.iterations,
+                  seed=args.seed, lr=args.lr, min_lr=args.min_lr)
+        print(f"JAX peer N={r['n']} {r['weights']} lr {r['lr']} -> {r['min_lr']}: {r['iterations']} iterations in "
+              f"{r['seconds']:.1f} s, final return {r['final_train_reward']:.2f} entropy {r['final_entropy']:.3f}",
+              flush=True)
+        if args.json:
+            print(json.dumps(r), flush=True)
+        return
     r = measure(n=args.n, n_envs=args.n_envs, weights=args.weights, iterations=args.iterations,
                 warmup=args.warmup, seed=args.seed, lr=args.lr)
     print(f"JAX peer N={r['n']} {r['weights']}: {r['seconds_per_iteration']:.3f} s/it "
