@@ -105,14 +105,15 @@ class Collectives:
         """Around a communication call: its CPU is the transport's, not compute, on the simulated clock."""
         return self.link.transport()
 
-    def _wait_all(self, works: list, what: str, nbytes: int = 0) -> None:
+    def _wait_all(self, works: list, what: str, nbytes: int = 0, behind: tuple | None = None) -> None:
         """Wait on works, each a Work or (peer rank, Work, bytes); failures name the peer when it is known, and a
-        timeout names the rank everybody waits on (watchdog.py) or the fault that explains it (net/faults.py)."""
+        timeout names the rank everybody waits on (watchdog.py) or the fault that explains it (net/faults.py).
+        `behind`: (rounds, τ) when the wait is for a message that many rounds old under bounded staleness."""
         watch = self.watch
         for item in works:
             peer, work, size = item if isinstance(item, tuple) else (None, item, nbytes)
             if watch is not None:
-                watch.begin(what, peer, size, self.iteration)
+                watch.begin(what, peer, size, self.iteration, behind)
             with_peer = f" with rank {peer}" if peer is not None else ""
             try:
                 ok = work.wait(self.timeout)
@@ -162,11 +163,11 @@ class Collectives:
         self._sequence[key] += 1
         return self._sequence[key], ((src * 65536 + dst) * 4096 + tag) * 2**24 + self._sequence[key]
 
-    def _isend(self, x: torch.Tensor, peer: int, tag: int, rows=None) -> list:
+    def _isend(self, x: torch.Tensor, peer: int, tag: int, rows=None, slot: int = 0) -> list:
         """isend x (or x[rows]) in a frame whose header says what it is and, with a profile, carries its stamp:
         when it leaves this node's link and when it arrives."""
         seq, flow = self._next(self.rank, peer, tag)
-        frame = self.frames.get(peer, tag, True, x if rows is None else x[: len(rows)])
+        frame = self.frames.get(peer, tag, True, x if rows is None else x[: len(rows)], slot)
         if rows is None:
             frame.payload.copy_(x)
         else:
@@ -184,10 +185,10 @@ class Collectives:
         self.wire.sent(peer, tag, frame.raw.numel())
         return [(peer, dist.isend(frame.raw, dst=peer, tag=tag), frame.raw.numel())]
 
-    def _irecv(self, x: torch.Tensor, peer: int, tag: int, stamps: list) -> list:
+    def _irecv(self, x: torch.Tensor, peer: int, tag: int, stamps: list, slot: int = 0) -> list:
         """Post the receive of a frame; `_arrived` checks its header and copies its payload into x."""
         seq, flow = self._next(peer, self.rank, tag)
-        frame = self.frames.get(peer, tag, False, x)
+        frame = self.frames.get(peer, tag, False, x, slot)
         stamps.append((True, frame, flow, peer, tag, seq, x))
         return [(peer, dist.irecv(frame.raw, src=peer, tag=tag), frame.raw.numel())]
 

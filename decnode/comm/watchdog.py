@@ -46,7 +46,7 @@ class Watchdog:
     def __init__(self, rank: int, world: int, warn_s: float, streams: tuple = (), store_factory=_store_from_env,
                  out=None):
         self.rank, self.world, self.warn_s = rank, world, warn_s
-        self.current: tuple | None = None  # (call, peer, nbytes, iteration, started wall time)
+        self.current: tuple | None = None  # (call, peer, nbytes, iteration, started wall time, behind)
         self._tags = {name: 1 + i for i, name in enumerate(streams)}  # for the table: collectives.stream_tag
         self._out = out or sys.stderr
         run = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "")
@@ -59,8 +59,10 @@ class Watchdog:
         self._thread.start()
 
     # ---- the main thread: a few attribute writes per wait ---------------------------------------------------------
-    def begin(self, call: str, peer: int | None, nbytes: int, iteration: int | None) -> None:
-        self.current = (call, peer, nbytes, iteration, time.time())
+    def begin(self, call: str, peer: int | None, nbytes: int, iteration: int | None,
+              behind: tuple | None = None) -> None:
+        """`behind`: (rounds, τ) when this waits for a message that many rounds old under bounded staleness."""
+        self.current = (call, peer, nbytes, iteration, time.time(), behind)
 
     def end(self) -> None:
         self.current = None
