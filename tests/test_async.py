@@ -243,6 +243,18 @@ def test_a_run_beside_busy_cores_and_a_resumed_run_end_bit_identical(tmp_path, s
     assert any(d["staleness_mean"] > 0 for d in lines)
 
 
+@pytest.mark.parametrize("net", [[], ["--net", "ethernet", "--set", "net.mode=emulate"]], ids=["no-net", "emulate"])
+def test_a_job_with_staleness_and_real_arrival_runs(tmp_path, net):
+    """What was refused (τ > 0 without a simulated clock) runs: messages mixed as they really arrive, none more than
+    τ rounds late, and the checkpoint after the last iteration holds nothing in flight (Σw = n)."""
+    res = decnode(*TINY, *ITERS, *net, "--set", f"algo.staleness={TAU}", "--out", tmp_path / "r", timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = metrics(tmp_path / "r")
+    assert len(lines) == 3 and all(0 <= d["staleness_max"] <= TAU for d in lines)
+    w = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["agents"]["combiner"]["w"]
+    assert abs(float(w.sum()) - 3) <= 1e-5
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--set", "algo.staleness=-1"], "algo.staleness must be ≥ 0, got -1"),
     (["--set", "algo.staleness=1.5"], "config key 'algo.staleness' must be int, got 1.5"),
