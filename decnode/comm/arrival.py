@@ -18,8 +18,9 @@ so a checkpoint holds nothing in flight. τ = 0 waits for every message of the r
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,20 +29,48 @@ import torch
 from .frames import STAMP
 
 
-class ThreadedWork:
-    """A gloo Work waited on by a thread of its own; `wait(timeout)` as Work's (transport._wait_all takes it)."""
+class Waiter:
+    """A daemon thread that waits on the Works given to it, in order (a pool's threads would be joined at exit, so a
+    failed job would linger until its waits time out)."""
 
-    def __init__(self, pool: ThreadPoolExecutor, work, timeout: timedelta):
-        self._future = pool.submit(work.wait, timeout)
+    def __init__(self, name: str):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            item._run()
+
+    def submit(self, work: "ThreadedWork") -> None:
+        self._queue.put(work)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+
+class ThreadedWork:
+    """A gloo Work waited on by a Waiter; `wait(timeout)` as Work's (transport._wait_all takes it)."""
+
+    def __init__(self, waiter: Waiter, work, timeout: timedelta):
+        self._work, self._timeout, self._done, self._error = work, timeout, threading.Event(), None
+        waiter.submit(self)
+
+    def _run(self) -> None:
+        try:
+            self._work.wait(self._timeout)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread's wait
+            self._error = err
+        self._done.set()
 
     def is_completed(self) -> bool:
-        return self._future.done()
+        return self._done.is_set()
 
-    def wait(self, timeout: timedelta):
-        try:
-            return self._future.result(timeout.total_seconds())
-        except FutureTimeout:
-            raise RuntimeError("timed out waiting for a message (bounded staleness)") from None
+    def wait(self, timeout: timedelta) -> bool:
+        if not self._done.wait(timeout.total_seconds()):
+            raise RuntimeError("timed out waiting for a message (bounded staleness)")
+        if self._error is not None:
+            raise self._error
+        return True
 
 
 @dataclass
@@ -62,7 +91,7 @@ class RealArrival:
         self.tau, self.emulated = tau, emulated
         self.recvs: dict[str, list[Outstanding]] = {}
         self.sends: dict[str, list[tuple[int, list]]] = {}  # per stream: (round, its send works)
-        self._pools: dict[tuple, ThreadPoolExecutor] = {}
+        self._waiters: dict[tuple, Waiter] = {}
         self.total = self.count = self.max = 0
 
     def window(self) -> tuple[int, int, int]:
@@ -90,10 +119,10 @@ class RealArrival:
         self.sends.setdefault(name, []).append((t, sends))
         out = self.recvs.setdefault(name, [])
         for (peer, work, nbytes), entry, (lo, hi) in zip(recvs, stamps, slices):
-            pool = self._pools.get((name, peer))
-            if pool is None:  # one waiter per in-neighbour and stream: gloo completes its receives in order
-                pool = self._pools[(name, peer)] = ThreadPoolExecutor(1, thread_name_prefix=f"decnode-recv-{peer}")
-            out.append(Outstanding(t, peer, ThreadedWork(pool, work, timeout), nbytes, entry, weights[:, lo:hi]))
+            waiter = self._waiters.get((name, peer))
+            if waiter is None:  # one per in-neighbour and stream: gloo completes its receives in order
+                waiter = self._waiters[(name, peer)] = Waiter(f"decnode-recv-{name}-{peer}")
+            out.append(Outstanding(t, peer, ThreadedWork(waiter, work, timeout), nbytes, entry, weights[:, lo:hi]))
 
     def due(self, name: str, t: int) -> list[Outstanding]:
         """The messages round t must wait for: τ rounds old or more."""
@@ -143,5 +172,5 @@ class RealArrival:
         self.max = max(self.max, staleness)
 
     def close(self) -> None:
-        for pool in self._pools.values():
-            pool.shutdown(wait=False)
+        for waiter in self._waiters.values():
+            waiter.close()
