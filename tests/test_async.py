@@ -4,6 +4,7 @@ is the synchronous mix bit for bit; two runs, one beside processes that keep bot
 no message is mixed more than τ rounds late; a resume is exact; what cannot run is refused in one line."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -118,19 +119,21 @@ def test_tau_zero_is_the_synchronous_mix_bit_for_bit(stale_runs):
 
 
 # ---- real arrival (no profile): what has really arrived is mixed -------------------------------------------------
-ITERATIONS, SLEEP_S = 3, 0.03
+ITERATIONS, SLEEP_S, HANG_S, HANG_WARNING_S = 3, 0.03, 3.0, 0.5
 
 
 def _real_worker(taus: list):
     """Per τ (None: the synchronous path): ITERATIONS × ROUNDS push-sum steps on the directed exponential graph, rank 1
     sleeping SLEEP_S per round (really slower), the combiner's finish after each iteration; per iteration this rank's
     x | w after finish and its gradients, and the staleness statistics of the run."""
+    import io
     from decnode.comm.transport import world_from_env
     rank, world = world_from_env()
     out = {}
-    with open_fabric(N, 0, timeout_s=60):
+    sys.stderr = io.StringIO()  # the watchdog prints its hang reports here (it takes sys.stderr when it starts)
+    with open_fabric(N, 0, timeout_s=60, hang_warning_s=HANG_WARNING_S) as group:  # its watchdog watches ours too
         for tau in taus:
-            fabric = Fabric(N, build_graph("exp", N).push_weights(), rank, world, timeout_s=60)
+            fabric = Fabric(N, build_graph("exp", N).push_weights(), rank, world, timeout_s=60, watch=group.watch)
             fabric.arrival = RealArrival(tau) if tau is not None else None
             mine = slice(fabric.agents.start, fabric.agents.stop)
             combiner, params = PushSum(fabric), rows(N, 0)[mine].clone()
@@ -149,6 +152,18 @@ def _real_worker(taus: list):
                         "stats": fabric.arrival.window() if fabric.arrival else (0, 0, 0)}
             if fabric.arrival:
                 fabric.arrival.close()
+        # then rank 1 sleeps HANG_S once (slow, not frozen), τ = 1: the others wait on its message τ rounds old
+        fabric = Fabric(N, build_graph("exp", N).push_weights(), rank, world, timeout_s=60, watch=group.watch)
+        fabric.arrival = RealArrival(1)
+        combiner, params = PushSum(fabric), rows(N, 0)[mine].clone()
+        for t in range(ROUNDS):  # long enough that nobody reaches the iteration's end (flush) while rank 1 sleeps
+            combiner.before_backward(params, True)
+            if rank == 1 and t == 3:
+                time.sleep(HANG_S)
+            combiner.step(params, rows(N, 1 + t)[mine].clone(), LR, float("inf"))
+        combiner.finish(params)
+        fabric.arrival.close()
+    out["stderr"] = sys.stderr.getvalue()
     return out
 
 
@@ -295,3 +310,15 @@ def test_the_alpha_beta_model_hides_a_round_behind_tau_plus_one_rounds_of_comput
     assert pred[0]["combine"] == pytest.approx(rounds * (one - 0.012))
     assert pred[2]["combine"] == pytest.approx((rounds - 1) * max(one - 3 * 0.012, 0) + one - 0.012)
     assert pred[2]["total"] < pred[0]["total"] and pred[2]["combine_raw"] == pred[0]["combine_raw"]
+
+
+def test_the_hang_report_tells_a_neighbour_behind_the_staleness_bound_from_a_frozen_rank(real_runs):
+    """Rank 1 sleeps HANG_S (hang_warning_s 0.5): its neighbours wait on its message τ rounds old, and the report
+    says so — their waits, and the rank they wait on as behind the bound, not as frozen."""
+    tables = [t for r in real_runs for t in r["stderr"].split("decnode: hang report")[1:]]
+    table = next((t for t in tables if "staleness bound" in t), "\n".join(tables) or "no hang report")
+    assert re.search(r"^\s+\d+\s+rank 1\s.*waiting on rank 1, 1\+ rounds behind \(staleness bound τ=1\)$", table,
+                     re.M), table
+    assert re.search(r"^\s+1\s+-\s+\(reports no wait: more than τ=1 rounds behind its neighbours", table, re.M), table
+    assert "→ everybody waits on rank 1, more than τ rounds behind (staleness bound τ=1)" in table, table
+    assert "frozen, or busy outside communication" not in table

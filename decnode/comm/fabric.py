@@ -142,8 +142,9 @@ class Fabric(AgentBlocks, Collectives):
                              "give a differently sized vector its own stream")
         tag, arrival = st["tag"], self.arrival
         with self.recorder.section(name), self.transport():
-            if arrival is not None:  # the send frames this round reuses: their sends must be done
-                self._wait_all(arrival.sends_to_reuse(name, t), name)
+            if arrival is not None:  # the send frames this round reuses: their sends must be done (a receiver that
+                # has not posted their receives is τ + 2 rounds behind)
+                self._wait_all(arrival.sends_to_reuse(name, t), name, behind=(arrival.tau + 2, arrival.tau))
             recv_slot, send_slot = (arrival.recv_slot(t), arrival.send_slot(t)) if arrival is not None else (0, 0)
             st["buf"][: self.per_process].copy_(x)
             works, stamps, sends = [], [], []
