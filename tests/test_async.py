@@ -268,6 +268,17 @@ def test_a_job_with_staleness_and_real_arrival_runs(tmp_path, net):
     assert len(lines) == 3 and all(0 <= d["staleness_max"] <= TAU for d in lines)
     w = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["agents"]["combiner"]["w"]
     assert abs(float(w.sum()) - 3) <= 1e-5
+    # The trace (first 2 iterations): a late message's arrow ends where it was mixed, marked there — in a gossip
+    # slice — exactly when metrics.jsonl counts a late one.
+    events = json.loads((tmp_path / "r" / "trace.json").read_text())["traceEvents"]
+    marks = [e for e in events if e["ph"] == "i" and e["cat"] == "late"]
+    assert bool(marks) == any(d["staleness_max"] > 0 for d in lines[:2]), (len(marks), lines[:2])
+    ends = {(e["pid"], e["id"]): e for e in events if e["ph"] == "f"}
+    for mark in marks:
+        end = ends[(mark["pid"], mark["args"]["flow"])]
+        assert end["ts"] == mark["ts"] and end["tid"] == mark["tid"]
+        assert any(x["name"].startswith("gossip") and x["ts"] <= mark["ts"] <= x["ts"] + x["dur"] for x in events
+                   if x["ph"] == "X" and (x["pid"], x["tid"]) == (mark["pid"], mark["tid"])), mark
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -151,7 +151,8 @@ class RealArrival:
             (fresh if o.round == t else late).append(o)
         self.recvs[name] = keep
         scratch = [torch.empty_like(o.entry[6]) for o in late]  # the late rows land here, not in this round's buf
-        unpack([o.entry for o in fresh] + [(*o.entry[:6], s) for o, s in zip(late, scratch)])
+        unpack([o.entry for o in fresh] + [(*o.entry[:6], s) for o, s in zip(late, scratch)],
+               {o.entry[2]: t - o.round for o in late})  # the trace marks these (flow id → rounds late)
         return [o.weights @ s for o, s in zip(late, scratch)]
 
     def flush(self, name: str) -> tuple[list[Outstanding], list]:
@@ -163,7 +164,7 @@ class RealArrival:
         for o in recvs:
             self._mixed(t - o.round)
         scratch = [torch.empty_like(o.entry[6]) for o in recvs]
-        unpack([(*o.entry[:6], s) for o, s in zip(recvs, scratch)])
+        unpack([(*o.entry[:6], s) for o, s in zip(recvs, scratch)], {o.entry[2]: t - o.round for o in recvs})
         return [o.weights @ s for o, s in zip(recvs, scratch)]
 
     def _mixed(self, staleness: int) -> None:

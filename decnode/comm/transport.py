@@ -192,10 +192,10 @@ class Collectives:
         stamps.append((True, frame, flow, peer, tag, seq, x))
         return [(peer, dist.irecv(frame.raw, src=peer, tag=tag), frame.raw.numel())]
 
-    def _arrived(self, stamps: list) -> None:
+    def _arrived(self, stamps: list, late: dict | None = None) -> None:
         """After the real waits: check every frame's header, unpack it, and (with a profile) complete the receive on
-        the simulated clock when the last message arrives."""
-        self._complete(self._unpack(stamps))
+        the simulated clock when the last message arrives. `late`: flow id → rounds late (bounded staleness)."""
+        self._complete(self._unpack(stamps), late)
 
     def _unpack(self, stamps: list) -> list:
         """Check every frame's header and copy its payload out; returns [(its stamp, flow id)] in posting order."""
@@ -209,10 +209,15 @@ class Collectives:
             received.append((frame.floats[STAMP].tolist(), flow))
         return received
 
-    def _complete(self, received: list) -> None:
-        """The receives of [(stamp, flow id)] on the simulated clock (in order of arrival), and their trace ends."""
+    def _complete(self, received: list, late: dict | None = None) -> None:
+        """The receives of [(stamp, flow id)] on the simulated clock (in order of arrival), and their trace ends —
+        where they are mixed, so a late message's arrow ends in the round that added it (`late`: flow → rounds)."""
+        late = late or {}
         for flow, arrive in self.link.receive(received):
-            self.recorder.flow(False, flow, arrive)
+            rounds = late.get(flow, 0)
+            if rounds and arrive is not None:  # on the simulated clock too: mixed now, though it arrived earlier
+                arrive = max(arrive, self.link.clock.advance())
+            self.recorder.flow(False, flow, arrive, rounds)
 
     # ---- collectives -----------------------------------------------------------------------------------------
     def allreduce_sum(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:
