@@ -70,9 +70,10 @@ class AlgoConfig:
     mix_every: str = _key("step", "decpg, push_sum: one gossip round per SGD step, or once per iteration",
                           ("step", "iteration"))
     critic: str = _key("central", "", CRITICS)
-    staleness: int = _key(0, "push_sum: bounded staleness τ — mix what the simulated clock has delivered, wait only for "
-                          "a message more than τ rounds old (needs --net in simulate mode with net.compute=model); 0: "
-                          "synchronous", "nonneg")
+    staleness: int = _key(0, "push_sum: bounded staleness τ — mix what has been delivered, wait only for a message "
+                          "more than τ rounds old: delivered on the simulated clock with --net in simulate mode "
+                          "(needs net.compute=model; deterministic), else as it really arrives; 0: synchronous",
+                          "nonneg")
     agents_per_process: int | None = _key(None, "agents held by each process; null: n_agents / processes", "min1")
 
 

@@ -47,10 +47,11 @@ class Recorder:
         self.sections = self.flows = self.sent = None
         return out
 
-    def flow(self, is_send: bool, flow_id: int, simulated: float | None = None) -> None:
-        """One end of a message, drawn as an arrow between the sender's and the receiver's sections."""
+    def flow(self, is_send: bool, flow_id: int, simulated: float | None = None, late: int = 0) -> None:
+        """One end of a message, drawn as an arrow between the sender's and the receiver's sections; `late`: the
+        rounds between its sending and its mixing (bounded staleness), at its receiving end."""
         if self.flows is not None:
-            self.flows.append((is_send, flow_id, time.perf_counter(), simulated))
+            self.flows.append((is_send, flow_id, time.perf_counter(), simulated, late))
 
     @contextmanager
     def section(self, name: str, nbytes: int = 0, messages: int = 0):

@@ -4,12 +4,15 @@ is the synchronous mix bit for bit; two runs, one beside processes that keep bot
 no message is mixed more than τ rounds late; a resume is exact; what cannot run is refused in one line."""
 
 import json
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
+from decnode.comm.arrival import RealArrival
 from decnode.comm.fabric import Fabric, open_fabric
 from decnode.comm.stale import Staleness
 from decnode.marl.push_sum import PushSum
@@ -115,6 +118,85 @@ def test_tau_zero_is_the_synchronous_mix_bit_for_bit(stale_runs):
         assert any(not torch.equal(r[(spec, None)]["end"], r[(spec, TAU)]["end"]) for r in results), spec
 
 
+# ---- real arrival (no profile): what has really arrived is mixed -------------------------------------------------
+ITERATIONS, SLEEP_S, HANG_S, HANG_WARNING_S = 3, 0.03, 3.0, 0.5
+
+
+def _real_worker(taus: list):
+    """Per τ (None: the synchronous path): ITERATIONS × ROUNDS push-sum steps on the directed exponential graph, rank 1
+    sleeping SLEEP_S per round (really slower), the combiner's finish after each iteration; per iteration this rank's
+    x | w after finish and its gradients, and the staleness statistics of the run."""
+    import io
+    from decnode.comm.transport import world_from_env
+    rank, world = world_from_env()
+    out = {}
+    sys.stderr = io.StringIO()  # the watchdog prints its hang reports here (it takes sys.stderr when it starts)
+    with open_fabric(N, 0, timeout_s=60, hang_warning_s=HANG_WARNING_S) as group:  # its watchdog watches ours too
+        for tau in taus:
+            fabric = Fabric(N, build_graph("exp", N).push_weights(), rank, world, timeout_s=60, watch=group.watch)
+            fabric.arrival = RealArrival(tau) if tau is not None else None
+            mine = slice(fabric.agents.start, fabric.agents.stop)
+            combiner, params = PushSum(fabric), rows(N, 0)[mine].clone()
+            ends, grads_seen = [], []
+            for it in range(ITERATIONS):
+                for t in range(ROUNDS):
+                    grads = rows(N, 100 + it * ROUNDS + t)[mine].clone()
+                    grads_seen.append(grads)
+                    combiner.before_backward(params, True)
+                    if rank == 1:
+                        time.sleep(SLEEP_S)  # compute, slower on this node
+                    combiner.step(params, grads.clone(), LR, float("inf"))
+                combiner.finish(params)
+                ends.append(combiner.xw.clone())
+            out[tau] = {"ends": ends, "g": grads_seen, "z": params.clone(),
+                        "stats": fabric.arrival.window() if fabric.arrival else (0, 0, 0)}
+            if fabric.arrival:
+                fabric.arrival.close()
+        # then rank 1 sleeps HANG_S once (slow, not frozen), τ = 1: the others wait on its message τ rounds old
+        fabric = Fabric(N, build_graph("exp", N).push_weights(), rank, world, timeout_s=60, watch=group.watch)
+        fabric.arrival = RealArrival(1)
+        combiner, params = PushSum(fabric), rows(N, 0)[mine].clone()
+        for t in range(ROUNDS):  # long enough that nobody reaches the iteration's end (flush) while rank 1 sleeps
+            combiner.before_backward(params, True)
+            if rank == 1 and t == 3:
+                time.sleep(HANG_S)
+            combiner.step(params, rows(N, 1 + t)[mine].clone(), LR, float("inf"))
+        combiner.finish(params)
+        fabric.arrival.close()
+    out["stderr"] = sys.stderr.getvalue()
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_runs():
+    return run_ranks(_real_worker, WORLD, [None, 0, TAU], timeout=120)
+
+
+def test_real_arrival_conserves_the_mass_and_mixes_late_shares_within_tau(real_runs):
+    """τ = 2 without a profile, rank 1 really slower: after each iteration's flush Σw = n and the mean of x is the
+    SGD average; some messages were mixed late, none more than τ rounds."""
+    mean = rows(N, 0).mean(0)
+    for it in range(ITERATIONS):
+        for t in range(it * ROUNDS, (it + 1) * ROUNDS):
+            mean = mean - LR * torch.cat([r[TAU]["g"][t] for r in real_runs]).mean(0)
+        end = torch.cat([r[TAU]["ends"][it] for r in real_runs])
+        assert abs(float(end[:, -1].sum()) - N) <= 1e-9, it
+        assert float((end[:, :-1].mean(0) - mean).abs().max()) <= 1e-6, it
+    stats = [r[TAU]["stats"] for r in real_runs]
+    assert all(most <= TAU for _, _, most in stats), stats
+    assert max(most for _, _, most in stats) > 0 and sum(total for total, _, _ in stats) > 0, stats
+    # and the push-sum weights really differed from 1 somewhere (late shares moved mass between rounds)
+    assert any(not torch.equal(r[TAU]["z"], r[None]["z"]) for r in real_runs)
+
+
+def test_real_arrival_with_tau_zero_is_the_synchronous_mix_bit_for_bit(real_runs):
+    for r in real_runs:
+        assert r[0]["stats"][1] > 0 and r[0]["stats"][2] == 0  # the real-arrival path ran, and waited for all
+        for a, b in zip(r[None]["ends"], r[0]["ends"]):
+            assert torch.equal(a, b)
+        assert torch.equal(r[None]["z"], r[0]["z"])
+
+
 # ---- whole jobs (decnode-run) ------------------------------------------------------------------------------------
 TINY = ["--nproc", "3", "--algo", "push_sum", "--topology", "exp1peer", "--set", "env.n_envs=2",
         "--set", "env.episode_length=8", "--set", "train.hidden=16", "--set", "eval.interval=0",
@@ -176,15 +258,35 @@ def test_a_run_beside_busy_cores_and_a_resumed_run_end_bit_identical(tmp_path, s
     assert any(d["staleness_mean"] > 0 for d in lines)
 
 
+@pytest.mark.parametrize("net", [[], ["--net", "ethernet", "--set", "net.mode=emulate"]], ids=["no-net", "emulate"])
+def test_a_job_with_staleness_and_real_arrival_runs(tmp_path, net):
+    """What was refused (τ > 0 without a simulated clock) runs: messages mixed as they really arrive, none more than
+    τ rounds late, and the checkpoint after the last iteration holds nothing in flight (Σw = n)."""
+    res = decnode(*TINY, *ITERS, *net, "--set", f"algo.staleness={TAU}", "--out", tmp_path / "r", timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = metrics(tmp_path / "r")
+    assert len(lines) == 3 and all(0 <= d["staleness_max"] <= TAU for d in lines)
+    w = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["agents"]["combiner"]["w"]
+    assert abs(float(w.sum()) - 3) <= 1e-5
+    # The trace (first 2 iterations): a late message's arrow ends where it was mixed, marked there — in a gossip
+    # slice — exactly when metrics.jsonl counts a late one.
+    events = json.loads((tmp_path / "r" / "trace.json").read_text())["traceEvents"]
+    marks = [e for e in events if e["ph"] == "i" and e["cat"] == "late"]
+    assert bool(marks) == any(d["staleness_max"] > 0 for d in lines[:2]), (len(marks), lines[:2])
+    ends = {(e["pid"], e["id"]): e for e in events if e["ph"] == "f"}
+    for mark in marks:
+        end = ends[(mark["pid"], mark["args"]["flow"])]
+        assert end["ts"] == mark["ts"] and end["tid"] == mark["tid"]
+        assert any(x["name"].startswith("gossip") and x["ts"] <= mark["ts"] <= x["ts"] + x["dur"] for x in events
+                   if x["ph"] == "X" and (x["pid"], x["tid"]) == (mark["pid"], mark["tid"])), mark
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--set", "algo.staleness=-1"], "algo.staleness must be ≥ 0, got -1"),
     (["--set", "algo.staleness=1.5"], "config key 'algo.staleness' must be int, got 1.5"),
     (["--algo", "decpg", "--set", "algo.staleness=2"], "needs an algorithm that adds a late message when it arrives "
                                                       "(push_sum); algo.name=decpg waits for every message"),
-    (["--set", "algo.staleness=2"], "algo.staleness=2 needs a simulated network (--net PROFILE"),
     (["--set", "algo.staleness=2", "--net", "ethernet"], "algo.staleness=2 needs net.compute=model"),
-    (["--set", "algo.staleness=2", "--net", "ethernet", "--set", "net.compute=model", "--set", "net.mode=emulate"],
-     "algo.staleness=2 runs in net.mode=simulate only"),
     (["--set", "algo.staleness=2", "--set", "run.device=xla"], "run.device=xla does not run algo.staleness=2"),
     (["--set", "net.compute=model"], "net.compute=model needs a network profile (--net)"),
 ])
@@ -219,3 +321,15 @@ def test_the_alpha_beta_model_hides_a_round_behind_tau_plus_one_rounds_of_comput
     assert pred[0]["combine"] == pytest.approx(rounds * (one - 0.012))
     assert pred[2]["combine"] == pytest.approx((rounds - 1) * max(one - 3 * 0.012, 0) + one - 0.012)
     assert pred[2]["total"] < pred[0]["total"] and pred[2]["combine_raw"] == pred[0]["combine_raw"]
+
+
+def test_the_hang_report_tells_a_neighbour_behind_the_staleness_bound_from_a_frozen_rank(real_runs):
+    """Rank 1 sleeps HANG_S (hang_warning_s 0.5): its neighbours wait on its message τ rounds old, and the report
+    says so — their waits, and the rank they wait on as behind the bound, not as frozen."""
+    tables = [t for r in real_runs for t in r["stderr"].split("decnode: hang report")[1:]]
+    table = next((t for t in tables if "staleness bound" in t), "\n".join(tables) or "no hang report")
+    assert re.search(r"^\s+\d+\s+rank 1\s.*waiting on rank 1, 1\+ rounds behind \(staleness bound τ=1\)$", table,
+                     re.M), table
+    assert re.search(r"^\s+1\s+-\s+\(reports no wait: more than τ=1 rounds behind its neighbours", table, re.M), table
+    assert "→ everybody waits on rank 1, more than τ rounds behind (staleness bound τ=1)" in table, table
+    assert "frozen, or busy outside communication" not in table

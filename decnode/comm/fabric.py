@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from .api import AgentBlocks
+from .arrival import RealArrival
 from .stale import Staleness
 from .transport import Collectives, process_group, stream_tag
 from .watchdog import Watchdog
@@ -33,13 +34,21 @@ class GossipHandle:
         late = ()
         with fabric.recorder.section(self._name):
             with fabric.transport():
-                fabric._wait_all(self._works, self._name)
-                received = fabric._unpack(self._stamps)
-                if fabric.stale is None:
-                    fabric._complete(received)
-                else:  # the simulated clock decides what is mixed now (stale.py)
-                    late = fabric.stale.settle(self._name, self._round, received, list(st["recv_slices"].values()),
-                                               st["weights"], st["buf"], fabric._complete)
+                arrival = fabric.arrival
+                if arrival is not None:  # real arrival (arrival.py): wait only for what is τ rounds old
+                    for o in arrival.due(self._name, self._round):
+                        fabric._wait_all([(o.peer, o.work, o.nbytes)], self._name,
+                                         behind=(self._round - o.round, arrival.tau))
+                    late = arrival.settle(self._name, self._round, fabric._arrived)
+                else:
+                    fabric._wait_all(self._works, self._name)
+                    received = fabric._unpack(self._stamps)
+                    if fabric.stale is None:
+                        fabric._complete(received)
+                    else:  # the simulated clock decides what is mixed now (stale.py)
+                        late = fabric.stale.settle(self._name, self._round, received,
+                                                   list(st["recv_slices"].values()), st["weights"], st["buf"],
+                                                   fabric._complete)
             torch.matmul(st["weights"], st["buf"], out=st["out"])
             for share in late:
                 st["out"].add_(share)
@@ -77,10 +86,13 @@ class Fabric(AgentBlocks, Collectives):
         self._rounds: dict[str, int] = {}  # per stream: rounds posted since the iteration began (or ever)
         self._gossip_state: dict[tuple, dict] = {}
         self.stale: Staleness | None = None  # bounded-staleness gossip (stale.py): set by the trainer for push-sum
+        self.arrival: RealArrival | None = None  # the same by real arrival (arrival.py): no profile, or emulate
 
     def gossip_flush(self, name: str) -> torch.Tensor | None:
         """Bounded staleness: wait for every message still held on stream `name` and return the sum of their shares
         (None if none), to be added to the rows they were sent to."""
+        if self.arrival is not None:
+            return self._arrival_flush(name)
         if self.stale is None or not self.stale.held.get(name):
             return None
         with self.recorder.section(name), self.transport():
@@ -88,6 +100,20 @@ class Fabric(AgentBlocks, Collectives):
             total = shares[0].clone()
             for share in shares[1:]:
                 total.add_(share)
+        return total
+
+    def _arrival_flush(self, name: str) -> torch.Tensor | None:
+        recvs, sends = self.arrival.flush(name)
+        if not recvs and not sends:
+            return None
+        with self.recorder.section(name), self.transport():
+            self._wait_all([(o.peer, o.work, o.nbytes) for o in recvs] + sends, name)
+            shares = self.arrival.late_shares(recvs, self.gossip_round(name), self._arrived)
+        if not shares:
+            return None
+        total = shares[0].clone()
+        for share in shares[1:]:
+            total.add_(share)
         return total
 
     def begin_iteration(self, iteration: int) -> None:
@@ -114,15 +140,25 @@ class Fabric(AgentBlocks, Collectives):
         if (x.shape[1], x.dtype) != st["key"]:
             raise ValueError(f"gossip stream '{name}' carries rows of {st['key']}, got {(x.shape[1], x.dtype)}: "
                              "give a differently sized vector its own stream")
-        tag = st["tag"]
+        tag, arrival = st["tag"], self.arrival
         with self.recorder.section(name), self.transport():
+            if arrival is not None:  # the send frames this round reuses: their sends must be done (a receiver that
+                # has not posted their receives is τ + 2 rounds behind)
+                self._wait_all(arrival.sends_to_reuse(name, t), name, behind=(arrival.tau + 2, arrival.tau))
+            recv_slot, send_slot = (arrival.recv_slot(t), arrival.send_slot(t)) if arrival is not None else (0, 0)
             st["buf"][: self.per_process].copy_(x)
-            works, stamps = [], []
+            works, stamps, sends = [], [], []
             for peer, (lo, hi) in st["recv_slices"].items():
-                works += self._irecv(st["buf"][lo:hi], peer, tag, stamps)
+                works += self._irecv(st["buf"][lo:hi], peer, tag, stamps, recv_slot)
             for peer, rows in st["send_rows"].items():
-                works += self._isend(x, peer, tag, rows)
+                sends += self._isend(x, peer, tag, rows, send_slot)
             self.recorder.count(name, nbytes=st["send_bytes"], messages=len(st["send_rows"]))
+            if arrival is not None:  # its waiters start now; the handle waits only for what is τ rounds old
+                arrival.posted(name, t, works, stamps, st["weights"], list(st["recv_slices"].values()), sends,
+                               self.timeout)
+                works, stamps = [], []
+            else:
+                works += sends
         st["in_flight"] = True
         self._rounds[name] = self._rounds.get(name, 0) + 1
         return GossipHandle(self, st, works, name, stamps, t)

@@ -38,13 +38,14 @@ class Frame:
 
 
 class Frames:
-    """The persistent frames of one rank, keyed by (peer, tag, direction, shape, dtype)."""
+    """The persistent frames of one rank, keyed by (peer, tag, direction, shape, dtype, slot)."""
 
     def __init__(self):
         self._frames: dict[tuple, Frame] = {}
 
-    def get(self, peer: int, tag: int, outgoing: bool, like: torch.Tensor) -> Frame:
-        key = (peer, tag, outgoing, tuple(like.shape), like.dtype)
+    def get(self, peer: int, tag: int, outgoing: bool, like: torch.Tensor, slot: int = 0) -> Frame:
+        """`slot`: which of a ring of frames (bounded staleness keeps several rounds of a stream in flight)."""
+        key = (peer, tag, outgoing, tuple(like.shape), like.dtype, slot)
         frame = self._frames.get(key)
         if frame is None:
             frame = self._frames[key] = Frame(tuple(like.shape), like.dtype)

@@ -58,10 +58,11 @@ class Staleness:
         candidates = [(t, stamp, flow, i) for i, (stamp, flow) in enumerate(fresh)] + \
                      [(h.round, h.stamp, h.flow, h) for h in held]
         due = [c for c in candidates if t - c[0] >= self.tau]
-        complete([(c[1], c[2]) for c in due])
+        complete([(c[1], c[2]) for c in due], {c[2]: t - c[0] for c in due})
         now = self.clock.advance()
         early = [c for c in candidates if t - c[0] < self.tau and c[1][1] <= now]
-        complete([(c[1], c[2]) for c in early])  # arrived already: no time passes, only their trace ends
+        # arrived already: no time passes, only their trace ends (marked with the rounds they are late)
+        complete([(c[1], c[2]) for c in early], {c[2]: t - c[0] for c in early})
         mixed = {id(c) for c in due + early}
         keep, shares = [], []
         for c in candidates:
@@ -81,7 +82,7 @@ class Staleness:
     def flush(self, name: str, t: int, complete) -> list[torch.Tensor]:
         """Wait for every message still held on `name` (t: the round it counts as mixed in); their shares."""
         held = self.held.pop(name, [])
-        complete([(h.stamp, h.flow) for h in held])
+        complete([(h.stamp, h.flow) for h in held], {h.flow: t - h.round for h in held})
         for h in held:
             self._mixed(t - h.round)
         return [h.share for h in held]

@@ -105,14 +105,15 @@ class Collectives:
         """Around a communication call: its CPU is the transport's, not compute, on the simulated clock."""
         return self.link.transport()
 
-    def _wait_all(self, works: list, what: str, nbytes: int = 0) -> None:
+    def _wait_all(self, works: list, what: str, nbytes: int = 0, behind: tuple | None = None) -> None:
         """Wait on works, each a Work or (peer rank, Work, bytes); failures name the peer when it is known, and a
-        timeout names the rank everybody waits on (watchdog.py) or the fault that explains it (net/faults.py)."""
+        timeout names the rank everybody waits on (watchdog.py) or the fault that explains it (net/faults.py).
+        `behind`: (rounds, τ) when the wait is for a message that many rounds old under bounded staleness."""
         watch = self.watch
         for item in works:
             peer, work, size = item if isinstance(item, tuple) else (None, item, nbytes)
             if watch is not None:
-                watch.begin(what, peer, size, self.iteration)
+                watch.begin(what, peer, size, self.iteration, behind)
             with_peer = f" with rank {peer}" if peer is not None else ""
             try:
                 ok = work.wait(self.timeout)
@@ -162,11 +163,11 @@ class Collectives:
         self._sequence[key] += 1
         return self._sequence[key], ((src * 65536 + dst) * 4096 + tag) * 2**24 + self._sequence[key]
 
-    def _isend(self, x: torch.Tensor, peer: int, tag: int, rows=None) -> list:
+    def _isend(self, x: torch.Tensor, peer: int, tag: int, rows=None, slot: int = 0) -> list:
         """isend x (or x[rows]) in a frame whose header says what it is and, with a profile, carries its stamp:
         when it leaves this node's link and when it arrives."""
         seq, flow = self._next(self.rank, peer, tag)
-        frame = self.frames.get(peer, tag, True, x if rows is None else x[: len(rows)])
+        frame = self.frames.get(peer, tag, True, x if rows is None else x[: len(rows)], slot)
         if rows is None:
             frame.payload.copy_(x)
         else:
@@ -184,17 +185,17 @@ class Collectives:
         self.wire.sent(peer, tag, frame.raw.numel())
         return [(peer, dist.isend(frame.raw, dst=peer, tag=tag), frame.raw.numel())]
 
-    def _irecv(self, x: torch.Tensor, peer: int, tag: int, stamps: list) -> list:
+    def _irecv(self, x: torch.Tensor, peer: int, tag: int, stamps: list, slot: int = 0) -> list:
         """Post the receive of a frame; `_arrived` checks its header and copies its payload into x."""
         seq, flow = self._next(peer, self.rank, tag)
-        frame = self.frames.get(peer, tag, False, x)
+        frame = self.frames.get(peer, tag, False, x, slot)
         stamps.append((True, frame, flow, peer, tag, seq, x))
         return [(peer, dist.irecv(frame.raw, src=peer, tag=tag), frame.raw.numel())]
 
-    def _arrived(self, stamps: list) -> None:
+    def _arrived(self, stamps: list, late: dict | None = None) -> None:
         """After the real waits: check every frame's header, unpack it, and (with a profile) complete the receive on
-        the simulated clock when the last message arrives."""
-        self._complete(self._unpack(stamps))
+        the simulated clock when the last message arrives. `late`: flow id → rounds late (bounded staleness)."""
+        self._complete(self._unpack(stamps), late)
 
     def _unpack(self, stamps: list) -> list:
         """Check every frame's header and copy its payload out; returns [(its stamp, flow id)] in posting order."""
@@ -208,10 +209,15 @@ class Collectives:
             received.append((frame.floats[STAMP].tolist(), flow))
         return received
 
-    def _complete(self, received: list) -> None:
-        """The receives of [(stamp, flow id)] on the simulated clock (in order of arrival), and their trace ends."""
+    def _complete(self, received: list, late: dict | None = None) -> None:
+        """The receives of [(stamp, flow id)] on the simulated clock (in order of arrival), and their trace ends —
+        where they are mixed, so a late message's arrow ends in the round that added it (`late`: flow → rounds)."""
+        late = late or {}
         for flow, arrive in self.link.receive(received):
-            self.recorder.flow(False, flow, arrive)
+            rounds = late.get(flow, 0)
+            if rounds and arrive is not None:  # on the simulated clock too: mixed now, though it arrived earlier
+                arrive = max(arrive, self.link.clock.advance())
+            self.recorder.flow(False, flow, arrive, rounds)
 
     # ---- collectives -----------------------------------------------------------------------------------------
     def allreduce_sum(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:

@@ -46,7 +46,7 @@ class Watchdog:
     def __init__(self, rank: int, world: int, warn_s: float, streams: tuple = (), store_factory=_store_from_env,
                  out=None):
         self.rank, self.world, self.warn_s = rank, world, warn_s
-        self.current: tuple | None = None  # (call, peer, nbytes, iteration, started wall time)
+        self.current: tuple | None = None  # (call, peer, nbytes, iteration, started wall time, behind)
         self._tags = {name: 1 + i for i, name in enumerate(streams)}  # for the table: collectives.stream_tag
         self._out = out or sys.stderr
         run = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "")
@@ -59,8 +59,10 @@ class Watchdog:
         self._thread.start()
 
     # ---- the main thread: a few attribute writes per wait ---------------------------------------------------------
-    def begin(self, call: str, peer: int | None, nbytes: int, iteration: int | None) -> None:
-        self.current = (call, peer, nbytes, iteration, time.time())
+    def begin(self, call: str, peer: int | None, nbytes: int, iteration: int | None,
+              behind: tuple | None = None) -> None:
+        """`behind`: (rounds, τ) when this waits for a message that many rounds old under bounded staleness."""
+        self.current = (call, peer, nbytes, iteration, time.time(), behind)
 
     def end(self) -> None:
         self.current = None
@@ -170,6 +172,12 @@ class Watchdog:
         waiters = sorted(r for r in reports if set(roots) & self._reach(reports, r))
         return roots, waiters
 
+    @staticmethod
+    def _only_stale(reports: dict, rank: int) -> bool:
+        """Whether every wait on `rank` is for a message more than τ rounds old (bounded staleness)."""
+        on = [w for w in reports.values() if w[1] == rank]
+        return bool(on) and all(len(w) > 5 and w[5] for w in on)
+
     def table(self) -> str:
         reports, now = self.reports(), time.time()
         if not reports:
@@ -180,16 +188,28 @@ class Watchdog:
         lines = [f"\ndecnode: hang report — waits older than {self.warn_s:g} s (run.hang_warning_s); who waits on whom:",
                  f"  {'rank':>4}  {'waits on':<12}{'call (stream)':<18}{'tag':>5}{'bytes':>10}{'iteration':>11}"
                  f"{'waited':>9}"]
+        stale = {}  # waits for a message more than τ rounds old: waited-on rank → τ (bounded staleness)
         for r in range(self.world):
             if r in reports:
-                call, peer, nbytes, iteration, started = reports[r]
+                call, peer, nbytes, iteration, started, *more = reports[r]
                 on = f"rank {peer}" if peer is not None else "all (" + ", ".join(
                     map(str, sorted(self._waits_on(reports, r)))) + ")"
+                behind = more[0] if more else None
+                note = ""
+                if behind:  # a slow neighbour the staleness bound makes this rank wait for, not a lost message
+                    note = f"  waiting on rank {peer}, {behind[0]}+ rounds behind (staleness bound τ={behind[1]})"
+                    stale[peer] = behind[1]
                 lines.append(f"  {r:>4}  {on:<12}{call:<18}{self._tags.get(call, '-')!s:>5}{nbytes or '-'!s:>10}"
-                             f"{iteration if iteration is not None else '-'!s:>11}{now - started:>8.1f}s")
+                             f"{iteration if iteration is not None else '-'!s:>11}{now - started:>8.1f}s{note}")
             elif any(r in self._waits_on(reports, w) for w in reports):
-                lines.append(f"  {r:>4}  {'-':<12}(reports no wait: frozen, or busy outside communication)")
-        if roots:
+                why = (f"more than τ={stale[r]} rounds behind its neighbours: slow, or frozen if it stays so"
+                       if self._only_stale(reports, r) else "frozen, or busy outside communication")
+                lines.append(f"  {r:>4}  {'-':<12}(reports no wait: {why})")
+        if roots and all(self._only_stale(reports, r) for r in roots):
+            lines.append(f"  → everybody waits on rank{'s' if len(roots) > 1 else ''} {', '.join(map(str, roots))}, "
+                         f"more than τ rounds behind (staleness bound τ={max(stale[r] for r in roots)}): a slow node "
+                         "the bound makes its neighbours wait for")
+        elif roots:
             lines.append(f"  → everybody waits on rank{'s' if len(roots) > 1 else ''} {', '.join(map(str, roots))}")
         else:  # every rank on the chain waits: a lost message, or a deadlock
             lines.append(f"  → ranks {', '.join(map(str, sorted(self._reach(reports, start))))} wait on each other")

@@ -19,7 +19,7 @@ HOST, SIMULATED = 0, 1  # trace "processes": one per timeline
 
 def chrome_trace(per_rank: list[dict], profile_name: str | None = None) -> dict:
     """per_rank: Recorder.stop_trace() of every rank. Times in µs from the earliest host event."""
-    starts = [h0 for r in per_rank for _, h0, *_ in r["sections"]] + [h for r in per_rank for *_, h, _ in r["flows"]]
+    starts = [h0 for r in per_rank for _, h0, *_ in r["sections"]] + [f[2] for r in per_rank for f in r["flows"]]
     origin = min(starts, default=0.0)
     events = [{"ph": "M", "name": "process_name", "pid": HOST, "args": {"name": "host wall-clock"}}]
     if profile_name:
@@ -35,14 +35,20 @@ def chrome_trace(per_rank: list[dict], profile_name: str | None = None) -> dict:
             if profile_name and s0 is not None:
                 events.append({"ph": "X", "name": name, "cat": cat, "pid": SIMULATED, "tid": rank,
                                "ts": s0 * 1e6, "dur": (s1 - s0) * 1e6})
-        for is_send, flow, host, sim in trace["flows"]:
-            # A flow end binds to the slice that encloses it ("bp": "e"); a start binds to its enclosing slice.
+        for is_send, flow, host, sim, *late in trace["flows"]:
+            # A flow end binds to the slice that encloses it ("bp": "e"); a start binds to its enclosing slice. A
+            # receive ends where the message was mixed: under bounded staleness a late one in a later round's slice,
+            # marked there by an instant event saying how many rounds late.
             common = {"name": "message", "cat": "message", "id": flow, "tid": rank, "ph": "s" if is_send else "f"}
             if not is_send:
                 common["bp"] = "e"
-            events.append({**common, "pid": HOST, "ts": (host - origin) * 1e6})
-            if profile_name and sim is not None:
-                events.append({**common, "pid": SIMULATED, "ts": sim * 1e6})
+            rounds = late[0] if late else 0
+            for pid, ts in ((HOST, (host - origin) * 1e6),) + (((SIMULATED, sim * 1e6),)
+                                                              if profile_name and sim is not None else ()):
+                events.append({**common, "pid": pid, "ts": ts})
+                if rounds:
+                    events.append({"ph": "i", "s": "t", "name": f"late message ({rounds} round{'s' * (rounds > 1)})",
+                                   "cat": "late", "pid": pid, "tid": rank, "ts": ts, "args": {"flow": flow}})
         totals: dict[str, int] = {}
         for host, stream, nbytes in trace.get("sent", ()):
             totals[stream] = totals.get(stream, 0) + nbytes

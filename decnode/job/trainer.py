@@ -24,6 +24,7 @@ from ..marl.actor import ActorBlock, row_pool
 from ..marl.combiners import make_combiner
 from ..extensions import combiner
 from ..comm.api import Fabric
+from ..comm.arrival import RealArrival
 from ..comm.stale import Staleness
 from ..comm.wire import job_bytes
 from ..config import Config
@@ -78,9 +79,12 @@ class Trainer:
 
         self.actor_combiner = make_combiner(cfg.algo.name, fabric)
         # Push-sum on a simulated network: the clock decides which messages are mixed (comm/stale.py; τ = 0 waits
-        # for all of them, the synchronous mix bit for bit), and metrics.jsonl says how stale they were.
-        if combiner(cfg.algo.name).staleness and fabric.link.clock is not None:
+        # for all of them, the synchronous mix bit for bit), and metrics.jsonl says how stale they were. Without a
+        # profile or in emulate mode, with τ > 0: what has really arrived is mixed (comm/arrival.py).
+        if combiner(cfg.algo.name).staleness and fabric.link.clock is not None and fabric.link.emulator is None:
             fabric.stale = Staleness(cfg.algo.staleness, fabric.link.clock)
+        elif cfg.algo.staleness and fabric.distributed:
+            fabric.arrival = RealArrival(cfg.algo.staleness, emulated=fabric.link.emulator is not None)
         # Gossip rounds are counted per iteration, so a time-varying graph's round is the same on every rank and
         # after a resume; its matrices' gaps are what metrics.jsonl reports for the rounds each iteration ran.
         self.gossips = combiner(cfg.algo.name).gossips
@@ -225,9 +229,10 @@ class Trainer:
     def _staleness_slots(self) -> list[float]:
         """Bounded staleness: this rank's (sum, count) of its messages' staleness and its maximum in its own slot
         (a sum of slots is every rank's maximum); [] without it."""
-        if self.fabric.stale is None:
+        stale = self.fabric.stale or getattr(self.fabric, "arrival", None)
+        if stale is None:
             return []
-        total, count, most = self.fabric.stale.window()
+        total, count, most = stale.window()
         maxima = [0.0] * self.fabric.world
         maxima[self.fabric.rank] = float(most)
         return [float(total), float(count), *maxima]
