@@ -231,6 +231,7 @@ def test_tau_zero_under_a_slow_network_trains_as_without_one(tmp_path, slow_prof
     assert all(d["staleness_max"] == 0 and d["staleness_mean"] == 0 for d in lines)
 
 
+@pytest.mark.serial  # it keeps both cores busy on purpose: make test runs it alone, not beside other tests
 def test_a_run_beside_busy_cores_and_a_resumed_run_end_bit_identical(tmp_path, slow_profile):
     """τ = 2: one whole run while two processes keep both cores busy, one stopped after iteration 2 and resumed:
     the same parameters bit for bit, the same metrics (simulated clocks and staleness included)."""
