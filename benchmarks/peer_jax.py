@@ -337,20 +337,16 @@ def main() -> None:
     if args.curve:
         r = learn(args.curve, n=args.n, n_envs=args.n_envs, weights=args.weights, iterations=args.iterations,
                   seed=args.seed, lr=args.lr, min_lr=args.min_lr)
-        print(f"JAX peer N={r['n']} {r['weights']} lr {r['lr']} -> {r['min_lr']}: {r['iterations']} iterations in "
-              f"{r['seconds']:.1f} s, final return {r['final_train_reward']:.2f} entropy {r['final_entropy']:.3f}",
-              flush=True)
-        if args.json:
-            print(json.dumps(r), flush=True)
-        return
-    r = measure(n=args.n, n_envs=args.n_envs, weights=args.weights, iterations=args.iterations,
-                warmup=args.warmup, seed=args.seed, lr=args.lr)
-    print(f"JAX peer N={r['n']} {r['weights']}: {r['seconds_per_iteration']:.3f} s/it "
-          f"(compile {r['compile_seconds']:.1f} s)  return {r['mean_return_first']:.2f} -> {r['mean_return_last']:.2f}",
-          flush=True)
+        line = (f"JAX peer N={r['n']} {r['weights']} lr {r['lr']} -> {r['min_lr']}: {r['iterations']} iterations in "
+                f"{r['seconds']:.1f} s, final return {r['final_train_reward']:.2f} entropy {r['final_entropy']:.3f}")
+    else:
+        r = measure(n=args.n, n_envs=args.n_envs, weights=args.weights, iterations=args.iterations,
+                    warmup=args.warmup, seed=args.seed, lr=args.lr)
+        line = (f"JAX peer N={r['n']} {r['weights']}: {r['seconds_per_iteration']:.3f} s/it (compile "
+                f"{r['compile_seconds']:.1f} s)  return {r['mean_return_first']:.2f} -> {r['mean_return_last']:.2f}")
+    print(line, flush=True)
     if args.json:
         print(json.dumps(r), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,7 @@ from datetime import timedelta
 import torch
 
 from .frames import STAMP
+from .stale import StalenessTally
 
 
 class Waiter:
@@ -83,21 +84,16 @@ class Outstanding:
     weights: torch.Tensor  # [local agents, its rows]: its sender's columns of its round's matrix
 
 
-class RealArrival:
+class RealArrival(StalenessTally):
     """A rank's outstanding receives and sends per stream, the rule that mixes them, and the staleness statistics
     (window(): as stale.Staleness, for metrics.jsonl)."""
 
     def __init__(self, tau: int, emulated: bool = False):
+        super().__init__()
         self.tau, self.emulated = tau, emulated
         self.recvs: dict[str, list[Outstanding]] = {}
         self.sends: dict[str, list[tuple[int, list]]] = {}  # per stream: (round, its send works)
         self._waiters: dict[tuple, Waiter] = {}
-        self.total = self.count = self.max = 0
-
-    def window(self) -> tuple[int, int, int]:
-        out = (self.total, self.count, self.max)
-        self.total = self.count = self.max = 0
-        return out
 
     def recv_slot(self, t: int) -> int:
         return t % (self.tau + 1)
@@ -167,10 +163,6 @@ class RealArrival:
         unpack([(*o.entry[:6], s) for o, s in zip(recvs, scratch)], {o.entry[2]: t - o.round for o in recvs})
         return [o.weights @ s for o, s in zip(recvs, scratch)]
 
-    def _mixed(self, staleness: int) -> None:
-        self.total += staleness
-        self.count += 1
-        self.max = max(self.max, staleness)
 
     def close(self) -> None:
         for waiter in self._waiters.values():

@@ -28,12 +28,11 @@ class Held:
     share: torch.Tensor  # [local agents, D]: what it adds to this rank's rows
 
 
-class Staleness:
-    """A rank's held messages per stream, the rule that mixes them, and the iteration's staleness statistics."""
+class StalenessTally:
+    """The staleness of the messages mixed since the last `window()`: rounds between sending and mixing (both the
+    simulated clock's rule here and real arrival, arrival.py, count it so)."""
 
-    def __init__(self, tau: int, clock):
-        self.tau, self.clock = tau, clock
-        self.held: dict[str, list[Held]] = {}
+    def __init__(self):
         self.total = self.count = self.max = 0
 
     def window(self) -> tuple[int, int, int]:
@@ -46,6 +45,15 @@ class Staleness:
         self.total += staleness
         self.count += 1
         self.max = max(self.max, staleness)
+
+
+class Staleness(StalenessTally):
+    """A rank's held messages per stream, the rule that mixes them, and the iteration's staleness statistics."""
+
+    def __init__(self, tau: int, clock):
+        super().__init__()
+        self.tau, self.clock = tau, clock
+        self.held: dict[str, list[Held]] = {}
 
     def settle(self, name: str, t: int, fresh: list, rows: list, weights: torch.Tensor, buf: torch.Tensor,
                complete) -> list[torch.Tensor]:
