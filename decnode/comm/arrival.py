@@ -163,7 +163,6 @@ class RealArrival(StalenessTally):
         unpack([(*o.entry[:6], s) for o, s in zip(recvs, scratch)], {o.entry[2]: t - o.round for o in recvs})
         return [o.weights @ s for o, s in zip(recvs, scratch)]
 
-
     def close(self) -> None:
         for waiter in self._waiters.values():
             waiter.close()
