@@ -30,6 +30,8 @@ from ..registry import Registry
 from .compute import COMPUTE, COMPUTE_S, parse_costs
 
 MODES = ("simulate", "emulate")  # emulate: the same delays also as real waits on the real messages
+
+
 @dataclass(frozen=True)
 class NetProfile:
     name: str = "loopback"
