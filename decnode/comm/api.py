@@ -30,6 +30,8 @@ class Fabric(Protocol):
     distributed: bool
     n_agents: int
     per_process: int
+    stale: object | None  # bounded staleness (stale.Staleness or arrival.RealArrival): None, synchronous
+    arrival: object | None
     agents: range
     device: torch.device
     recorder: Recorder
@@ -64,6 +66,10 @@ class AgentBlocks:
 
     n_agents: int
     per_process: int
+    # Bounded staleness (push-sum, algo.staleness), set by the trainer: decided by the simulated clock (stale.py) or
+    # by real arrival (arrival.py); None — synchronous gossip, and always on XLA devices.
+    stale = None
+    arrival = None
 
     def rows_of(self, rank: int) -> range:
         return range(rank * self.per_process, (rank + 1) * self.per_process)

@@ -229,7 +229,7 @@ class Trainer:
     def _staleness_slots(self) -> list[float]:
         """Bounded staleness: this rank's (sum, count) of its messages' staleness and its maximum in its own slot
         (a sum of slots is every rank's maximum); [] without it."""
-        stale = self.fabric.stale or getattr(self.fabric, "arrival", None)
+        stale = self.fabric.stale or self.fabric.arrival
         if stale is None:
             return []
         total, count, most = stale.window()
