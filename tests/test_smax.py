@@ -101,8 +101,9 @@ def test_unknown_map_lists_supported_maps():
         SmaxEnv("3m", 2)
     for name in ("5m_vs_6m", "10m_vs_11m", "27m_vs_30m", "6h_vs_8z"):
         assert name in str(e.value)
-    assert set(SUPPORTED_MAPS) == {"5m_vs_6m", "10m_vs_11m", "27m_vs_30m", "6h_vs_8z"}
-    assert SMAC_EPISODE_LIMITS == {"5m_vs_6m": 70, "10m_vs_11m": 150, "27m_vs_30m": 180, "6h_vs_8z": 150}
+    assert set(SUPPORTED_MAPS) == {"5m_vs_6m", "10m_vs_11m", "27m_vs_30m", "6h_vs_8z", "2s3z", "3s5z", "3s5z_vs_3s6z"}
+    assert SMAC_EPISODE_LIMITS == {"5m_vs_6m": 70, "10m_vs_11m": 150, "27m_vs_30m": 180, "6h_vs_8z": 150,
+                                   "2s3z": 120, "3s5z": 150, "3s5z_vs_3s6z": 170}  # SMAC's own limits
 
 
 def random_actions(rng: np.random.Generator, avail: np.ndarray) -> np.ndarray:

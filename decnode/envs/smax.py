@@ -3,12 +3,20 @@
 Only this module (and only inside `SmaxEnv`) imports jax; `smac_reward` works on numpy arrays without it.
 
 Maps and episode limits
-    SMAC_EPISODE_LIMITS = {"5m_vs_6m": 70, "10m_vs_11m": 150, "27m_vs_30m": 180, "6h_vs_8z": 150} (SMAC's
-    own per-map limits, or `episode_limit=` to override). SMAX's single max_steps=100 is switched off
-    (max_steps=2**31-1) and the episode is ended here when SMAX's step counter reaches the limit, so an
-    episode lasts at most episode_limit steps (the limit is a traced argument: changing it never recompiles).
+    SMAC_EPISODE_LIMITS = {"5m_vs_6m": 70, "10m_vs_11m": 150, "27m_vs_30m": 180, "6h_vs_8z": 150, "2s3z": 120,
+    "3s5z": 150, "3s5z_vs_3s6z": 170} (SMAC's own per-map limits, or `episode_limit=` to override). SMAX's
+    single max_steps=100 is switched off (max_steps=2**31-1) and the episode is ended here when SMAX's step
+    counter reaches the limit, so an episode lasts at most episode_limit steps (the limit is a traced argument:
+    changing it never recompiles).
     Any other map -> ValueError.
     The enemy is JaxMARL's `HeuristicEnemySMAX` (not SC2's built-in AI); units, ranges and physics are SMAX's.
+
+Agent groups
+    `SmaxEnv.agent_groups[i]` is ally i's unit type (decnode/smac_maps.py UNIT_GROUPS), e.g. 3s5z: 3 x "stalker"
+    then 5 x "zealot"; a homogeneous map has one group. Checked against the SMAX scenario when an env is built.
+    Every ally has the same observation size and action count whatever its type (SMAX encodes the type as
+    one-hot bits in a fixed-size feature vector; also checked when built), so groups differ in behaviour, not in
+    shapes.
 
 Action layout (SMAX's, not SMAC's)
     0..3 move, 4 stop, 5.. 5+n_enemies-1 attack enemy j.  n_actions = 5 + n_enemies.
@@ -62,7 +70,7 @@ from typing import Any
 import numpy as np
 
 from decnode.envs.base import Step
-from decnode.smac_maps import EPISODE_LIMITS
+from decnode.smac_maps import EPISODE_LIMITS, agent_groups
 
 SMAC_EPISODE_LIMITS: dict[str, int] = dict(EPISODE_LIMITS)  # the map list lives in decnode/smac_maps.py
 SUPPORTED_MAPS = tuple(SMAC_EPISODE_LIMITS)
@@ -138,6 +146,14 @@ def _build(map_name: str, reward: str):
     noop = env.num_movement_actions - 1  # SMAX's "stop", the only action SMAX leaves to a dead unit
     noop_row = jnp.zeros((n_actions,), dtype=jnp.bool_).at[noop].set(True)
     agents = list(env.agents)
+    # One obs_dim and n_actions describe every ally, whatever its unit type: SMAX sizes observations by unit
+    # counts (the type is one-hot bits in every unit's features) and actions by 5 + n_enemies. Verified here
+    # so that a future SMAX with per-type spaces fails loudly instead of being truncated.
+    space_sizes = {(env.observation_spaces[a].shape, env.action_spaces[a].n) for a in agents}
+    if space_sizes != {((env.obs_size,), n_actions)}:
+        raise RuntimeError(f"SMAX {map_name}: allies' observation/action sizes differ by unit type: {space_sizes}")
+    # The allies' unit types, by SMAX's own names (its scenario holds type ids: allies first, then enemies).
+    ally_unit_types = tuple(env.unit_type_names[int(t)] for t in np.asarray(env.scenario)[:n_allies])
     trace_count = [0]
 
     def strong(tree):
@@ -207,6 +223,7 @@ def _build(map_name: str, reward: str):
         obs_dim=int(env.obs_size),
         state_dim=int(env.state_size),
         noop=noop,
+        ally_unit_types=ally_unit_types,
         trace_count=trace_count,
     )
 
@@ -249,6 +266,12 @@ class SmaxEnv:
         self.state_dim = self._fns["state_dim"]
         self.n_actions = self._fns["n_actions"]
         self.noop_action = self._fns["noop"]
+        self.agent_groups = agent_groups(map_name)  # ally i's unit type, e.g. "stalker"
+        if self.agent_groups != self._fns["ally_unit_types"]:
+            raise RuntimeError(
+                f"decnode/smac_maps.py UNIT_GROUPS[{map_name!r}] gives {self.agent_groups}, but SMAX's scenario "
+                f"has allies {self._fns['ally_unit_types']}: fix the table"
+            )
         self._carry = None
         self._avail: np.ndarray | None = None
 
