@@ -9,7 +9,8 @@ whose agents all stay for the whole episode. Refused in one line: an AEC env, an
 agents that leave (or join) mid-episode, found when it happens.
 
 Agents may differ (B = n_envs, N = n_agents, in env.possible_agents order):
-    obs    float32 [B, N, obs_dim]    obs_dim = max over agents; agent i's own obs fills [:agent_obs_dims[i]], zeros after
+    obs    float32 [B, N, obs_dim]    obs_dim = max over agents; agent i's own obs fills [:agent_obs_dims[i]],
+                                      zeros after
     avail  bool    [B, N, n_actions]  n_actions = max over agents; False beyond agent i's own agent_n_actions[i], and
                                       where infos[agent]["action_mask"] (if the env gives one) says so
     state  float32 [B, state_dim]     env.state() if the env implements it, else the agents' unpadded obs concatenated
@@ -86,11 +87,18 @@ def load(target: str) -> Callable[..., Any]:
 
 def describe(target: str, kwargs: dict) -> PettingZooSpec:
     """Builds one env, checks it (one-line ConfigError saying what is supported) and describes it."""
-    env = load(target)(**(kwargs or {}))
+    env = _build(load(target), target, kwargs or {})
     try:
         return _inspect(env, target)[0]
     finally:
         env.close()
+
+
+def _build(factory: Callable[..., Any], target: str, kwargs: dict) -> Any:
+    try:
+        return factory(**kwargs)
+    except TypeError as e:  # most often a misspelt keyword: say so in the config's terms
+        raise ConfigError(f"env.kwargs of pettingzoo:{target}: {_short(e, 200)}") from e
 
 
 def _inspect(env: Any, target: str) -> tuple[PettingZooSpec, bool]:
@@ -158,8 +166,9 @@ class PettingZooEnv:
         assert n_envs >= 1 and episode_limit >= 1, (n_envs, episode_limit)
         factory = load(target)
         self.target, self.kwargs = target, dict(kwargs or {})
-        self.envs = [factory(**self.kwargs) for _ in range(n_envs)]
-        spec, self._has_state = _inspect(self.envs[0], target)
+        first = _build(factory, target, self.kwargs)
+        spec, self._has_state = _inspect(first, target)  # before building the others: refusals come cheap
+        self.envs = [first] + [factory(**self.kwargs) for _ in range(n_envs - 1)]
         self.spec = spec
         self.names = spec.names
         self.n_envs, self.n_agents, self.episode_limit = n_envs, len(spec.names), episode_limit
