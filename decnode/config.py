@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlio
-from .extensions import COMBINERS, CRITICS, ENVS, combiner, critic, env_agents, job_graph
+from .extensions import COMBINERS, CRITICS, ENVS, combiner, critic, env_agents, env_groups, job_graph
+from .groups import check_spec as check_groups
 from .extensions import env as env_entry
 from .registry import ConfigError, Registry, load_plugins  # ConfigError: imported from here, as always
 from .topology import shift_refusal
@@ -55,6 +56,8 @@ class EnvConfig:
     local_ratio: float = _key(0.5, "simple_spread: weight of the local (collision) reward", "unit")
     reward: str = _key("smac", "smax only: smac (shaped, max 20 per episode) | native", ("smac", "native"))
     state_agent_id: bool = _key(False, "append a one-hot agent id to the critic's state (needs algo.critic=local)")
+    kwargs: dict | None = _key(None, "pettingzoo:<module>:<factory> only: the factory's keyword arguments, e.g. "
+                               "{N: 3, max_cycles: 25}")
 
 
 @dataclass
@@ -75,6 +78,9 @@ class AlgoConfig:
                           "(needs net.compute=model; deterministic), else as it really arrives; 0: synchronous",
                           "nonneg")
     agents_per_process: int | None = _key(None, "agents held by each process; null: n_agents / processes", "min1")
+    groups: str | dict = _key("env", "agent groups, each with its own network (PS: one per group; DecPG: a graph per "
+                              "group): env (the environment's: unit types, roles) | all | agent (each alone) | "
+                              "{name: [consecutive agent ids]} (README 'Heterogeneous teams')")
 
 
 @dataclass
@@ -402,12 +408,16 @@ def resolve(cfg: Config, n_procs: int) -> Config:
         raise ConfigError("run.out (--out) must not be empty; omit it for the default runs/<name>")
     if not isinstance(n_procs, int) or isinstance(n_procs, bool) or n_procs < 1:
         raise ConfigError(f"the number of processes must be an integer ≥ 1, got {n_procs!r}")
-    entry, map_name = env_entry(env.name)
-    n_map = env_agents(env.name)
+    entry, _ = env_entry(env.name)
+    if env.kwargs is not None and entry.agents is None:
+        raise ConfigError(f"env.kwargs is for a pettingzoo:<module>:<factory> environment; {env.name} takes none "
+                          "(drop env.kwargs)")
+    n_map = env_agents(env.name, env.kwargs)
     if n_map is not None:
         if env.n_agents not in (None, n_map):
-            raise ConfigError(f"env.n_agents={env.n_agents} but map {map_name} has {n_map} agents")
+            raise ConfigError(f"env.n_agents={env.n_agents} but {env.name} has {n_map} agents")
         env.n_agents = n_map
+    check_groups(algo.groups)
 
     per = algo.agents_per_process
     if env.n_agents is None:
@@ -438,6 +448,7 @@ def resolve(cfg: Config, n_procs: int) -> Config:
     if n > GRAPH_AGENTS:  # before building it: a graph is planned as dense n×n float64 matrices
         raise ConfigError(f"n={n} agents: decnode plans the agents' graph as dense n×n matrices ({8 * n * n / 2**30:.1f} "
                           f"GiB per round here), for up to {GRAPH_AGENTS} agents")
+    teams = env_groups(cfg)  # the agent groups, checked against the env's spaces where known before it is built
     graph = job_graph(cfg)  # the graph is built and checked (a one-line GraphError naming the node at fault)
     if tr.num_minibatch != 1:
         raise ConfigError(f"train.num_minibatch must be 1 (full batch, as in the paper), got {tr.num_minibatch}")
@@ -459,6 +470,9 @@ def resolve(cfg: Config, n_procs: int) -> Config:
                                               ("faults", bool(cfg.faults))) if bad]
         if shift_refusal(graph):
             raise ConfigError(shift_refusal(graph))
+        if not teams.single:
+            raise ConfigError("run.device=xla trains one group of agents; this job has "
+                              f"{teams.describe()} (the CPU placement runs groups)")
         if unsupported:
             raise ConfigError(f"run.device=xla does not support {', '.join(unsupported)} (the CPU placement does)")
     return cfg

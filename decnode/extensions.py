@@ -107,8 +107,9 @@ def topology_label(algo: Mapping) -> str:
 
 def job_graph(cfg):
     """The graph a job gossips on (topology.Graph), checked for its algorithm (a one-line GraphError naming the
-    node at fault): algo.topology for a gossiping algorithm, else the edgeless graph (PS's k is not a topology)."""
-    from .topology import build_graph, check_graph
+    node at fault): algo.topology for a gossiping algorithm — within each agent group, on a graph of its own — else
+    the edgeless graph (PS's k is not a topology)."""
+    from .topology import block_diagonal, build_graph, check_graph
 
     algo, n = cfg.algo, cfg.env.n_agents
     entry = combiner(algo.name)
@@ -117,11 +118,39 @@ def job_graph(cfg):
     if entry.stochastic == "column" and algo.weights != "uniform":
         raise ConfigError(f"algo.weights={algo.weights} is a receiver's choice of weights; {algo.name} sends equal "
                           "shares 1/(out-degree+1) on the graph's edges (leave algo.weights=uniform)")
-    graph = build_graph(algo.topology, n, k=algo.k, degree=algo.degree, weights=algo.weights, seed=cfg.train.seed)
-    if entry.stochastic == "column":
-        graph = graph.push_weights()
-    check_graph(graph, entry.stochastic, algo.name)
-    return graph
+    groups = env_groups(cfg)
+    parts = []
+    for group in groups.groups:  # each group gossips on its own graph of algo.topology (one group: the job's)
+        size, what = len(group.agents), "" if groups.single else f"group '{group.name}' of {len(group.agents)}: "
+        if algo.topology == "knn" and not 0 <= algo.k <= size - 1:
+            raise ConfigError(f"{what}algo.k must be in [0, {size - 1}] for n={size} agents, got k={algo.k}")
+        try:
+            graph = build_graph(algo.topology, size, k=algo.k, degree=algo.degree, weights=algo.weights,
+                                seed=cfg.train.seed)
+            if entry.stochastic == "column":
+                graph = graph.push_weights()
+            check_graph(graph, entry.stochastic, algo.name)
+        except ConfigError as err:
+            if groups.single:
+                raise
+            raise type(err)(f"{what}{err}") from None
+        parts.append(graph)
+    return block_diagonal(parts, parts[0].name)
+
+
+def env_groups(cfg):
+    """The job's agent groups (groups.AgentGroups): algo.groups over the environment's own (EnvEntry.groups)."""
+    from . import groups
+
+    groups.check_spec(cfg.algo.groups)
+    entry, arg = env(cfg.env.name)
+    names = None
+    if cfg.algo.groups == "env" and entry.groups is not None:
+        names = entry.groups.load()(arg, cfg.env.n_agents, cfg.env.kwargs or {})
+    found = groups.resolve(cfg.algo.groups, cfg.env.n_agents, tuple(names) if names is not None else None)
+    if entry.spaces is not None:
+        groups.group_spaces(found, entry.spaces.load()(arg, cfg.env.kwargs or {}))
+    return found
 
 
 # ---- critic placements ---------------------------------------------------------------------------------------
@@ -162,7 +191,13 @@ class EnvEntry(Lazy):
     title: the env's name in messages; min_agents: the least agent count it plays.
     requires: modules that must be importable (found without importing them); extra: the pyproject extra that
               installs them. check: a further check(env_name) raising ConfigError (e.g. StarCraft II's SC2PATH).
-    coordinator_bytes: memory rank 0 needs beyond a process (JAX), for preflight's estimate."""
+    coordinator_bytes: memory rank 0 needs beyond a process (JAX), for preflight's estimate.
+    groups: groups(arg, n_agents, kwargs) -> a group name per agent (consecutive agents of one name form a group:
+            unit types, roles), or None (one group); None here: every agent in one group.
+    agents: agents(arg, kwargs) -> the agent count, for an env whose ':' part names what to build (any string,
+            not a map): the PettingZoo adapter.
+    spaces: spaces(arg, kwargs) -> every agent's (observation size, action count), where they are cheap to know
+            before any process starts (the groups are then checked against them at config time)."""
 
     maps: Mapping[str, int] | None = None
     map_kind: str = "map"
@@ -172,9 +207,14 @@ class EnvEntry(Lazy):
     extra: str | None = None
     check: Lazy | None = None
     coordinator_bytes: int = 0
+    groups: Lazy | None = None
+    agents: Lazy | None = None
+    spaces: Lazy | None = None
 
 
 def _spell_env(name: str, entry: EnvEntry) -> str:
+    if entry.agents is not None:
+        return f"{name}:<module>:<factory>"
     return f"{name}:<map>" if entry.maps is not None else name
 
 
@@ -182,9 +222,14 @@ ENVS: Registry[EnvEntry] = Registry("environment", spell=_spell_env)
 _SMAC_MAPS = MappingProxyType(dict(SMAC_MAPS))
 ENVS.register("simple_spread", EnvEntry("decnode.envs:spread_factory", title="Simple Spread", min_agents=2))
 ENVS.register("smax", EnvEntry("decnode.envs:smax_factory", maps=_SMAC_MAPS, map_kind="SMAC map", title="SMAX",
-                               requires=("jax", "jaxmarl"), extra="smax", coordinator_bytes=500 * 1024**2))
+                               requires=("jax", "jaxmarl"), extra="smax", coordinator_bytes=500 * 1024**2,
+                               groups=Lazy("decnode.smac_maps:map_groups")))
 ENVS.register("smac", EnvEntry("decnode.envs:smac_factory", maps=_SMAC_MAPS, map_kind="SMAC map",
                                title="SMAC", check=Lazy("decnode.envs.smac:check_installed")))
+ENVS.register("pettingzoo", EnvEntry("decnode.envs:pettingzoo_factory", title="PettingZoo",
+                                     requires=("pettingzoo",), groups=Lazy("decnode.envs.pettingzoo:spec_groups"),
+                                     agents=Lazy("decnode.envs.pettingzoo:spec_agents"),
+                                     spaces=Lazy("decnode.envs.pettingzoo:spec_spaces")))
 
 
 def split_env_name(name: str) -> tuple[str, str]:
@@ -202,9 +247,15 @@ def env(name: str) -> tuple[EnvEntry, str]:
     return ENVS.get(kind), arg
 
 
-def env_agents(name: str) -> int | None:
-    """The agent count env.name fixes (a SMAC map's), None when the job chooses it; a bad name or map raises."""
+def env_agents(name: str, kwargs: Mapping | None = None) -> int | None:
+    """The agent count env.name fixes (a SMAC map's, a PettingZoo env's with its keyword arguments `kwargs`), None
+    when the job chooses it; a bad name or map raises."""
     entry, arg = env(name)
+    if entry.agents is not None:
+        if not arg:
+            raise ConfigError(f"env.name {split_env_name(name)[0]} needs ':<module>:<factory>', e.g. "
+                              "pettingzoo:mpe2.simple_speaker_listener_v4:parallel_env")
+        return entry.agents.load()(arg, dict(kwargs or {}))
     if entry.maps is None:
         if arg:
             raise ConfigError(f"env.name {split_env_name(name)[0]} takes no ':<map>', got '{name}'")
@@ -215,4 +266,4 @@ def env_agents(name: str) -> int | None:
 
 
 __all__ = ["COMBINERS", "CRITICS", "ENVS", "CombinerEntry", "CriticEntry", "EnvEntry", "combiner", "critic", "env",
-           "env_agents", "job_graph", "run_label", "split_env_name", "topology_k", "topology_label"]
+           "env_agents", "env_groups", "job_graph", "run_label", "split_env_name", "topology_k", "topology_label"]

@@ -41,3 +41,8 @@ def agent_groups(map_name: str) -> tuple[str, ...]:
 # Every map has its unit types, and they account for all its agents.
 assert set(UNIT_GROUPS) == set(SMAC_MAPS)
 assert all(len(agent_groups(name)) == n for name, n in N_AGENTS.items())
+
+
+def map_groups(map_name: str, n_agents: int, kwargs: dict) -> tuple[str, ...]:  # noqa: ARG001
+    """The env registry's groups hook (extensions.EnvEntry.groups): the map's unit types, one name per agent."""
+    return agent_groups(map_name)

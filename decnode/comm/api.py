@@ -70,6 +70,9 @@ class AgentBlocks:
     # by real arrival (arrival.py); None — synchronous gossip, and always on XLA devices.
     stale = None
     arrival = None
+    # Agent groups (groups.AgentGroups) when a job has more than one, set by the trainer: PS then averages within
+    # each group (group_mean_start); None — one group, every mean is over all n agents.
+    groups = None
 
     def rows_of(self, rank: int) -> range:
         return range(rank * self.per_process, (rank + 1) * self.per_process)
@@ -85,3 +88,37 @@ class AgentBlocks:
     def allreduce_mean(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> torch.Tensor:
         """Mean over all n agents of the rows x [a, D] -> [D] (a persistent buffer on the gloo fabric)."""
         return self.allreduce_mean_start(x, name).wait()
+
+    def group_sums_start(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> "GroupSums":
+        """Post the sum over each group's agents of the rows x [a, D]: one all-reduce of [G, D] (every rank adds
+        its rows into their groups' rows; G = 1 without groups). `.wait()` -> [G, D] group means, the same on
+        every rank. One collective for all groups — G·D values, where an all-reduce per group among its own ranks
+        would move D_g each but pay G latencies and need a process group per group."""
+        index = self.groups.index() if self.groups is not None else [0] * self.n_agents
+        G = max(index) + 1
+        local = torch.as_tensor(index[self.rows_of(self.rank).start: self.rows_of(self.rank).stop])
+        sums = torch.zeros(G, x.shape[1], dtype=x.dtype, device=x.device)
+        sums.index_add_(0, local.to(x.device), x)
+        counts = torch.bincount(torch.as_tensor(index), minlength=G).to(x.dtype).to(x.device)
+        return GroupSums(self.allreduce_sum_start(sums.reshape(-1), name), G, counts, local.to(x.device))
+
+    def group_mean_start(self, x: torch.Tensor, name: str = Section.ALLREDUCE) -> "GroupSums":
+        """group_sums_start; `.wait_rows()` -> [a, D], each local row's group mean."""
+        return self.group_sums_start(x, name)
+
+
+class GroupSums:
+    """An in-flight per-group all-reduce (AgentBlocks.group_sums_start)."""
+
+    def __init__(self, pending: Pending, G: int, counts: torch.Tensor, local: torch.Tensor):
+        self._pending, self.G, self._counts, self._local = pending, G, counts, local
+
+    def wait(self) -> torch.Tensor:
+        """[G, D]: each group's mean."""
+        total = self._pending.wait()
+        return total.reshape(self.G, -1) / self._counts.unsqueeze(1)
+
+    def wait_rows(self) -> torch.Tensor:
+        """[a, D]: the mean of each local row's group."""
+        return self.wait().index_select(0, self._local)
+

@@ -11,6 +11,11 @@ Environments reset themselves: after a step with done[b], the returned obs/state
 first observation of its next episode (the on-policy MAPPO convention), and `info["episode_return"][b]`
 holds the finished episode's return, defined as sum over steps of (mean over agents of the reward).
 Optional info keys: "won" bool [B] (SMAC-like envs, meaningful where done).
+
+Agents with different spaces (agent groups): obs_dim and n_actions are the largest; each agent's observation is
+zero-padded to obs_dim and its avail is False past its own action count. Such an env says per agent, as tuples,
+`agent_obs_dims`, `agent_n_actions` and `agent_groups` (a group name per agent, consecutive agents of one group);
+an env without them is one group of one space.
 """
 
 from __future__ import annotations
@@ -57,3 +62,11 @@ class BatchedEnv(Protocol):
 
     def set_state(self, state: Any) -> None:
         """Restore a get_state() snapshot: stepping on afterwards repeats what the original env did."""
+
+
+def agent_spaces(env: BatchedEnv) -> list[tuple[int, int]]:
+    """Every agent's (observation size, action count): an env with groups says them per agent (agent_obs_dims,
+    agent_n_actions); otherwise all agents have the env's."""
+    obs = getattr(env, "agent_obs_dims", None) or [env.obs_dim] * env.n_agents
+    acts = getattr(env, "agent_n_actions", None) or [env.n_actions] * env.n_agents
+    return list(zip(obs, acts))

@@ -94,6 +94,33 @@ def describe(target: str, kwargs: dict) -> PettingZooSpec:
         env.close()
 
 
+_SPECS: dict[tuple[str, str], PettingZooSpec] = {}
+
+
+def _spec(target: str, kwargs: dict) -> PettingZooSpec:
+    """describe(), once per (target, kwargs) in a process: config checks ask for the agents and the groups apart."""
+    key = (target, repr(sorted((kwargs or {}).items())))
+    if key not in _SPECS:
+        _SPECS[key] = describe(target, kwargs)
+    return _SPECS[key]
+
+
+def spec_agents(target: str, kwargs: dict) -> int:
+    """The env registry's agents hook (extensions.EnvEntry.agents): the env's agent count."""
+    return len(_spec(target, kwargs).names)
+
+
+def spec_spaces(target: str, kwargs: dict) -> list[tuple[int, int]]:
+    """The env registry's spaces hook (extensions.EnvEntry.spaces): every agent's (obs size, action count)."""
+    spec = _spec(target, kwargs)
+    return list(zip(spec.obs_dims, spec.n_actions))
+
+
+def spec_groups(target: str, n_agents: int, kwargs: dict) -> tuple[str, ...]:  # noqa: ARG001
+    """The env registry's groups hook (extensions.EnvEntry.groups): a group name per agent."""
+    return _spec(target, kwargs).groups
+
+
 def _build(factory: Callable[..., Any], target: str, kwargs: dict) -> Any:
     try:
         return factory(**kwargs)

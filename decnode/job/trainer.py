@@ -29,6 +29,9 @@ from ..comm.stale import Staleness
 from ..comm.wire import job_bytes
 from ..config import Config
 from ..marl.critic import make_critic
+from ..envs.base import agent_spaces
+from ..marl.teams import make_teams
+from ..extensions import env_groups
 from ..envs import env_factory, make_env
 from ..envs.perturb import test_env_wrapper
 from ..marl.evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
@@ -69,10 +72,18 @@ class Trainer:
         n = fabric.n_agents
         self.n, self.T, self.B = n, env_cfg.episode_length, env_cfg.n_envs
         self.env_kwargs = dict(backend=env_cfg.backend, local_ratio=env_cfg.local_ratio,
-                               max_cycles=env_cfg.episode_length, reward=env_cfg.reward)
+                               max_cycles=env_cfg.episode_length, reward=env_cfg.reward, env_kwargs=env_cfg.kwargs)
         env = make_env(env_cfg.name, n, self.B, **self.env_kwargs) if self.coordinator else None
-        dims = torch.tensor([env.obs_dim, env.state_dim, env.n_actions] if env else [0, 0, 0])
-        self.obs_dim, state_dim, self.n_actions = (int(x) for x in fabric.broadcast(dims))
+        # The env's sizes and every agent's (observation size, action count): only rank 0 has an env.
+        dims = torch.zeros(3 + 2 * n, dtype=torch.int64)
+        if env is not None:
+            dims.copy_(torch.tensor([env.obs_dim, env.state_dim, env.n_actions,
+                                     *(x for space in agent_spaces(env) for x in space)]))
+        dims = [int(x) for x in fabric.broadcast(dims)]
+        self.obs_dim, state_dim, self.n_actions = dims[:3]
+        self.teams = make_teams(env_groups(cfg), list(zip(dims[3::2], dims[4::2])), tr.hidden)
+        if self.teams.grouped:  # PS averages within each group (comm/api.py group_mean_start)
+            fabric.groups = self.teams.groups
         self.chunk = tr.chunk_length or self.T
         self.mix_epochs = (range(tr.ppo_epochs) if cfg.algo.mix_every == "step"  # DecPG: which epochs gossip
                            else range(tr.ppo_epochs - 1, tr.ppo_epochs))
@@ -101,10 +112,12 @@ class Trainer:
         # here (rank 0) sends no messages in its epoch: that epoch is one more task, queued first, and the actor gets
         # one block more than threads, so whichever thread takes the critic's epoch takes a smaller share of rows.
         cores, a = torch.get_num_threads(), len(fabric.agents)
-        threads = min(cores, a) if fabric.device.type == "cpu" and a > 1 else 1
+        # (groups: each group's net is one row block; row threads split a block of one net)
+        threads = min(cores, a) if fabric.device.type == "cpu" and a > 1 and not self.teams.grouped else 1
         self.overlap_critic = threads > 1 and self.critic.net is not None and not self.critic.per_agent
         self.actor = ActorBlock(fabric.agents, self.obs_dim, self.n_actions, tr.hidden, tr.seed, fabric.device,
-                                blocks=threads + self.overlap_critic if threads > 1 else 1)
+                                blocks=threads + self.overlap_critic if threads > 1 else 1,
+                                shapes=self.teams.shapes(fabric.agents), width=self.teams.width)
         self.row_threads = threads
         per_thread = max(1, cores // threads)
         self.pool = row_pool(threads, per_thread) if threads > 1 else None
@@ -114,7 +127,7 @@ class Trainer:
                                state_dim=state_dim, n_actions=self.n_actions, hidden=tr.hidden)
         self.evaluator = Evaluator(fabric, env_factory(env_cfg.name, n, **self.env_kwargs), n_agents=n,
                                    episodes=cfg.eval.episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
-                                   hidden=tr.hidden)
+                                   hidden=tr.hidden, shapes=self.teams.shapes(range(n)), width=self.teams.width)
         self.iteration, self.env_steps, self.last_eval = 0, 0, float("nan")
         self.saved = None  # the iteration of the last checkpoint on disk: what a failed write leaves intact
         self.last_line = None  # rank 0: the metrics line of the last iteration, kept in the checkpoint
@@ -198,7 +211,8 @@ class Trainer:
         stale = self._staleness_slots()
         variances, totals = agent_variance_and_sums(
             self.fabric, {"grad_disagreement": first["grad"], "update_variance": params - theta_start,
-                          "consensus_distance": theta_start}, [*scalars.values(), *flags, *sent, *stale])
+                          "consensus_distance": theta_start}, [*scalars.values(), *flags, *sent, *stale],
+            groups=self.teams.groups if self.teams.grouped else None)
         sums = dict(zip(scalars, totals))
         self._raise_if_nonfinite(totals[len(scalars): len(scalars) + len(flags)])
         totals, stale_sums = totals[: len(totals) - len(stale)], totals[len(totals) - len(stale):]
@@ -253,7 +267,11 @@ class Trainer:
 
     # ---- evaluation and models ----------------------------------------------------------------------------------
     def average_actor(self) -> torch.Tensor:
-        """θ̄ = mean θᵢ over all agents (PS: the shared θ), as rows for every agent [n, D]."""
+        """θ̄ = mean θᵢ over all agents (PS: the shared θ), as rows for every agent [n, D]; with agent groups, each
+        group's mean for its agents."""
+        if self.teams.grouped:
+            means = self.fabric.group_sums_start(self.actor.params, name=Section.EVAL).wait()
+            return means.index_select(0, torch.as_tensor(self.teams.groups.index()))
         mean = self.fabric.to_host(self.fabric.allreduce_mean(self.actor.params, name=Section.EVAL))
         return mean.unsqueeze(0).expand(self.n, -1)
 
@@ -273,7 +291,7 @@ class Trainer:
         seed = cfg.train.seed
         test = Evaluator(self.fabric, env_factory(cfg.env.name, self.n, **self.env_kwargs), n_agents=self.n,
                          episodes=cfg.eval.test_episodes, obs_dim=self.obs_dim, n_actions=self.n_actions,
-                         hidden=cfg.train.hidden,
+                         hidden=cfg.train.hidden, shapes=self.teams.shapes(range(self.n)), width=self.teams.width,
                          wrap=test_env_wrapper(cfg.to_dict(), obs_std.numpy(), seed + TEST_SEED_OFFSET))
         rows = self.average_actor()
         train_result = self.evaluator.run(rows, seed=seed + EVAL_SEED_OFFSET)
@@ -330,6 +348,8 @@ class Trainer:
                 ckpt.atomic_save({"actor_rows": rows, "actor_mean": rows.mean(0), "config": self.cfg.to_dict(),
                                   "obs_dim": self.obs_dim, "state_dim": self.critic.input_dim,
                                   "n_actions": self.n_actions, "obs_std": self.rollout.obs_stats.std,
+                                  "groups": self.teams.record() if self.teams.grouped else None,
+                                  "width": self.teams.width,
                                   "iteration": self.iteration, "critic": critic, "value_norm": value_norm},
                                  self.run_dir / "models.pt")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..nn.grouped import GroupShape, actor_net
 from ..nn.losses import normalize_advantages, ppo_policy_loss
 from ..nn.models import (RecurrentNet, chunk_resets, chunk_sequences, chunk_start_states,
                      entropy, flatten_parameters, log_prob, masked_logits, share_rows)
@@ -72,10 +73,19 @@ class ActorBlock:
     GEMM alike for every row count)."""
 
     def __init__(self, agents: range, obs_dim: int, n_actions: int, hidden: int, seed: int,
-                 device: torch.device | str = "cpu", blocks: int = 1):
+                 device: torch.device | str = "cpu", blocks: int = 1, shapes: list[GroupShape] | None = None,
+                 width: int | None = None):
+        """shapes, width: agent groups (nn/grouped.py) — the groups this block meets and the job's row width D;
+        None: one group, one RecurrentNet."""
         self.agents, self.a = agents, len(agents)
         self.n_actions = n_actions
         self.device = torch.device(device)
+        if shapes is not None:  # groups: one net per group in this block; its row blocks are the groups' own
+            self.net, self.params, self.grads = actor_net(shapes, self.a, obs_dim, n_actions, hidden, width,
+                                                          seed=seed)
+            self.blocks, self.parts = [slice(0, self.a)], [self.net]
+            self.samplers = [torch.Generator().manual_seed(sampler_seed(seed, i)) for i in agents]
+            return
         # Same θ₀ for every agent, whatever the block size: the init draws from one seeded generator (on the host,
         # then moved: the same θ₀ on an XLA device).
         make = lambda rows: RecurrentNet(rows, obs_dim, n_actions, hidden, out_gain=0.01,  # noqa: E731

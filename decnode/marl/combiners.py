@@ -85,8 +85,8 @@ class DecPG(LocalSGD):
 
 
 class ParameterSharing(Combiner):
-    """One shared network: the gradient averaged over all n agents by all-reduce, then one SGD step applied
-    to every replica, so replicas stay bit-identical. The all-reduce is posted right after backward, so work
+    """One shared network (per agent group): the gradient averaged over all n agents (over the group's) by
+    all-reduce, then one SGD step applied to every replica, so replicas stay bit-identical. The all-reduce is posted right after backward, so work
     placed between the hooks (rank 0's critic epoch) hides its latency."""
 
     streams = (Section.ALLREDUCE, Section.ALLREDUCE_CRITIC)
@@ -96,11 +96,22 @@ class ParameterSharing(Combiner):
         self._pending = None
 
     def after_backward(self, grads: torch.Tensor) -> None:
-        self._pending = self.fabric.allreduce_mean_start(grads, self.name)
+        self._pending = self._start(grads)
+
+    def _start(self, grads: torch.Tensor):
+        # Agent groups: one network per group, so the mean is each group's (one all-reduce carries all of them).
+        if self.fabric.groups is not None:
+            return self.fabric.group_mean_start(grads, self.name)
+        return self.fabric.allreduce_mean_start(grads, self.name)
 
     def step(self, params: torch.Tensor, grads: torch.Tensor, lr: float, max_grad_norm: float) -> None:
-        pending = self._pending or self.fabric.allreduce_mean_start(grads, self.name)
+        pending = self._pending or self._start(grads)
         self._pending = None
+        if self.fabric.groups is not None:
+            means = pending.wait_rows()  # [a, D]: rows of one group get the same mean, clipped alike
+            clip_rows_(means, max_grad_norm)
+            params.sub_(means, alpha=lr)
+            return
         mean = pending.wait()
         clip_rows_(mean.unsqueeze(0), max_grad_norm)
         params.sub_(mean.unsqueeze(0), alpha=lr)

@@ -23,7 +23,7 @@ from .acting import SamplePerEpisode, acting_loop, argmax
 from ..comm.transport import Collectives
 from ..envs import EnvFactory
 from ..envs.base import BatchedEnv
-from ..nn.models import RecurrentNet, flatten_parameters
+from ..nn.grouped import GroupShape, actor_net
 from ..timing import Section
 
 EVAL_SEED_OFFSET = 1_000_003  # train-env evaluation: seeds disjoint from the training environments' seed
@@ -46,10 +46,11 @@ def share(episodes: int, world: int, rank: int) -> range:
 
 class Evaluator:
     def __init__(self, group: Collectives, make_env: EnvFactory, *, n_agents: int, episodes: int, obs_dim: int,
-                 n_actions: int, hidden: int, wrap=None):
+                 n_actions: int, hidden: int, wrap=None, shapes: list[GroupShape] | None = None,
+                 width: int | None = None):
         """make_env(n_envs) builds this rank's environments; only rank 0 builds any unless make_env.cls is
         splittable. group: the processes sharing the episodes (a Fabric or plain Collectives). wrap(env) may
-        add a test-time perturbation."""
+        add a test-time perturbation. shapes, width: agent groups over all n agents (nn/grouped.py; None: one)."""
         self.group = group
         self.has_win = make_env.cls.has_win  # whether run()'s win_rate means anything
         split = make_env.cls.splittable
@@ -60,15 +61,15 @@ class Evaluator:
             self.env = make_env(len(self.mine))
             if wrap is not None:
                 self.env = wrap(self.env)
-        self.net = RecurrentNet(n_agents, obs_dim, n_actions, hidden)
-        self.params, _ = flatten_parameters(self.net, n_agents)
+        self.n_actions = n_actions
+        self.net, self.params, _ = actor_net(shapes, n_agents, obs_dim, n_actions, hidden, width, out_gain=1.0)
         self.net.requires_grad_(False)
 
     @torch.no_grad()
     def run(self, rows: torch.Tensor, seed: int, deterministic: bool = True) -> dict[str, float]:
         """Mean episode return (and win rate where the env reports wins) over all ranks' episodes."""
         total = torch.zeros(3, dtype=torch.float64)  # sum of returns, episodes, wins
-        greedy = torch.zeros(self.net.out.bias.shape[-1], dtype=torch.int64) if deterministic else None
+        greedy = torch.zeros(self.n_actions, dtype=torch.int64) if deterministic else None
         if self.env is not None:
             total += self._play(rows, seed, deterministic, greedy)
         mine = int(total[1].item())

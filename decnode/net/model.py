@@ -14,6 +14,8 @@ Calibration, the comparison with a real job, the bandwidth sweep and the CLI are
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..config import Config
@@ -29,17 +31,19 @@ FRAME_HEADER_BYTES, STATS_WIRE_SLOTS = 64, 14
 # ---- sizes of what the trainer sends --------------------------------------------------------------------------
 def job_shapes(cfg: Config) -> dict:
     """obs/state/action widths and parameter counts of the actor and critic rows (no process group needed)."""
-    from ..envs import make_env
+    from ..envs import config_factory
+    from ..envs.base import agent_spaces
+    from ..nn.grouped import width
     from ..nn.models import RecurrentNet
 
     env, tr, n = cfg.env, cfg.train, cfg.env.n_agents
-    e = make_env(env.name, n, 1, backend=env.backend, local_ratio=env.local_ratio, max_cycles=env.episode_length,
-                 reward=env.reward)
+    e = config_factory(dataclasses.asdict(env), n)(1)
     count = lambda net: sum(p[0].numel() for p in net.parameters())  # noqa: E731 - one agent's row
     critic_in = e.state_dim + (n if env.state_agent_id else 0)
     local = critic(cfg.algo.critic).per_agent
     return {"obs_dim": e.obs_dim, "state_dim": e.state_dim, "n_actions": e.n_actions,
-            "actor_params": count(RecurrentNet(1, e.obs_dim, e.n_actions, tr.hidden)),
+            # a row is the widest group's actor (groups: nn/grouped.py); one space: the actor itself
+            "actor_params": max(width(od, k, tr.hidden) for od, k in set(agent_spaces(e))),
             "critic_params": count(RecurrentNet(1, critic_in, 1 if local else n, tr.hidden))}
 
 

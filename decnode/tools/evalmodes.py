@@ -121,9 +121,7 @@ def eval_seeds(cfg: dict) -> tuple[int, int]:
 
 def env_factory(cfg: dict, n: int) -> envs.EnvFactory:
     """The run's environments (as the trainer builds them) from its config dict."""
-    env = cfg["env"]
-    return envs.env_factory(env["name"], n, backend=env["backend"], local_ratio=env["local_ratio"],
-                            max_cycles=env["episode_length"], reward=env["reward"])
+    return envs.config_factory(cfg["env"], n)
 
 
 # ---- the four modes ------------------------------------------------------------------------------------------

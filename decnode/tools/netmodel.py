@@ -10,6 +10,7 @@ clock, the bandwidth sweep and its figure, and the command line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
@@ -38,7 +39,7 @@ def overlap_compute_s(cfg: Config, shapes: dict | None = None, reps: int = 3) ->
     backward over the block's batch, the central critic's epoch) and of one iteration's compute on rank 0."""
     import torch
 
-    from ..envs import make_env
+    from ..envs import config_factory
     from ..nn.models import RecurrentNet
 
     torch.set_num_threads(1)
@@ -61,7 +62,7 @@ def overlap_compute_s(cfg: Config, shapes: dict | None = None, reps: int = 3) ->
     critic = cpu(backward(a if per_agent else 1, shapes["state_dim"], 1 if per_agent else n))
     net = RecurrentNet(a, shapes["obs_dim"], shapes["n_actions"], H)
     obs, h = torch.randn(a, B, shapes["obs_dim"]), torch.zeros(a, B, H)
-    env = make_env(cfg.env.name, n, B)
+    env = config_factory(dataclasses.asdict(cfg.env), n)(B)
     env.reset(0)
     act = cpu(lambda: net.step(obs, h, torch.zeros(B, dtype=torch.bool)))
     step = cpu(lambda: env.step(np.zeros((B, n), dtype=np.int64)))

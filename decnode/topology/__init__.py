@@ -7,13 +7,13 @@ matrix into what each process sends and receives. `python -m decnode.topology --
 May import: the root modules only (it is part of the root floor: config.py checks a topology without torch).
 """
 
-from .api import STOCHASTIC, Graph, GraphError, check_graph, in_neighbours, out_neighbours, spectral_gap
+from .api import STOCHASTIC, Graph, GraphError, block_diagonal, check_graph, in_neighbours, out_neighbours, spectral_gap
 from .knn import check_topology, in_offsets, mixing_matrix
 from .plans import BlockPlan, ShiftPlan, block_plan, shift_plan, shift_refusal
 from .registry import TOPOLOGIES, GraphArgs, TopologyEntry, build_graph, split_spec
 from .weights import WEIGHTS
 from . import graphs  # noqa: F401  (registers the built-in graphs)
 
-__all__ = ["STOCHASTIC", "Graph", "GraphError", "check_graph", "in_neighbours", "out_neighbours", "spectral_gap",
+__all__ = ["STOCHASTIC", "Graph", "GraphError", "block_diagonal", "check_graph", "in_neighbours", "out_neighbours", "spectral_gap",
            "check_topology", "in_offsets", "mixing_matrix", "BlockPlan", "ShiftPlan", "block_plan", "shift_plan", "shift_refusal",
            "TOPOLOGIES", "GraphArgs", "TopologyEntry", "build_graph", "split_spec", "WEIGHTS"]

@@ -45,6 +45,7 @@ class Graph:
     name: str
     phases: tuple
     k: int | None = None
+    parts: tuple = ()  # agent groups' own graphs, placed block-diagonally (block_diagonal); () for one graph
 
     @property
     def n(self) -> int:
@@ -110,11 +111,17 @@ class Graph:
         return all(np.array_equal(W[i], np.roll(W[0], i)) for W in self.phases for i in range(n))
 
     def gaps(self) -> list[float]:
-        """The spectral gap of each round's matrix."""
+        """The spectral gap of each round's matrix; of groups' graphs, the smallest group's (the whole block-diagonal
+        matrix has one eigenvalue 1 per group: its gap is 0, which says nothing about mixing within each group)."""
+        if self.parts:
+            return [min(part.gaps()[t % part.period] for part in self.parts) for t in range(self.period)]
         return [spectral_gap(W) for W in self.phases]
 
     def period_gap(self) -> float:
-        """The spectral gap of one period's product W_{p−1} ⋯ W_0 (a static graph: its own gap)."""
+        """The spectral gap of one period's product W_{p−1} ⋯ W_0 (a static graph: its own gap); of groups' graphs,
+        the smallest group's."""
+        if self.parts:
+            return min(part.period_gap() for part in self.parts)
         prod = np.eye(self.n)
         for W in self.phases:
             prod = W @ prod
@@ -132,6 +139,9 @@ class Graph:
 
     def diameter(self) -> int | None:
         """Longest shortest path (in hops, over the union of the period's edges); None if not strongly connected."""
+        if self.parts:  # groups never talk to each other: the longest path within a group
+            within = [part.diameter() for part in self.parts]
+            return None if None in within else max(within)
         n, A = self.n, self.union
         if n > 256:  # one n×n product per hop is n⁴ on a ring: breadth-first search instead (networkx, with torch)
             import networkx as nx
@@ -151,6 +161,24 @@ class Graph:
                 "doubly_stochastic": self.doubly_stochastic, "in_degree": self.in_degree(),
                 "diameter": self.diameter(), "spectral_gap": self.gaps(), "period_spectral_gap": self.period_gap(),
                 "round_spectral_gap": self.round_gap()}
+
+
+def block_diagonal(parts: list[Graph], name: str) -> Graph:
+    """Agent groups' graphs side by side, group after group: one matrix per round of the periods' least common
+    multiple, with no edge between groups (each group gossips on its own graph)."""
+    if len(parts) == 1:
+        return parts[0]
+    period = int(np.lcm.reduce([p.period for p in parts]))
+    n = sum(p.n for p in parts)
+    phases = []
+    for t in range(period):
+        W, lo = np.zeros((n, n)), 0
+        for part in parts:
+            W[lo: lo + part.n, lo: lo + part.n] = part.matrix(t)
+            lo += part.n
+        phases.append(W)
+    ks = {p.k for p in parts}
+    return Graph(name, tuple(phases), k=ks.pop() if len(ks) == 1 else None, parts=tuple(parts))
 
 
 def unreachable(A: np.ndarray) -> tuple[int, int] | None:
