@@ -24,7 +24,7 @@ TINY = ["--iterations", "2", "--set", "env.n_envs=2", "--set", "env.episode_leng
         "--set", "run.tensorboard=false", "--no-preflight"]
 KNOWN = {"algorithm": "unknown algorithm 'nope' (known: decpg, ps, ps_entropy, push_sum)",
          "critic": "unknown critic placement 'nope' (known: central, local)",
-         "env": "unknown environment 'nope' (known: simple_spread, smax:<map>, smac:<map>)"}
+         "env": "unknown environment 'nope' (known: simple_spread, smax:<map>, smac:<map>, pettingzoo:<module>:<factory>)"}
 KEYS = {"algorithm": ("algo", "name"), "critic": ("algo", "critic"), "env": ("env", "name")}
 FLAGS = {"algorithm": "--algo", "critic": "--critic"}  # decnode-run has no env flag: env.name is --set or a file
 

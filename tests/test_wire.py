@@ -5,7 +5,6 @@ trace.json, and equal what the α–β model (net/model.py) prices for the same 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 from decnode.comm.frames import HEADER_BYTES
 from decnode.comm.wire import METRIC_STREAMS
 from decnode.net import model
-from decnode.topology import block_plan, build_graph, mixing_matrix
+from decnode.topology import build_graph, mixing_matrix
 from multiproc import run_ranks
 
 DIM = 37

@@ -13,7 +13,6 @@ import signal
 import threading
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import checkpoint as ckpt
@@ -26,7 +25,6 @@ from ..extensions import combiner
 from ..comm.api import Fabric
 from ..comm.arrival import RealArrival
 from ..comm.stale import Staleness
-from ..comm.wire import job_bytes
 from ..config import Config
 from ..marl.critic import make_critic
 from ..envs.base import agent_spaces
@@ -36,10 +34,10 @@ from ..envs import env_factory, make_env
 from ..envs.perturb import test_env_wrapper
 from ..marl.evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from ..nn.losses import linear_lr
-from ..marl.noise import agent_variance_and_sums
 from ..net.profile import clock_delta
 from ..marl.rollout import Rollout
 from ..timing import Section, delta_seconds
+from .stats import NonFiniteError, iteration_stats  # noqa: F401 - NonFiniteError: raised from here, caught by run.py
 
 
 class StopRequested:
@@ -54,14 +52,6 @@ class StopRequested:
 
     def _set(self, signum, _frame):
         self.flag, self.signum = True, signum
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or parameter became NaN or inf; the message names the rank, the quantity and the iteration."""
-
-
-# What the non-finite check looks at, in order; its index travels in the per-iteration all-reduce.
-WATCHED = ("policy loss", "actor parameters", "value loss", "critic parameters")
 
 
 class Trainer:
@@ -179,91 +169,7 @@ class Trainer:
         first, stats = ({key: x.cpu() for key, x in d.items()} for d in (first, stats))
         if critic_batch.losses:  # (the statistics read the first epoch's value loss)
             critic_batch.losses[0] = critic_batch.losses[0].cpu()
-        return self._iteration_stats(first, stats, critic_batch, theta_start, actor.params.cpu(), coord, lr)
-
-    def _nonfinite(self, first: dict, critic_batch, params: torch.Tensor) -> tuple[int, int]:
-        """(index into WATCHED + 1, local row) of the first NaN/inf on this rank; (0, 0) if all is finite."""
-        watched = [first["policy_loss"], params,
-                   critic_batch.losses[0] if critic_batch.losses else None,
-                   self.critic.net.params.cpu() if self.critic.net is not None else None]
-        for code, x in enumerate(watched, start=1):
-            if x is not None:
-                bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1)
-                if bad.any():
-                    return code, int(bad.nonzero()[0])
-        return 0, 0
-
-    def _iteration_stats(self, first, last, critic_batch, theta_start, params, coord, lr) -> dict:
-        """One all-reduce per iteration carries the losses, PPO's health metrics, the noise metrics (paper A.5),
-        the non-finite check and the stop flag. Dₘ uses the first epoch's gradient (taken at θₘ); Vₘ the whole
-        iteration's update θₘ₊₁ − θₘ; approx-KL and clip fraction the last epoch (the first one's ratio is 1)."""
-        ev = critic_batch.explained_variance
-        scalars = {"policy_loss": first["policy_loss"].sum().item(), "entropy": first["entropy"].sum().item(),
-                   "grad_norm": first["grad"].norm(dim=1).sum().item(), "approx_kl": last["approx_kl"].sum().item(),
-                   "clip_fraction": last["clip_fraction"].sum().item(),
-                   "value_loss": critic_batch.losses[0].sum().item() if critic_batch.losses else 0.0,
-                   "explained_variance": ev.sum().item() if ev is not None else 0.0, "stop": float(self.stop.flag)}
-        # Which rank saw a NaN/inf, and where: one slot per rank, so every rank can name the culprit.
-        code, row = self._nonfinite(first, critic_batch, params)
-        flags = [0.0] * self.fabric.world
-        flags[self.fabric.rank] = float(code + len(WATCHED) * row) if code else 0.0
-        sent = self.fabric.wire.window()  # bytes per stream since the iteration began (comm/wire.py)
-        stale = self._staleness_slots()
-        variances, totals = agent_variance_and_sums(
-            self.fabric, {"grad_disagreement": first["grad"], "update_variance": params - theta_start,
-                          "consensus_distance": theta_start}, [*scalars.values(), *flags, *sent, *stale],
-            groups=self.teams.groups if self.teams.grouped else None)
-        sums = dict(zip(scalars, totals))
-        self._raise_if_nonfinite(totals[len(scalars): len(scalars) + len(flags)])
-        totals, stale_sums = totals[: len(totals) - len(stale)], totals[len(totals) - len(stale):]
-        n, critic_rows = self.n, self.critic.total_rows
-        out = {"iteration": self.iteration, "env_steps": self.env_steps, "lr": lr,
-               **{key: sums[key] / n for key in ("policy_loss", "entropy", "grad_norm", "approx_kl", "clip_fraction")},
-               "value_loss": sums["value_loss"] / critic_rows,
-               "explained_variance": sums["explained_variance"] / critic_rows, **variances}
-        if self.gossips:  # the spectral gap of each round this iteration mixed with (paper A.2)
-            R, graph = len(self.mix_epochs), self.fabric.graph
-            gaps = [self.graph_gaps[t % graph.period] for t in range((self.iteration - 1) * R, self.iteration * R)]
-            out["spectral_gap"] = float(np.mean(gaps))
-            if graph.time_varying:
-                out["spectral_gap_rounds"], out["period_spectral_gap"] = gaps, self.period_gap
-        if self.coordinator:
-            rets = coord.episode_returns
-            out["train_reward"] = float(np.mean(rets)) if rets else None
-            if coord.episode_wins:
-                out["train_win_rate"] = float(np.mean(coord.episode_wins))
-        if stale:  # rounds between a message's sending and its mixing, over every message of every rank
-            total, count, *maxima = stale_sums
-            out["staleness_mean"] = total / count if count else None
-            out["staleness_max"] = int(max(maxima))
-        out["bytes"] = job_bytes(totals[len(scalars) + len(flags):])  # every rank's, summed
-        out["stop"] = sums["stop"] > 0
-        return out
-
-    def _staleness_slots(self) -> list[float]:
-        """Bounded staleness: this rank's (sum, count) of its messages' staleness and its maximum in its own slot
-        (a sum of slots is every rank's maximum); [] without it."""
-        stale = self.fabric.stale or self.fabric.arrival
-        if stale is None:
-            return []
-        total, count, most = stale.window()
-        maxima = [0.0] * self.fabric.world
-        maxima[self.fabric.rank] = float(most)
-        return [float(total), float(count), *maxima]
-
-    def _raise_if_nonfinite(self, flags: list[float]) -> None:
-        bad = [(rank, int(f)) for rank, f in enumerate(flags) if f]
-        if not bad:
-            return
-        rank, value = bad[0]
-        code, row = (value - 1) % len(WATCHED) + 1, (value - 1) // len(WATCHED)
-        what = WATCHED[code - 1]
-        if what != "critic parameters" or self.critic.per_agent:
-            what += f" of agent {self.fabric.rows_of(rank)[row]}"
-        others = f" (and on {len(bad) - 1} more of the {self.fabric.world} ranks)" if len(bad) > 1 else ""
-        raise NonFiniteError(f"rank {rank}: {what} became NaN or inf in iteration {self.iteration}{others}; "
-                             f"stopped without saving, so the last checkpoint is the last good state "
-                             f"(a smaller train.lr or train.max_grad_norm may help)")
+        return iteration_stats(self, first, stats, critic_batch, theta_start, actor.params.cpu(), coord, lr)
 
     # ---- evaluation and models ----------------------------------------------------------------------------------
     def average_actor(self) -> torch.Tensor:
@@ -345,13 +251,22 @@ class Trainer:
         critic, value_norm = self.critic.saved_params()
         if self.coordinator:
             with self.writing("models.pt"):
-                ckpt.atomic_save({"actor_rows": rows, "actor_mean": rows.mean(0), "config": self.cfg.to_dict(),
+                # θ̄: [D]; with agent groups [n, D], each agent's group's mean
+                mean = (rows.mean(0) if not self.teams.grouped
+                        else self._group_rows(rows))
+                ckpt.atomic_save({"actor_rows": rows, "actor_mean": mean, "config": self.cfg.to_dict(),
                                   "obs_dim": self.obs_dim, "state_dim": self.critic.input_dim,
                                   "n_actions": self.n_actions, "obs_std": self.rollout.obs_stats.std,
                                   "groups": self.teams.record() if self.teams.grouped else None,
                                   "width": self.teams.width,
                                   "iteration": self.iteration, "critic": critic, "value_norm": value_norm},
                                  self.run_dir / "models.pt")
+
+    def _group_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every agent's row replaced by its group's mean [n, D]."""
+        index = torch.as_tensor(self.teams.groups.index())
+        sums = torch.zeros(int(index.max()) + 1, rows.shape[1], dtype=rows.dtype).index_add_(0, index, rows)
+        return (sums / torch.bincount(index).to(rows.dtype).unsqueeze(1)).index_select(0, index)
 
     def is_eval_iteration(self) -> bool:
         ev = self.cfg.eval.interval

@@ -7,7 +7,8 @@ Modes (rows [n, D] = which actor parameters control agents 0…n−1):
   average             θ̄ for every agent, argmax actions (the paper's headline number)
   average_stochastic  θ̄ for every agent, sampled actions
   local               agent i acts with its own θᵢ, argmax
-  individual          θⱼ controls every agent, for each j in turn, argmax; mean and population std over j
+  individual          θⱼ controls every agent (with agent groups: every agent of j's group, the others playing their
+                      group's θ̄), for each j in turn, argmax; mean and population std over j
 Every mode runs on the train env (`--episodes`, seed train.seed + EVAL_SEED_OFFSET, as the trainer evaluates)
 and on the test env (`--test-episodes`, seed train.seed + TEST_SEED_OFFSET, observations + c·std Gaussian noise
 and ε-random actions); gap = test − train.
@@ -37,6 +38,8 @@ from ..comm.transport import Collectives
 from ..config import ConfigError
 from ..envs.perturb import test_env_wrapper
 from ..marl.evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
+from ..envs.base import agent_spaces
+from ..nn.grouped import GroupShape
 from ..nn.models import RecurrentNet
 
 MODES = ("average", "average_stochastic", "local", "individual")
@@ -87,8 +90,10 @@ def check_models(models: dict, path: Path) -> None:
     if not isinstance(rows, torch.Tensor) or rows.dim() != 2 or rows.shape[0] != n:
         shape = list(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
         raise AnalysisError(f"{path} holds actor_rows {shape}, not one row per agent: {source} has env.n_agents={n}")
-    D = sum(p.numel() for p in RecurrentNet(1, od, K, hidden).parameters())
-    if rows.shape[1] != D or list(getattr(models["actor_mean"], "shape", ())) != [D]:
+    grouped = models.get("groups")
+    D = models.get("width") if grouped else sum(p.numel() for p in RecurrentNet(1, od, K, hidden).parameters())
+    mean_shape = [n, D] if grouped else [D]
+    if rows.shape[1] != D or list(getattr(models["actor_mean"], "shape", ())) != mean_shape:
         raise AnalysisError(f"{path} holds {rows.shape[1]} actor parameters per agent, but obs_dim={od}, "
                             f"n_actions={K} and train.hidden={hidden} ({source}) make {D}")
     shape = list(np.shape(models["obs_std"]))  # a numpy array (or a tensor)
@@ -97,9 +102,42 @@ def check_models(models: dict, path: Path) -> None:
     make = env_factory(ours, n)
     if make.cls.splittable:  # cheap to build (no JIT, no game): the environment says what the actor reads
         env = make(1)
+        spaces = [(g["obs_dim"], g["n_actions"]) for g in grouped for _ in range(*g["agents"])] if grouped else None
+        if spaces is not None and spaces != agent_spaces(env):
+            raise AnalysisError(f"{path} holds agent groups with spaces {spaces}, but {ours['env']['name']} has "
+                                f"{agent_spaces(env)}")
         if (env.obs_dim, env.n_actions) != (od, K):
             raise AnalysisError(f"{path} holds obs_dim={od}, n_actions={K}, but {ours['env']['name']} with "
                                 f"{n} agents has obs_dim={env.obs_dim}, n_actions={env.n_actions}")
+
+
+def model_shapes(models: dict) -> dict:
+    """The Evaluator's keywords for the actor a models.pt holds: obs_dim, n_actions, hidden, and with agent groups
+    their shapes over all agents and the row width."""
+    out = dict(obs_dim=models["obs_dim"], n_actions=models["n_actions"], hidden=models["config"]["train"]["hidden"])
+    if models.get("groups"):
+        out.update(shapes=[GroupShape(g, slice(*group["agents"]), group["obs_dim"], group["n_actions"])
+                           for g, group in enumerate(models["groups"])], width=models["width"])
+    return out
+
+
+def mean_rows(models: dict) -> torch.Tensor:
+    """θ̄ as rows for every agent [n, D] (with agent groups: each agent's group's mean)."""
+    mean, n = models["actor_mean"].float(), models["actor_rows"].shape[0]
+    return mean if mean.dim() == 2 else mean.expand(n, -1)
+
+
+def individual_rows(models: dict, j: int) -> torch.Tensor:
+    """θⱼ for every agent of j's group (every agent without groups); the other groups play their θ̄."""
+    rows, mean = models["actor_rows"].float(), mean_rows(models)
+    if not models.get("groups"):
+        return rows[j].expand(rows.shape[0], -1)
+    out = mean.clone()
+    for group in models["groups"]:
+        lo, hi = group["agents"]
+        if lo <= j < hi:
+            out[lo:hi] = rows[j]
+    return out
 
 
 def parse_modes(text: str) -> list[str]:
@@ -152,7 +190,7 @@ def evaluate_run(run_dir: str | Path, modes: str | list[str], episodes: int | No
     """
     modes = parse_modes(modes if isinstance(modes, str) else ",".join(modes))
     models = models if models is not None else load_models(run_dir)
-    cfg, rows_all, mean = models["config"], models["actor_rows"].float(), models["actor_mean"].float()
+    cfg, rows_all, mean = models["config"], models["actor_rows"].float(), mean_rows(models)
     n = rows_all.shape[0]
     group = group if group is not None else Collectives()
     episodes = episodes or cfg["eval"]["episodes"]
@@ -160,14 +198,13 @@ def evaluate_run(run_dir: str | Path, modes: str | list[str], episodes: int | No
     seed_train, seed_test = eval_seeds(cfg)
     make = env_factory(cfg, n)
     wins = make.cls.has_win
-    common = dict(n_agents=n, obs_dim=models["obs_dim"], n_actions=models["n_actions"],
-                  hidden=cfg["train"]["hidden"])
+    common = dict(n_agents=n, **model_shapes(models))
     splits = {"train": (Evaluator(group, make, episodes=episodes, **common), seed_train),
               "test": (Evaluator(group, make, episodes=test_episodes,
                                  wrap=test_env_wrapper(cfg, models["obs_std"], seed_test), **common),
                        seed_test)}
-    settings = {"average": [(mean.expand(n, -1), True)], "average_stochastic": [(mean.expand(n, -1), False)],
-                "local": [(rows_all, True)], "individual": [(rows_all[j].expand(n, -1), True) for j in range(n)]}
+    settings = {"average": [(mean, True)], "average_stochastic": [(mean, False)],
+                "local": [(rows_all, True)], "individual": [(individual_rows(models, j), True) for j in range(n)]}
     out = {"run_dir": str(run_dir), "env": cfg["env"]["name"], "algo": cfg["algo"]["name"], "k": cfg["algo"]["k"],
            "n_agents": n, "iteration": models.get("iteration"), "processes": group.world,
            "episodes": {"train": episodes, "test": test_episodes},

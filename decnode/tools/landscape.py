@@ -275,6 +275,10 @@ def main(argv: list[str] | None = None) -> None:
             if getattr(args, name) < 1:
                 raise AnalysisError(f"--{name} must be ≥ 1, got {getattr(args, name)}")
         models = load_models(args.run_dir)
+        if models.get("groups"):  # its directions are cut at one RecurrentNet's tensor boundaries (filter_slices)
+            raise AnalysisError(f"{args.run_dir} was trained with agent groups "
+                                f"({', '.join(g['name'] for g in models['groups'])}): decnode-landscape plots one "
+                                "network's landscape; decnode-eval evaluates grouped runs")
         check_files([Path(args.run_dir) / name for name in FILES])  # before the work: new, or decnode's own
     except (AnalysisError, ValueError) as err:
         fail("decnode-landscape", str(err))

@@ -62,11 +62,11 @@ def greedy_counts(run) -> tuple[list[int] | None, str]:
 
 def replay(models: dict, episodes: int = REPLAY_EPISODES) -> list[int]:
     """θ̄ greedy on the first `episodes` of the trainer's evaluation episodes (same env seed), in this process."""
-    cfg, mean = models["config"], models["actor_mean"].float()
+    cfg = models["config"]
     n = models["actor_rows"].shape[0]
     evaluator = Evaluator(Collectives(), evalmodes.env_factory(cfg, n), n_agents=n, episodes=episodes,
-                          obs_dim=models["obs_dim"], n_actions=models["n_actions"], hidden=cfg["train"]["hidden"])
-    return evaluator.run(mean.expand(n, -1), evalmodes.eval_seeds(cfg)[0])["greedy_actions"]
+                          **evalmodes.model_shapes(models))
+    return evaluator.run(evalmodes.mean_rows(models), evalmodes.eval_seeds(cfg)[0])["greedy_actions"]
 
 
 def concentration(counts: list[int] | None) -> tuple[float, float]:
