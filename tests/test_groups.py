@@ -14,12 +14,14 @@ import torch
 from decnode import config, groups
 from decnode.extensions import env_groups, job_graph
 from decnode.marl.teams import make_teams
-from decnode.nn.grouped import GroupShape, GroupedNet, actor_net, width
+from decnode.nn.grouped import GroupShape, GroupedNet, actor_net, group_seed, width
 from decnode.nn.models import MASKED_LOGIT, RecurrentNet, flatten_parameters
 from decnode.registry import ConfigError
 from decnode.topology import build_graph
 
 ROOT = Path(__file__).resolve().parent.parent
+# (a group's parameters are views strided by the block's row width, as every actor's are: nn/models.py says why)
+pytestmark = pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract")
 
 
 def test_the_env_s_names_make_consecutive_groups_and_algo_groups_regroups_them():
@@ -84,11 +86,11 @@ def test_a_grouped_net_runs_each_group_s_own_net_on_its_own_inputs_and_pads_the_
     shapes = [GroupShape(0, slice(0, 2), 3, 3), GroupShape(1, slice(2, 3), 5, 4)]
     D = max(width(3, 3, 8), width(5, 4, 8))
     net, params, grads = actor_net(shapes, 3, 5, 4, 8, D, seed=7)
-    assert isinstance(net, GroupedNet) and params.shape == (3, D)
+    assert isinstance(net, GroupedNet) and params.shape == (3, D) and group_seed(7, 0) == 7 != group_seed(7, 1)
     # the reference: each group's RecurrentNet alone, drawn from the same generator
     refs = []
     for s in shapes:
-        gen = torch.Generator().manual_seed(7 if s.index == 0 else (7 * 1_000_003 + 104_729) % (2**63 - 1))
+        gen = torch.Generator().manual_seed(group_seed(7, s.index))
         ref = RecurrentNet(s.rows.stop - s.rows.start, s.obs_dim, s.n_actions, 8, out_gain=0.01, generator=gen)
         refs.append((ref, *flatten_parameters(ref, s.rows.stop - s.rows.start)))
     for s, (ref, p, _) in zip(shapes, refs):
@@ -142,3 +144,18 @@ def test_groups_train_alike_in_one_process_and_over_real_processes(tmp_path, alg
         assert set(two["lines"][-1]["groups"]) == {"front", "back"}
         assert two["lines"][-1]["consensus_distance"] > 0
     assert [g["name"] for g in two["models"]["groups"]] == ["front", "back"]
+
+
+def test_a_homogeneous_env_is_one_group_and_keeps_the_plain_actor():
+    """One group takes exactly the code path of a run before groups existed (plain RecurrentNet rows, every mean over
+    all agents); a run of it was compared with the commit before groups: identical parameters and metrics."""
+    from decnode.marl.actor import ActorBlock
+
+    assert env_groups(_cfg("env.n_agents=4", "algo.k=2")).single
+    assert env_groups(_cfg("env.name=smax:5m_vs_6m", "algo.k=2")).single
+    assert env_groups(_cfg("env.name=smax:3s5z", "algo.k=2")).names == ["stalker", "zealot"]
+    assert env_groups(_cfg("env.name=smax:3s5z", "algo.k=2", "algo.groups=all")).single
+    teams = make_teams(groups.one_group(4), [(24, 5)] * 4, 16)
+    assert not teams.grouped and teams.shapes(range(4)) is None
+    actor = ActorBlock(range(4), 24, 5, 16, seed=1, shapes=teams.shapes(range(4)), width=teams.width)
+    assert type(actor.net) is RecurrentNet and actor.params.shape == (4, width(24, 5, 16))

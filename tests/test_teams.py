@@ -85,3 +85,31 @@ def test_smax_3s5z_trains_with_unit_types_as_groups(tmp_path, algo):
         assert last["spectral_gap"] == pytest.approx(min(gaps)) and last["consensus_distance"] > 0
         assert not torch.equal(rows[0], rows[1])
     assert 0 <= out["eval"]["modes"]["average"]["train"]["return"] <= 20  # SMAC's reward scale
+
+
+PZ = "env.name=pettingzoo:mpe2.simple_speaker_listener_v4"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", f"{PZ}:parallel_env", "--set", "algo.groups=all", "--k", "1"],
+     "one group (algo.groups=all) holds agents with different spaces (agent 0: observation 3, 3 actions; agent 1: "
+     "observation 11, 5 actions)"),
+    (["--set", PZ], "expected pettingzoo:<module>:<factory>"),
+    (["--set", f"{PZ}:env"], "builds an AEC env"),
+    (["--set", "env.name=pettingzoo:no_such_module:parallel_env"], "cannot import module 'no_such_module'"),
+    (["--set", "env.kwargs={N: 3}", "--k", "1"], "env.kwargs is for a pettingzoo:<module>:<factory> environment"),
+    (["--set", "env.name=pettingzoo:mpe2.simple_spread_v3:parallel_env", "--set", "env.kwargs={M: 3}"],
+     "env.kwargs of pettingzoo:mpe2.simple_spread_v3:parallel_env"),
+    (["--set", "env.name=smax:3s5z", "--k", "3"], "group 'stalker' of 3: algo.k must be in [0, 2] for n=3 agents"),
+    (["--set", "env.n_agents=4", "--k", "1", "--set", "algo.groups={a: [0, 2], b: [1, 3]}"],
+     "algo.groups.a must be consecutive agent ids, got [0, 2]"),
+])
+def test_what_groups_and_the_adapter_refuse_is_one_line_before_anything_starts(tmp_path, args, needle):
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "decnode.run", "--nproc", "2", "--iterations", "1", "--out", str(out),
+                          *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                         text=True, timeout=120)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert lines[0].startswith("decnode-run: error: ") and needle in lines[0], lines[0]
+    assert not out.exists()
