@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from ..config import Config
-from ..extensions import combiner, critic
+from ..extensions import combiner, critic, env_groups
 from .profile import NetProfile
 
 KINDS = ("step_exchange", "reward_scatter", "combine", "stats")
@@ -44,6 +44,7 @@ def job_shapes(cfg: Config) -> dict:
     return {"obs_dim": e.obs_dim, "state_dim": e.state_dim, "n_actions": e.n_actions,
             # a row is the widest group's actor (groups: nn/grouped.py); one space: the actor itself
             "actor_params": max(width(od, k, tr.hidden) for od, k in set(agent_spaces(e))),
+            "groups": len(env_groups(cfg).groups),  # PS's all-reduce and the stats carry a sum per group
             "critic_params": count(RecurrentNet(1, critic_in, 1 if local else n, tr.hidden))}
 
 
@@ -122,7 +123,7 @@ def predict_iteration_comm(cfg: Config, profile: NetProfile, n_procs: int, overl
     shapes = shapes or job_shapes(cfg)
     p, W, n = profile, n_procs, cfg.env.n_agents
     a, T, B, h = n // W, cfg.env.episode_length, cfg.env.n_envs, FRAME_HEADER_BYTES
-    D, Dc = shapes["actor_params"], shapes["critic_params"]
+    D, Dc, G = shapes["actor_params"], shapes["critic_params"], shapes.get("groups", 1)
     local = critic(cfg.algo.critic).per_agent
     out = dict.fromkeys(KINDS, 0.0)
     out["combine_raw"] = out["gossip_bytes"] = 0.0
@@ -145,15 +146,15 @@ def predict_iteration_comm(cfg: Config, profile: NetProfile, n_procs: int, overl
         else:
             # the critics' all-reduce runs beside the actor's (gloo: 2 threads per group): latencies overlap,
             # the links carry both
-            one = p.allreduce_s(W, 4 * (D + (Dc if local else 0)))
+            one = p.allreduce_s(W, 4 * G * (D + (Dc if local else 0)))
         out["combine_raw"] = rounds * one
         # Bounded staleness (algo.staleness τ): a round's message may be mixed τ rounds later, so it hides behind
         # τ + 1 rounds of compute — but the last round's is waited for at the iteration's end, behind one.
         tau = cfg.algo.staleness if algo.staleness and rounds else 0
         out["combine"] = ((rounds - 1) * max(one - (tau + 1) * overlap_s, 0.0) + max(one - overlap_s, 0.0)) if tau \
             else rounds * max(one - overlap_s, 0.0)
-        # marl/noise.py: Σ rows of ∇, Δθ, θ (float64), their 3 squared norms, 8 scalars, one NaN flag per rank,
-        # the byte counters
-        out["stats"] = p.allreduce_s(W, 8 * (3 * D + 3 + 8 + W + STATS_WIRE_SLOTS))
+        # marl/noise.py: Σ rows of ∇, Δθ, θ (float64), their 3 squared norms — per agent group —, 8 scalars, one NaN
+        # flag per rank, the byte counters
+        out["stats"] = p.allreduce_s(W, 8 * (3 * G * D + 3 * G + 8 + W + STATS_WIRE_SLOTS))
     out["total"] = sum(out[k] for k in KINDS)
     return out
