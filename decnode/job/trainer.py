@@ -21,23 +21,22 @@ from . import metricsfile, records, report_end
 from .rundir import writing
 from ..marl.actor import ActorBlock, row_pool
 from ..marl.combiners import make_combiner
-from ..extensions import combiner
+from ..extensions import combiner, env_groups
 from ..comm.api import Fabric
 from ..comm.arrival import RealArrival
 from ..comm.stale import Staleness
 from ..config import Config
 from ..marl.critic import make_critic
-from ..envs.base import agent_spaces
 from ..marl.teams import make_teams
-from ..extensions import env_groups
 from ..envs import env_factory, make_env
+from ..envs.base import agent_spaces
 from ..envs.perturb import test_env_wrapper
 from ..marl.evaluate import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Evaluator
 from ..nn.losses import linear_lr
 from ..net.profile import clock_delta
 from ..marl.rollout import Rollout
 from ..timing import Section, delta_seconds
-from .stats import NonFiniteError, iteration_stats  # noqa: F401 - NonFiniteError: raised from here, caught by run.py
+from .stats import NonFiniteError, iteration_stats  # noqa: F401 - run.py, launch_xla.py import NonFiniteError here
 
 
 class StopRequested:
