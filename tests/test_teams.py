@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from decnode.nn.grouped import width
+from decnode.marl.actor import ActorBlock
+from decnode.nn.grouped import GroupShape, width
 from decnode.topology import build_graph
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +44,10 @@ def test_speaker_listener_trains_per_group_under_ps_and_decpg_alike(tmp_path):
     rows = models["actor_rows"]
     assert rows.shape == (2, width(11, 5, 64)) and not rows[0, width(3, 3, 64):].any()
     assert torch.equal(rows, decpg["models"]["actor_rows"])
-    assert not torch.equal(rows, run(tmp_path / "start", "--nproc", "1", "--iterations", "1", "--algo", "ps",
-                                     "--set", "train.lr=1e-30", "--set", "train.min_lr=0", *SPEAKER_LISTENER)["models"]["actor_rows"])
+    start = ActorBlock(range(2), 11, 5, 64, seed=1, shapes=[GroupShape(0, slice(0, 1), 3, 3),
+                                                           GroupShape(1, slice(1, 2), 11, 5)], width=rows.shape[1])
+    assert start.params.shape == rows.shape and not torch.equal(rows[0], start.params[0])  # trained from θ₀
+    assert not torch.equal(rows[1], start.params[1])
     last = ps["lines"][-1]
     assert set(last["groups"]) == {"speaker", "listener"} and last["consensus_distance"] == 0.0
     # a speaker chooses among 3 actions, a listener among 5: the mean entropy starts near (ln 3 + ln 5) / 2
@@ -90,26 +93,35 @@ def test_smax_3s5z_trains_with_unit_types_as_groups(tmp_path, algo):
 PZ = "env.name=pettingzoo:mpe2.simple_speaker_listener_v4"
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--set", f"{PZ}:parallel_env", "--set", "algo.groups=all", "--k", "1"],
+@pytest.mark.parametrize("sets, needle", [
+    ([f"{PZ}:parallel_env", "algo.groups=all", "algo.k=1"],
      "one group (algo.groups=all) holds agents with different spaces (agent 0: observation 3, 3 actions; agent 1: "
      "observation 11, 5 actions)"),
-    (["--set", PZ], "expected pettingzoo:<module>:<factory>"),
-    (["--set", f"{PZ}:env"], "builds an AEC env"),
-    (["--set", "env.name=pettingzoo:no_such_module:parallel_env"], "cannot import module 'no_such_module'"),
-    (["--set", "env.kwargs={N: 3}", "--k", "1"], "env.kwargs is for a pettingzoo:<module>:<factory> environment"),
-    (["--set", "env.name=pettingzoo:mpe2.simple_spread_v3:parallel_env", "--set", "env.kwargs={M: 3}"],
+    ([PZ], "expected pettingzoo:<module>:<factory>"),
+    ([f"{PZ}:env"], "builds an AEC env"),
+    (["env.name=pettingzoo:no_such_module:parallel_env"], "cannot import module 'no_such_module'"),
+    (["env.kwargs={N: 3}", "algo.k=1"], "env.kwargs is for a pettingzoo:<module>:<factory> environment"),
+    (["env.name=pettingzoo:mpe2.simple_spread_v3:parallel_env", "env.kwargs={M: 3}"],
      "env.kwargs of pettingzoo:mpe2.simple_spread_v3:parallel_env"),
-    (["--set", "env.name=smax:3s5z", "--k", "3"], "group 'stalker' of 3: algo.k must be in [0, 2] for n=3 agents"),
-    (["--set", "env.n_agents=4", "--k", "1", "--set", "algo.groups={a: [0, 2], b: [1, 3]}"],
+    (["env.name=smax:3s5z", "algo.k=3"], "group 'stalker' of 3: algo.k must be in [0, 2] for n=3 agents"),
+    (["env.n_agents=4", "algo.k=1", "algo.groups={a: [0, 2], b: [1, 3]}"],
      "algo.groups.a must be consecutive agent ids, got [0, 2]"),
 ])
-def test_what_groups_and_the_adapter_refuse_is_one_line_before_anything_starts(tmp_path, args, needle):
+def test_what_groups_and_the_adapter_refuse_is_one_line_at_config_time(sets, needle):
+    from decnode import config
+
+    with pytest.raises(config.ConfigError) as err:
+        config.resolve(config.load(None, sets), 2)
+    assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_decnode_run_refuses_before_anything_starts(tmp_path):
+    """The same refusal through the command: one line, exit 2, no run directory."""
     out = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "decnode.run", "--nproc", "2", "--iterations", "1", "--out", str(out),
-                          *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
-                         text=True, timeout=120)
+                          "--set", f"{PZ}:parallel_env", "--set", "algo.groups=all", "--k", "1"], cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
-    assert lines[0].startswith("decnode-run: error: ") and needle in lines[0], lines[0]
+    assert lines[0].startswith("decnode-run: error: ") and "holds agents with different spaces" in lines[0]
     assert not out.exists()
