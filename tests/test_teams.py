@@ -12,6 +12,8 @@ import torch
 
 from decnode.marl.actor import ActorBlock
 from decnode.nn.grouped import GroupShape, width
+from decnode.tools import plots
+from decnode.tools.report import command as report_command
 from decnode.topology import build_graph
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +52,8 @@ def test_speaker_listener_trains_per_group_under_ps_and_decpg_alike(tmp_path):
     assert not torch.equal(rows[1], start.params[1])
     last = ps["lines"][-1]
     assert set(last["groups"]) == {"speaker", "listener"} and last["consensus_distance"] == 0.0
+    row = report_command.run_row(plots.load_run(tmp_path / "ps"), tmp_path, "PS")  # decnode-report's runs.csv row
+    assert row["agent_groups"] == "speaker;listener" and json.loads(row["agent_group_noise_final"]) == last["groups"]
     # a speaker chooses among 3 actions, a listener among 5: the mean entropy starts near (ln 3 + ln 5) / 2
     assert abs(ps["lines"][0]["entropy"] - (1.0986 + 1.6094) / 2) < 0.05
     assert all(abs(ps["eval"]["modes"]["average"][split]["return"]) < 1e4 for split in ("train", "test"))

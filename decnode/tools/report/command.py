@@ -57,7 +57,10 @@ NUMBERS = ["env_steps", "final_train_reward", "final_eval_reward", "entropy_fina
            "grad_disagreement_final", "update_variance_mean", "update_variance_final",
            *[f"{mode}_{split}" for mode in MODES for split in ("train", "test", "gap")],
            "individual_train_std", "individual_test_std", "wall_seconds", *degenerate.COLUMNS]
-RUN_COLUMNS = ID_COLUMNS + NUMBERS + ["git_commit", "greedy_from"]
+# Agent groups (issue 29): their names, and each group's own final noise metrics (JSON: {group: {metric: value}});
+# empty for a run of one group.
+AGENT_GROUP_COLUMNS = ["agent_groups", "agent_group_noise_final"]
+RUN_COLUMNS = ID_COLUMNS + NUMBERS + AGENT_GROUP_COLUMNS + ["git_commit", "greedy_from"]
 GROUP_ID = ["env", "n_agents", "group", "legend", "algo", "k", "topology", "spectral_gap", "bytes_per_iteration", "lr",
             "min_lr", "iterations", "seeds"]
 STATS = ("median", "mean", "std", "count")
@@ -175,6 +178,9 @@ def run_row(run: plots.Run, root: Path, label: str) -> dict:
         row[f"{mode}_gap"] = entry.get("gap", NAN)
     for split in ("train", "test"):
         row[f"individual_{split}_std"] = (modes.get("individual") or {}).get(split, {}).get("return_std", NAN)
+    per_group = next((m["groups"] for m in reversed(metrics) if isinstance(m.get("groups"), dict)), None)
+    row["agent_groups"] = ";".join(per_group) if per_group else None
+    row["agent_group_noise_final"] = json.dumps(per_group, sort_keys=False) if per_group else None
     ranks = (run.timing or {}).get("ranks") or []
     row["wall_seconds"] = max(r["wall"]["seconds"] for r in ranks) if ranks else NAN  # the job's wall-clock
     row["git_commit"] = _git_commit(run.path)
