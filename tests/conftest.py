@@ -1,7 +1,18 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
+
+# matplotlib's font cache lives in ~/.config (~/.cache) and is shared by every matplotlib of that version on the
+# machine: one built while another venv's matplotlib was half installed or deleted lists no STIX/Computer Modern
+# fonts, and every figure then warns "findfont: Font family ['STIXGeneral'] not found" on stderr (seen once on a
+# fresh clone here), which tests that require a silent stderr read as a failure. The suite builds its own, once per
+# test process and the commands it starts.
+os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="decnode-tests-matplotlib-")
+atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True)
 
 # Tests import the helpers modules `multiproc` and `figcheck` that sit beside them.
 sys.path.insert(0, os.path.dirname(__file__))
