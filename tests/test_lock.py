@@ -1,4 +1,5 @@
-"""Issue 23, class 1: one job per run directory, whoever launches it (decnode-run, torchrun, a sweep's cell).
+"""Issue 23, class 1: one job per run directory, whoever launches it (decnode-run alone or launching its workers,
+torchrun, a sweep's cell), in every attempt of a job that restarts.
 
 Every test runs real jobs side by side on one directory: the live one keeps running and ends with every iteration
 in metrics.jsonl exactly once; the other is refused in one line naming the live one (its pid and host) before it
@@ -90,6 +91,11 @@ def stop(proc, sig=signal.SIGINT, timeout=180):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def restarted(run: Path) -> bool:
+    """Rank 0 of a restarted attempt has logged (its first line carries the restart's record)."""
+    return any('"restarts"' in line for line in logged(run))
 
 
 def each_once(run: Path) -> int:
@@ -200,6 +206,32 @@ def test_a_torchrun_job_holds_the_lock_in_its_rank_0(box):
         stop(proc)  # torchrun itself exits 1 on a signal (torch's SignalException); its workers checkpoint
     assert (run / "checkpoint.pt").exists() and each_once(run) >= 2
     assert not (run / LOCK).exists()  # rank 0 released it before ending by the signal, as torchrun expects
+    assert digest(box, run) == outside
+
+
+def test_our_launcher_holds_the_lock_in_its_own_process_through_a_restart(box):
+    """decnode-run --nproc 2 takes the lock in the process that launches the workers, before any starts; the
+    workers the elastic agent starts again after a kill fault never touch it, so no attempt leaves it free."""
+    run = box / "home" / "two"
+    outside = digest(box, run)
+    proc = start([sys.executable, "-m", "decnode.run", *TINY, "--nproc", "2", "--max-restarts", "1", *FOREVER,
+                  "--out", run, "--set", "faults=[{kind: kill, rank: 1, iteration: 3}]"], box / "cwd")
+    try:
+        holder = wait_live(proc, run)
+        assert holder["pid"] == proc.pid and holder["job"] is None  # the launcher itself, not a worker
+        # whichever attempt runs now (the kill comes at iteration 3), the launcher refuses a second job
+        refused_by(cli([*ONE, "--iterations", "3", "--out", run, "--overwrite"], box / "cwd"), run, holder)
+        deadline = time.time() + 180
+        while not restarted(run):  # the restarted attempt is training
+            assert proc.poll() is None and time.time() < deadline, "no restart"
+            time.sleep(0.1)
+        assert record(run) == holder  # the same lock, never released between the attempts
+        refused_by(cli(["--resume", run, "--iterations", "100001"], box / "cwd"), run, holder)
+        assert proc.poll() is None
+    finally:
+        stderr = stop(proc)
+    assert proc.returncode == 0, stderr[-3000:]  # Ctrl-C: checkpointed
+    assert each_once(run) >= 3 and not (run / LOCK).exists()
     assert digest(box, run) == outside
 
 
