@@ -192,15 +192,26 @@ def test_two_runs_started_together_one_runs_the_other_is_refused(box):
     assert digest(box, run) == outside
 
 
-def test_a_torchrun_job_holds_the_lock_in_its_rank_0(box):
+def test_a_torchrun_job_holds_the_lock_in_its_rank_0_and_again_after_a_restart(box):
     run = box / "home" / "trun"
     outside = digest(box, run)
-    proc = start(torchrun([*TINY, *FOREVER, "--out", run]), box / "cwd")
+    proc = start(torchrun([*TINY, *FOREVER, "--out", run], "--max-restarts", 1), box / "cwd")
     try:
         holder = wait_live(proc, run, checkpoint=True)
         assert holder["pid"] != proc.pid and holder["job"]  # a worker of torchrun's, with torchrun's job id
         for args in ([*ONE, "--iterations", "3", "--out", run, "--overwrite"], ["--resume", run, "--iterations", "9"]):
             refused_by(cli(args, box / "cwd"), run, holder)
+        # rank 1 killed (by hand: the refusals above had to come first): torchrun starts both ranks again, and the
+        # new rank 0 takes the lock its predecessor held
+        ranks = {p["rank"]: p["pid"] for p in json.loads((run / "processes.json").read_text())}
+        os.kill(ranks[1], signal.SIGKILL)
+        deadline = time.time() + 180
+        while not (restarted(run) and (record(run) or {}).get("attempt") == 1):
+            assert proc.poll() is None and time.time() < deadline, "no restart"
+            time.sleep(0.1)
+        again = record(run)
+        assert again["pid"] not in (holder["pid"], *ranks.values()) and again["job"] == holder["job"]
+        refused_by(cli(["--resume", run, "--iterations", "9"], box / "cwd"), run, again)
         assert proc.poll() is None
     finally:
         stop(proc)  # torchrun itself exits 1 on a signal (torch's SignalException); its workers checkpoint
