@@ -278,17 +278,19 @@ def test_a_sweep_cell_and_a_run_by_hand_on_one_directory(box):
         stderr = stop(proc)
     assert proc.returncode == 130, stderr[-3000:]
     done = each_once(cell)
-    # 2. a run by hand in the cell's directory: the sweep refuses to start, in one line, before writing anything
+    # 2. a run by hand in the cell's directory: the sweep refuses to start, in one line, before writing anything;
+    # its dry run names the live job the same way (it promises no cell that the run would refuse)
     live = start([sys.executable, "-m", "decnode.run", "--resume", cell, "--iterations", "100000"], box / "cwd")
     try:
         holder = wait_live(live, cell)
         before = digest(box, cell)
-        res = cli([path], box / "cwd", module="decnode.tools.sweep.command")
-        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
-        assert lines(res) == [f"decnode-sweep: error: {path}: cell k-1: run directory {cell} is in use by another job (pid "
-                              f"{holder['pid']} on host {socket.gethostname()}, decnode-run since {holder['since']}); "
-                              "nothing was changed: wait for it to end, or stop it"]
-        assert digest(box, cell) == before
+        for dry in (["--dry-run"], []):
+            res = cli([path, *dry], box / "cwd", module="decnode.tools.sweep.command")
+            assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
+            assert lines(res) == [f"decnode-sweep: error: {path}: cell k-1: run directory {cell} is in use by another "
+                                  f"job (pid {holder['pid']} on host {socket.gethostname()}, decnode-run since "
+                                  f"{holder['since']}); nothing was changed: wait for it to end, or stop it"], dry
+            assert digest(box, cell) == before
     finally:
         stderr = stop(live)
     assert live.returncode == 0, stderr[-3000:]
