@@ -1,7 +1,8 @@
 """Issue 23, classes 2 and 9: a run file that is damaged, changed or not the run's own is refused in one line.
 
 checkpoint.pt and models.pt are read only through checkpoint.load_file: every zip entry's CRC-32, the sha256 in
-the digest file written with them, and, for models.pt, the run's config.yaml (decnode-eval, decnode-landscape).
+the digest file written with them, and, for models.pt, the run's config.yaml (decnode-eval, decnode-landscape,
+decnode-report).
 Every refusal goes through the real command: exit code 2, one stderr line naming the file, no traceback, and no
 file anywhere in the sandbox changed (eval.json keeps its bytes). Two tiny runs are trained once (about 5 s each);
 each refused command takes about a second.
@@ -213,6 +214,32 @@ def test_tools_refuse_models_that_disagree_with_the_runs_config(box, run, runs, 
     change(run, runs[1])
     module, prog, args = TOOLS[tool]
     refused(box, module, prog, [run, *args], [run / "models.pt", *needles])
+
+
+# ---- classes 2 and 9: models.pt as decnode-report reads it --------------------------------------------------------
+def _without_greedy_counts(run: Path) -> None:
+    """eval.json as decnode-eval wrote it before it counted greedy actions: decnode-report then replays models.pt
+    for its degeneracy check (tools/report/degenerate.py)."""
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in ("greedy_actions", "greedy_episodes")}
+        return node
+    (run / "eval.json").write_text(json.dumps(strip(json.loads((run / "eval.json").read_text()))))
+
+
+REPORT_CASES = {**{spoil: (lambda run, other, how=SPOILS[spoil][0]: how(run / "models.pt"), [SPOILS[spoil][1]])
+                   for spoil in ("tensor bit, CRC recomputed", "last byte cut", "digest removed")},
+                "another run's models.pt with its digest": MISMATCHES["another run's models.pt with its digest"]}
+
+
+@pytest.mark.parametrize("case", list(REPORT_CASES))
+def test_report_refuses_models_that_are_damaged_or_not_the_runs(box, run, runs, case):
+    """Refused as decnode-eval refuses them, not a 'not measured' note in results.md beside a report of the rest."""
+    _without_greedy_counts(run)
+    change, needles = REPORT_CASES[case]
+    change(run, runs[1])
+    refused(box, "decnode.tools.report.command", "decnode-report", [box / "home", "--out", box / "cwd" / "report"],
+            [run / "models.pt", *needles, f"{run / 'eval.json'} has no greedy action counts"])
 
 
 # ---- what is accepted ---------------------------------------------------------------------------------------------

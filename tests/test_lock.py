@@ -1,8 +1,9 @@
-"""Issue 23, class 1: one job per run directory, whoever launches it (decnode-run, torchrun, a sweep's cell).
+"""Issue 23, class 1: one job per run directory, whoever launches it (decnode-run alone or launching its workers,
+torchrun, a sweep's cell), in every attempt of a job that restarts.
 
 Every test runs real jobs side by side on one directory: the live one keeps running and ends with every iteration
 in metrics.jsonl exactly once; the other is refused in one line naming the live one (its pid and host) before it
-writes or deletes anything. A lock left by a job killed with SIGKILL is taken over, said in one line. The live
+writes or deletes anything, and no file outside the directories decnode made changes. A lock left by a job killed with SIGKILL is taken over, said in one line. The live
 jobs train "forever" and are stopped with SIGINT (they checkpoint and exit 0) once the refusals are checked;
 every wait is for evidence (the lock's record, a metrics line, a checkpoint), never a fixed sleep.
 """
@@ -10,12 +11,14 @@ every wait is for evidence (the lock's record, a metrics line, a checkpoint), ne
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ".decnode-run.lock"
@@ -90,6 +93,11 @@ def stop(proc, sig=signal.SIGINT, timeout=180):
             proc.wait()
 
 
+def restarted(run: Path) -> bool:
+    """Rank 0 of a restarted attempt has logged (its first line carries the restart's record)."""
+    return any('"restarts"' in line for line in logged(run))
+
+
 def each_once(run: Path) -> int:
     """Every line whole and every iteration there exactly once, in order; how many."""
     text = (run / "metrics.jsonl").read_text()
@@ -112,10 +120,17 @@ def refused_by(res, run: Path, holder: dict):
     assert lines(res)[0].endswith("nothing was changed: wait for it to end, or stop it")
 
 
-def digest(root: Path, skip: Path | None = None) -> dict:
-    """Every file below root with its content hash, except below `skip` (a live run changes by itself)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file() and not (skip and skip in p.parents)}
+def digest(root: Path, *made: Path) -> dict:
+    """Every path below root with its content hash (None for a directory), except what decnode made (`made`: a
+    run or sweep directory, which changes by itself while a job lives). test_inputs.snapshot reads every file, and
+    a live run's files come and go under it: this walk never enters `made`."""
+    out = {}
+    for top, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if Path(top, d) not in made)
+        for name in sorted(dirs + files):
+            path = Path(top, name)
+            out[str(path.relative_to(root))] = None if name in dirs else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
 
 
 def test_a_live_run_refuses_a_second_run_an_overwrite_a_resume_and_a_torchrun_job(box):
@@ -125,7 +140,7 @@ def test_a_live_run_refuses_a_second_run_an_overwrite_a_resume_and_a_torchrun_jo
         holder = wait_live(proc, run, checkpoint=True)
         assert holder["pid"] == proc.pid  # one process, no launcher: it is the job and holds the lock
         own = {name: (run / name).read_bytes() for name in (".decnode-run.json", "config.yaml")}
-        outside = digest(box, skip=run)
+        outside = digest(box, run)
         for args in ([*ONE, "--iterations", "3", "--out", run],  # the same --out: before, both ran, interleaved
                      [*ONE, "--iterations", "3", "--out", run, "--overwrite"],  # before: deleted the live run's files
                      [*ONE, "--iterations", "3", "--out", run, "--overwrite", "--seed", "9"],
@@ -134,16 +149,25 @@ def test_a_live_run_refuses_a_second_run_an_overwrite_a_resume_and_a_torchrun_jo
                      ["--resume", run, "--overwrite"]):  # the live job is named before the flags' conflict
             refused_by(cli(args, box / "cwd"), run, holder)
         # torchrun's rank 0 is refused the same way, again after torchrun's restart; its rank 1, which would leave
-        # a note in attempts/ under restarts, waits for a lock its job never gets until torchrun stops it (torchrun
-        # then adds its own failure report)
-        res = subprocess.run(torchrun([*TINY, "--iterations", "3", "--out", run, "--overwrite"], "--max-restarts", 1),
+        # a note in attempts/ under restarts, waits for a lock its job never gets until torchrun stops it. Each
+        # worker's output goes to a file of its own (torchrun's --log-dir), apart from torchrun's failure report
+        # and traceback (exit code 1), which are torchrun's, not decnode's
+        logs = box / "torchrun-logs"
+        res = subprocess.run(torchrun([*TINY, "--iterations", "3", "--out", run, "--overwrite"], "--max-restarts", 1,
+                                      "--log-dir", logs, "--redirects", 3),
                              cwd=box / "cwd", env=env(), capture_output=True, text=True, timeout=240)
-        ours = [x for x in res.stderr.splitlines() if x.startswith("decnode-run:")]
-        assert res.returncode != 0 and len(ours) == 2, res.stderr[-3000:]
-        assert all(f"is in use by another job (pid {holder['pid']} " in x for x in ours), ours
+        assert res.returncode == 1 and not re.search(r'File ".*/decnode/', res.stderr), res.stderr[-3000:]
+        # what torchrun saw of each attempt: rank 0 exited with code 2 (rank 1 was then stopped by torchrun)
+        assert re.findall(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)", res.stderr) == [("2", "0")] * 2, res.stderr
+        for attempt in (0, 1):
+            [ranks] = logs.glob(f"*/attempt_{attempt}")
+            out = {rank: ((ranks / rank / "stdout.log").read_text(), (ranks / rank / "stderr.log").read_text())
+                   for rank in ("0", "1")}
+            refused_by(SimpleNamespace(returncode=2, stdout=out["0"][0], stderr=out["0"][1]), run, holder)
+            assert out["1"] == ("", ""), out  # stopped while it waited for the lock: nothing to say, no traceback
         assert not (run / "attempts").exists()
         assert {name: (run / name).read_bytes() for name in own} == own
-        assert digest(box, skip=run) == outside
+        assert digest(box, run, logs) == outside
         assert proc.poll() is None  # still training
     finally:
         stderr = stop(proc)
@@ -154,6 +178,7 @@ def test_a_live_run_refuses_a_second_run_an_overwrite_a_resume_and_a_torchrun_jo
 def test_two_runs_started_together_one_runs_the_other_is_refused(box):
     run = box / "home" / "dual"
     cmd = [sys.executable, "-m", "decnode.run", *ONE, "--iterations", "30", "--out", run]
+    outside = digest(box, run)
     procs = [start(cmd, box / "cwd") for _ in range(2)]
     results = [(p, *p.communicate(timeout=300)) for p in procs]
     ok = [r for r in results if r[0].returncode == 0]
@@ -164,21 +189,61 @@ def test_two_runs_started_together_one_runs_the_other_is_refused(box):
     assert err.strip().startswith(f"decnode-run: error: run directory {run} is in use by another job (pid "
                                   f"{winner.pid} on host {socket.gethostname()}"), err
     assert each_once(run) == 30 and not (run / LOCK).exists()
+    assert digest(box, run) == outside
 
 
-def test_a_torchrun_job_holds_the_lock_in_its_rank_0(box):
+def test_a_torchrun_job_holds_the_lock_in_its_rank_0_and_again_after_a_restart(box):
     run = box / "home" / "trun"
-    proc = start(torchrun([*TINY, *FOREVER, "--out", run]), box / "cwd")
+    outside = digest(box, run)
+    proc = start(torchrun([*TINY, *FOREVER, "--out", run], "--max-restarts", 1), box / "cwd")
     try:
         holder = wait_live(proc, run, checkpoint=True)
         assert holder["pid"] != proc.pid and holder["job"]  # a worker of torchrun's, with torchrun's job id
         for args in ([*ONE, "--iterations", "3", "--out", run, "--overwrite"], ["--resume", run, "--iterations", "9"]):
             refused_by(cli(args, box / "cwd"), run, holder)
+        # rank 1 killed (by hand: the refusals above had to come first): torchrun starts both ranks again, and the
+        # new rank 0 takes the lock its predecessor held
+        ranks = {p["rank"]: p["pid"] for p in json.loads((run / "processes.json").read_text())}
+        os.kill(ranks[1], signal.SIGKILL)
+        deadline = time.time() + 180
+        while not (restarted(run) and (record(run) or {}).get("attempt") == 1):
+            assert proc.poll() is None and time.time() < deadline, "no restart"
+            time.sleep(0.1)
+        again = record(run)
+        assert again["pid"] not in (holder["pid"], *ranks.values()) and again["job"] == holder["job"]
+        refused_by(cli(["--resume", run, "--iterations", "9"], box / "cwd"), run, again)
         assert proc.poll() is None
     finally:
         stop(proc)  # torchrun itself exits 1 on a signal (torch's SignalException); its workers checkpoint
     assert (run / "checkpoint.pt").exists() and each_once(run) >= 2
     assert not (run / LOCK).exists()  # rank 0 released it before ending by the signal, as torchrun expects
+    assert digest(box, run) == outside
+
+
+def test_our_launcher_holds_the_lock_in_its_own_process_through_a_restart(box):
+    """decnode-run --nproc 2 takes the lock in the process that launches the workers, before any starts; the
+    workers the elastic agent starts again after a kill fault never touch it, so no attempt leaves it free."""
+    run = box / "home" / "two"
+    outside = digest(box, run)
+    proc = start([sys.executable, "-m", "decnode.run", *TINY, "--nproc", "2", "--max-restarts", "1", *FOREVER,
+                  "--out", run, "--set", "faults=[{kind: kill, rank: 1, iteration: 3}]"], box / "cwd")
+    try:
+        holder = wait_live(proc, run)
+        assert holder["pid"] == proc.pid and holder["job"] is None  # the launcher itself, not a worker
+        # whichever attempt runs now (the kill comes at iteration 3), the launcher refuses a second job
+        refused_by(cli([*ONE, "--iterations", "3", "--out", run, "--overwrite"], box / "cwd"), run, holder)
+        deadline = time.time() + 180
+        while not restarted(run):  # the restarted attempt is training
+            assert proc.poll() is None and time.time() < deadline, "no restart"
+            time.sleep(0.1)
+        assert record(run) == holder  # the same lock, never released between the attempts
+        refused_by(cli(["--resume", run, "--iterations", "100001"], box / "cwd"), run, holder)
+        assert proc.poll() is None
+    finally:
+        stderr = stop(proc)
+    assert proc.returncode == 0, stderr[-3000:]  # Ctrl-C: checkpointed
+    assert each_once(run) >= 3 and not (run / LOCK).exists()
+    assert digest(box, run) == outside
 
 
 def _sweep_file(tmp: Path, iterations: int) -> Path:
@@ -194,40 +259,48 @@ def _sweep_file(tmp: Path, iterations: int) -> Path:
 
 def test_a_sweep_cell_and_a_run_by_hand_on_one_directory(box):
     path = _sweep_file(box / "home", 100000)
-    cell = box / "home" / "grid" / "cells" / "k-1"
+    grid = box / "home" / "grid"
+    cell = grid / "cells" / "k-1"
+    outside = digest(box, grid)
     # 1. the sweep's cell runs; decnode-run by hand on its directory is refused
     proc = start([sys.executable, "-m", "decnode.tools.sweep.command", path], box / "cwd")
     try:
         holder = wait_live(proc, cell, checkpoint=True)
         assert holder["pid"] != proc.pid  # the cell's decnode-run, not the sweep
-        config = box / "home" / "grid" / "configs" / "k-1.yaml"
+        config = grid / "configs" / "k-1.yaml"
+        before = digest(box, cell, grid / "logs")  # the live cell writes its run directory and its log
         for args in (["--config", config, "--nproc", "1", "--out", cell, "--overwrite"],  # its configs/ header's command
                      ["--resume", cell, "--iterations", "100001"]):
             refused_by(cli(args, box / "cwd"), cell, holder)
+        assert digest(box, cell, grid / "logs") == before
         assert proc.poll() is None
     finally:
         stderr = stop(proc)
     assert proc.returncode == 130, stderr[-3000:]
     done = each_once(cell)
-    # 2. a run by hand in the cell's directory: the sweep refuses to start, in one line, before writing anything
+    # 2. a run by hand in the cell's directory: the sweep refuses to start, in one line, before writing anything;
+    # its dry run names the live job the same way (it promises no cell that the run would refuse)
     live = start([sys.executable, "-m", "decnode.run", "--resume", cell, "--iterations", "100000"], box / "cwd")
     try:
         holder = wait_live(live, cell)
-        before = digest(box, skip=cell)
-        res = cli([path], box / "cwd", module="decnode.tools.sweep.command")
-        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
-        assert lines(res) == [f"decnode-sweep: error: {path}: cell k-1: run directory {cell} is in use by another job (pid "
-                              f"{holder['pid']} on host {socket.gethostname()}, decnode-run since {holder['since']}); "
-                              "nothing was changed: wait for it to end, or stop it"]
-        assert digest(box, skip=cell) == before
+        before = digest(box, cell)
+        for dry in (["--dry-run"], []):
+            res = cli([path, *dry], box / "cwd", module="decnode.tools.sweep.command")
+            assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
+            assert lines(res) == [f"decnode-sweep: error: {path}: cell k-1: run directory {cell} is in use by another "
+                                  f"job (pid {holder['pid']} on host {socket.gethostname()}, decnode-run since "
+                                  f"{holder['since']}); nothing was changed: wait for it to end, or stop it"], dry
+            assert digest(box, cell) == before
     finally:
         stderr = stop(live)
     assert live.returncode == 0, stderr[-3000:]
     assert each_once(cell) > done
+    assert digest(box, grid) == outside
 
 
 def test_a_lock_left_by_a_killed_job_is_taken_over_and_said(box):
     run = box / "home" / "run"
+    outside = digest(box, run, box / "home" / "run2")
     proc = start([sys.executable, "-m", "decnode.run", *ONE, *FOREVER, "--out", run], box / "cwd")
     holder = wait_live(proc, run, checkpoint=True)
     stop(proc, signal.SIGKILL)
@@ -248,11 +321,13 @@ def test_a_lock_left_by_a_killed_job_is_taken_over_and_said(box):
     assert lines(res) == [f"decnode-run: {run} was locked by a job that died (pid {holder['pid']} on host "
                           f"{socket.gethostname()}, decnode-run since {holder['since']}); taking it over"]
     assert each_once(run) == 3
+    assert digest(box, box / "home" / "run", run) == outside
 
 
 def test_a_killed_sweep_is_taken_over_and_its_cell_resumes(box):
     path = _sweep_file(box / "home", 30)
     out, cell = box / "home" / "grid", box / "home" / "grid" / "cells" / "k-1"
+    outside = digest(box, out)
     proc = start([sys.executable, "-m", "decnode.tools.sweep.command", path], box / "cwd")
     holder = None
     try:
@@ -270,6 +345,7 @@ def test_a_killed_sweep_is_taken_over_and_its_cell_resumes(box):
     log = (out / "logs" / "k-1.log").read_text()
     assert f"decnode-run: {cell} was locked by a job that died (pid {holder['pid']} " in log
     assert each_once(cell) == 30 and not (out / ".sweep.lock").exists()
+    assert digest(box, out) == outside
 
 
 def test_refusals_for_other_reasons_write_no_lock(box):

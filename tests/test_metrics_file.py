@@ -5,7 +5,6 @@ A crash mid-write is real where it can be (a rank 0 that SIGKILLs itself by the 
 write interrupted there would leave); a finished tiny run is copied for the cases made by editing its files.
 """
 
-import hashlib
 import json
 import os
 import shlex
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_inputs import snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE = ["--nproc", "1", "--set", "env.n_agents=2", "--k", "1", "--set", "env.episode_length=5", "--set",
@@ -41,9 +41,9 @@ def its(run: Path) -> list[int]:
     return [json.loads(line)["iteration"] for line in text.splitlines()]
 
 
-def digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+def outside(box: Path, *made: Path) -> dict:
+    """snapshot(box) but for what decnode made there (a run directory, a report): the user's files."""
+    return {k: v for k, v in snapshot(box).items() if not any(m == box / k or m in (box / k).parents for m in made)}
 
 
 def refused(res, needle: str, prog="decnode-run") -> str:
@@ -85,13 +85,13 @@ def cut_last_line(run: Path) -> None:
 # ---- class 7: a cut last line ----------------------------------------------------------------------------------
 def test_a_crash_mid_write_is_dropped_and_the_resume_replays_from_the_checkpoint(box):
     run = box / "home" / "crash"
+    mine = outside(box, run)
     # rank 0 SIGKILLs itself as iteration 4 starts: lines 1-3 logged, the checkpoint is of iteration 2
     res = cli([*ONE, "--iterations", "6", "--out", run, "--set", "faults=[{kind: kill, rank: 0, iteration: 4}]"],
               box / "cwd")
     assert res.returncode == -9 and its(run) == [1, 2, 3], res.stderr[-3000:]
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"iteration": 4, "train_rew')  # what a write interrupted by the crash leaves
-    outside = digest(box / "home" / "sub")
     res = cli(["--resume", run], box / "cwd")
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
     # stderr: the lock the killed job left, taken over (test_lock.py); stdout: what happens to metrics.jsonl
@@ -101,39 +101,44 @@ def test_a_crash_mid_write_is_dropped_and_the_resume_replays_from_the_checkpoint
     assert "decnode-run: metrics.jsonl: the lines of iterations 3–3, logged after the checkpoint, are replaced as " \
            "those iterations run again" in res.stdout
     assert its(run) == [1, 2, 3, 4, 5, 6]
-    assert digest(box / "home" / "sub") == outside
+    assert outside(box, run) == mine
 
 
 def test_a_cut_line_of_the_checkpoints_own_iteration_is_restored_from_the_checkpoint(copy, box):
     cut_last_line(copy)  # iteration 4, which the checkpoint holds
+    mine = outside(box, copy)
     res = cli(["--resume", copy, "--iterations", "6"], box / "cwd")
-    assert res.returncode == 0 and lines(res.stderr) == [], res.stderr[-3000:]
+    assert res.returncode == 0 and lines(res.stderr) == [] and "Traceback" not in res.stdout, res.stderr[-3000:]
     assert "metrics.jsonl: the line of iteration 4 restored from the checkpoint" in res.stdout
     assert its(copy) == [1, 2, 3, 4, 5, 6]
+    assert outside(box, copy) == mine
 
 
 def test_plot_and_report_drop_a_cut_line_and_say_so(copy, box):
     cut_last_line(copy)
+    report = box / "cwd" / "report"
+    mine = outside(box, copy / "plots", report)  # the tools write only their own outputs; the run's files stay
     note = f"{copy / 'metrics.jsonl'}: its last line after iteration 3 is cut short (a write interrupted by a " \
            "crash or a full disk): dropped"
     res = cli([copy], box / "cwd", module="decnode.tools.plots")
     assert res.returncode == 0 and lines(res.stderr) == [], res.stderr[-3000:]
     assert lines(res.stdout)[0] == f"decnode-plot: {note}" and (copy / "plots" / "reward.png").is_file()
-    res = cli([box / "home", "--include-unfinished", "--out", box / "cwd" / "report"], box / "cwd",
+    res = cli([box / "home", "--include-unfinished", "--out", report], box / "cwd",
               module="decnode.tools.report.command")
     assert res.returncode == 0 and lines(res.stderr) == [], res.stderr[-3000:]
     assert note in lines(res.stdout) and "included unfinished run (3 of 4 iterations logged)" in res.stdout
-    assert note in (box / "cwd" / "report" / "results.md").read_text()
+    assert note in (report / "results.md").read_text()
+    assert outside(box, copy / "plots", report) == mine
 
 
 def test_a_damaged_line_before_the_last_is_one_line_everywhere(copy, box):
     text = (copy / "metrics.jsonl").read_text().splitlines(keepends=True)
     (copy / "metrics.jsonl").write_text("".join([text[0], '{"iteration": 2, "trai\n', *text[2:]]))
-    before = digest(box)
+    before = snapshot(box)
     needle = f"{copy / 'metrics.jsonl'}: line 2 is not a metrics record (damaged or edited"
     refused(cli([copy], box / "cwd", module="decnode.tools.plots"), needle, "decnode-plot")
     refused(cli(["--resume", copy, "--iterations", "6"], box / "cwd"), needle)
-    assert digest(box) == before
+    assert snapshot(box) == before
 
 
 def test_the_sweep_reads_the_same_way(copy):
@@ -158,9 +163,9 @@ def test_a_resume_without_the_record_of_its_iterations_is_refused_with_a_command
     """Refused, not recreated: a run whose metrics.jsonl lacks iterations stays 'unfinished' for decnode-report
     and decnode-sweep forever, and its curves would start mid-way; only the file itself can bring them back."""
     spoil(copy)
-    before = digest(box)
+    before = snapshot(box)
     line = refused(cli(["--resume", copy, "--iterations", "6"], box / "cwd"), f"cannot resume {copy}: {needle}")
-    assert digest(box) == before
+    assert snapshot(box) == before
     res = cli(advised(line), box / "cwd")
     assert res.returncode == 0 and lines(res.stderr) == [], res.stderr[-3000:]
     assert its(copy) == [1, 2, 3, 4]
@@ -168,10 +173,10 @@ def test_a_resume_without_the_record_of_its_iterations_is_refused_with_a_command
 
 def test_a_resume_without_a_checkpoint_advises_a_command_that_works(copy, box):
     (copy / "checkpoint.pt").unlink()
-    before = digest(box)
+    before = snapshot(box)
     line = refused(cli(["--resume", copy], box / "cwd"), f"no checkpoint in {copy} (it was deleted, or the run "
                                                          "stopped before its first one): start the run again")
-    assert digest(box) == before
+    assert snapshot(box) == before
     assert advised(line) == ["--config", str(copy / "config.yaml"), "--nproc", "1", "--out", str(copy), "--overwrite"]
     res = cli(advised(line), box / "cwd")
     assert res.returncode == 0 and lines(res.stderr) == [], res.stderr[-3000:]
@@ -180,11 +185,14 @@ def test_a_resume_without_a_checkpoint_advises_a_command_that_works(copy, box):
 
 def test_a_run_killed_before_its_first_checkpoint_gets_a_command_that_works(box):
     run = box / "home" / "my run"  # and a path a shell would split: the advice quotes it
+    mine = outside(box, run)
     res = cli([*ONE, "--iterations", "3", "--out", run, "--set", "run.checkpoint_interval=0",
                "--set", "faults=[{kind: kill, rank: 0, iteration: 2}]"], box / "cwd")
     assert res.returncode == -9 and its(run) == [1] and not (run / "checkpoint.pt").exists()
+    killed = snapshot(box)
     line = refused(cli(["--resume", run], box / "cwd"), f"no checkpoint in {run} (it was deleted, or the run")
+    assert snapshot(box) == killed
     res = cli(advised(line), box / "cwd")
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(lines(res.stderr)) == 1 and res.stderr.startswith(f"decnode-run: {run} was locked by a job that died")
-    assert its(run) == [1, 2, 3]
+    assert its(run) == [1, 2, 3] and outside(box, run) == mine

@@ -23,7 +23,8 @@ SMALL = ["--nproc", "2", "--k", "1", "--set", "env.n_envs=2", "--set", "env.epis
          "--set", "run.tensorboard=false", "--no-preflight"]
 PROGS = {"decnode.run": "decnode-run", "decnode.tools.sweep.command": "decnode-sweep",
          "decnode.tools.plots": "decnode-plot", "decnode.tools.landscape": "decnode-landscape",
-         "decnode.tools.evalmodes": "decnode-eval", "decnode.tools.netmodel": "decnode-netmodel"}
+         "decnode.tools.evalmodes": "decnode-eval", "decnode.tools.netmodel": "decnode-netmodel",
+         "decnode.tools.report.command": "decnode-report"}
 
 
 def cli(module, *args, cwd, timeout=240):
@@ -208,9 +209,15 @@ def test_a_fault_for_an_iteration_already_done_is_refused_on_resume(stopped, box
 
 def test_a_config_yaml_with_a_duplicate_key_is_refused_by_every_reader(stopped, box):
     run = _copy(stopped, box)
-    write(run / "config.yaml", (run / "config.yaml").read_text() + "train:\n  lr: 0.5\n")
-    refused(box, "decnode.run", "--nproc", "2", "--resume", run, needle="duplicate key 'train'")
-    refused(box, "decnode.tools.plots", run, "--out", box / "cwd" / "plots", needle="duplicate key 'train'")
+    text = (run / "config.yaml").read_text()
+    write(run / "config.yaml", text + "train:\n  lr: 0.5\n")
+    needle = (f"{run / 'config.yaml'}: not valid YAML (line {text.count(chr(10)) + 1}: duplicate key 'train' "
+              f"(first at line {text.splitlines().index('train:') + 1}))")
+    refused(box, "decnode.run", "--nproc", "2", "--resume", run, needle=needle)
+    refused(box, "decnode.tools.plots", run, "--out", box / "cwd" / "plots", needle=needle)
+    # decnode-eval reads it after models.pt (the stopped run has one), decnode-report as it finds the run
+    refused(box, "decnode.tools.evalmodes", run, "--episodes", "2", "--test-episodes", "2", needle=needle)
+    refused(box, "decnode.tools.report.command", run, "--out", box / "cwd" / "report", needle=needle)
 
 
 # ---- class 5: silent no-ops -------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ TINY = {"env.n_agents": 3, "env.n_envs": 2, "env.episode_length": 5, "train.hidd
 
 
 def run(module, *args, cwd, timeout=120):
+    # no progress bar: stderr holds only decnode's lines
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          timeout=timeout, cwd=cwd, env=dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1"))
 
 
 def write_sweep(box, grid, name="grid.yaml", **extra):
@@ -34,6 +35,11 @@ def write_sweep(box, grid, name="grid.yaml", **extra):
 def tree(root: Path) -> dict:
     """Every path below root with its content (None for a directory)."""
     return {p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def outside(root: Path) -> dict:
+    """tree(root) but for root/sweeps, where every sweep of these tests writes (decnode-sweep made it)."""
+    return {k: v for k, v in tree(root).items() if k != "sweeps" and not k.startswith("sweeps/")}
 
 
 def one_line(res) -> str:
@@ -211,28 +217,40 @@ def test_cell_names_too_long_for_a_file_are_shortened_and_stay_apart(box):
             "algo.critic": ["central"], "env.backend": ["batched"], "env.reward": ["smac"], "eval.interval": [0],
             "eval.episodes": [2], "eval.test_episodes": [2], "run.tensorboard": [False]}
     path = write_sweep(box, grid, seeds=[1, 2], set={**TINY, "train.iterations": 1})
+    before, mine = tree(box), outside(box)
     dry = run("decnode.tools.sweep.command", path, "--dry-run", cwd=box / "cwd")
-    assert dry.returncode == 0, dry.stderr
+    assert dry.returncode == 0 and not dry.stderr.strip(), dry.stderr  # nothing to warn about, no traceback
+    assert tree(box) == before  # a dry run writes nothing
     names = [line.split()[0] for line in dry.stdout.splitlines()[:-1]]
     assert len(names) == 2 and names[0] != names[1] and all(len(n) <= 245 for n in names), names
     assert all(n.startswith("lr-0.01_min_lr-0.001_clip-0.2") for n in names)
     res = run("decnode.tools.sweep.command", path, "--jobs", "2", cwd=box / "cwd", timeout=240)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0 and not res.stderr.strip(), res.stderr[-3000:]
     assert "2 of 2 cells done" in res.stdout
+    assert outside(box) == mine
     out = box / "sweeps" / "grid"
     for n in names:
         assert (out / "cells" / n / "models.pt").exists() and (out / "configs" / f"{n}.yaml").exists()
         assert (out / "logs" / f"{n}.log").exists()
+    done = tree(box)
     again = run("decnode.tools.sweep.command", path, "--dry-run", cwd=box / "cwd")  # the same names: both done
     assert again.returncode == 0 and "(2 done, 0 stopped, 0 failed, 0 pending)" in again.stdout, again
+    assert not again.stderr.strip() and tree(box) == done, again.stderr
 
 
 # ---- class 9: a NaN in iteration 1 is not "failed during setup?" ---------------------------------------------------
 def test_the_report_names_the_nan_that_stopped_a_cell_in_iteration_1(box):
     path = write_sweep(box, {"train.lr": [1e30]}, set={**TINY, "train.min_lr": 1e30})
+    mine = outside(box)
     res = run("decnode.tools.sweep.command", path, cwd=box / "cwd", timeout=180)
-    assert res.returncode == 1 and "NaN or inf in iteration 1" in res.stderr, res.stderr[-3000:]
     out = box / "sweeps" / "grid"
+    # one line as the cell fails (a long sweep says it at once), one as the sweep ends; no traceback
+    assert res.returncode == 1 and "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
+    cell, end = [line for line in res.stderr.splitlines() if line.strip()]
+    assert cell.startswith("decnode-sweep: cell lr-1e30 failed (exit 1): decnode-run: error: rank 0: ") and \
+        "NaN or inf in iteration 1" in cell and cell.endswith(f"[{out / 'logs' / 'lr-1e30.log'}]"), cell
+    assert end.startswith("decnode-sweep: error: 1 cells failed (lr-1e30); their output is in "), end
+    assert outside(box) == mine
     assert (out / "cells" / "lr-1e30" / "metrics.jsonl").read_text() == ""  # nothing logged: why is in the log
     before = tree(box)
     report = run("decnode.tools.report.command", out, cwd=box / "cwd")

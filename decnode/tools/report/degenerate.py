@@ -7,7 +7,8 @@ them is "untestable at this budget", never "did not hold". Two signs, per run:
 
   concentration  the share of the most frequent greedy action (and the entropy of the greedy actions, nats) of θ̄
                  on the train env: from eval.json (the trainer's final evaluation counts them, marl/evaluate.py),
-                 otherwise replayed from models.pt on REPLAY_EPISODES episodes; neither: not measured.
+                 otherwise replayed from models.pt on REPLAY_EPISODES episodes; neither: not measured. A models.pt
+                 that is damaged or not the run's own is refused, as decnode-eval refuses it (issue 23, class 2).
   ties           the run's evaluation returns equal (to 1e-9) those of a run of another group with the same seed:
                  two different configurations do not land on the same mean of dozens of episodes unless both
                  play the same fixed behaviour (the evaluation episodes depend on the seed only).
@@ -52,8 +53,9 @@ def greedy_counts(run) -> tuple[list[int] | None, str]:
         return None, NO_COUNTS
     try:
         models = evalmodes.load_models(run.path)
-    except AnalysisError as err:
-        return None, f"not measured: {err}"
+    except AnalysisError as err:  # a note would bury it in results.md: the report is refused, in one line
+        raise AnalysisError(f"{err} (decnode-report replays it: {run.path / 'eval.json'} has no greedy action "
+                            "counts)") from None
     try:
         return replay(models), f"models.pt ({REPLAY_EPISODES} episodes)"
     except Exception as err:  # e.g. an env whose extra is not installed here: the report goes on without it
