@@ -394,3 +394,37 @@ def test_won_episode_returns_exactly_20():
             np.testing.assert_allclose(s.info["episode_return"][won], 20.0, atol=1e-4)
             return
     pytest.fail("no episode won within 300 steps")
+
+
+# ---------------------------------------------------------------------------------------------------- compile cache
+_PLAY = """
+import hashlib, numpy as np
+from decnode.envs.smax import SmaxEnv
+env = SmaxEnv("5m_vs_6m", 2)
+step, digest = env.reset(seed=3), hashlib.sha256()
+for t in range(5):
+    digest.update(step.obs.tobytes())
+    step = env.step(np.argmax(step.avail, axis=-1))
+print(digest.hexdigest())
+"""
+
+
+def test_the_compilation_cache_is_kept_in_the_users_cache_and_replays_the_same_steps(tmp_path):
+    """decnode's default (no JAX_COMPILATION_CACHE_DIR: the suite sets one, removed here): XDG_CACHE_HOME/decnode/jax
+    fills on the first run, a second run loads it and steps bit for bit alike; a cache that cannot be written costs
+    only the cache, no warning."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+
+    def play(cache_home):
+        res = subprocess.run([sys.executable, "-c", _PLAY], env=dict(env, XDG_CACHE_HOME=str(cache_home)),
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "Warning" not in res.stderr, res.stderr[-2000:]
+        return res.stdout.split()[-1]
+
+    first = play(tmp_path / "cache")
+    entries = sorted(p.name for p in (tmp_path / "cache" / "decnode" / "jax").glob("*-cache"))
+    assert any(e.startswith("jit_step_batch") for e in entries) and any(e.startswith("jit_reset_batch") for e in entries)
+    assert play(tmp_path / "cache") == first
+    (tmp_path / "file").write_text("not a directory\n")
+    assert play(tmp_path / "file") == first

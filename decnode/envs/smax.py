@@ -137,6 +137,13 @@ def _persistent_compile_cache(jax) -> None:
                                                  / "decnode" / "jax"),
                 "jax_compilation_cache_max_size": 2**30,
                 "jax_persistent_cache_min_compile_time_secs": 0.5}
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        try:  # a home that cannot be written (read-only, missing) only loses the cache: JAX would warn per program
+            Path(defaults["jax_compilation_cache_dir"]).mkdir(parents=True, exist_ok=True)
+            if not os.access(defaults["jax_compilation_cache_dir"], os.W_OK):
+                return
+        except OSError:
+            return
     for option, value in defaults.items():
         if option.upper() not in os.environ:
             jax.config.update(option, value)
