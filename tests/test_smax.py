@@ -411,20 +411,23 @@ print(digest.hexdigest())
 
 def test_the_compilation_cache_is_kept_in_the_users_cache_and_replays_the_same_steps(tmp_path):
     """decnode's default (no JAX_COMPILATION_CACHE_DIR: the suite sets one, removed here): XDG_CACHE_HOME/decnode/jax
-    fills on the first run, a second run loads it and steps bit for bit alike; a cache that cannot be written costs
-    only the cache, no warning."""
+    fills on the first run, and a second run loads it and steps bit for bit alike. A cache directory that cannot be
+    made leaves JAX without a cache (which then has nothing to warn about on every program) and says nothing."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
 
-    def play(cache_home):
-        res = subprocess.run([sys.executable, "-c", _PLAY], env=dict(env, XDG_CACHE_HOME=str(cache_home)),
+    def python(code, cache_home):
+        res = subprocess.run([sys.executable, "-c", code], env=dict(env, XDG_CACHE_HOME=str(cache_home)),
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
         assert "Warning" not in res.stderr, res.stderr[-2000:]
         return res.stdout.split()[-1]
 
-    first = play(tmp_path / "cache")
+    first = python(_PLAY, tmp_path / "cache")
     entries = sorted(p.name for p in (tmp_path / "cache" / "decnode" / "jax").glob("*-cache"))
     assert any(e.startswith("jit_step_batch") for e in entries) and any(e.startswith("jit_reset_batch") for e in entries)
-    assert play(tmp_path / "cache") == first
+    assert python(_PLAY, tmp_path / "cache") == first
     (tmp_path / "file").write_text("not a directory\n")
-    assert play(tmp_path / "file") == first
+    configured = "import jax; from decnode.envs import smax; smax._persistent_compile_cache(jax); " \
+                 "print(repr(jax.config.jax_compilation_cache_dir))"
+    assert python(configured, tmp_path / "file") == "None"
+    assert python(configured, tmp_path / "cache") == repr(str(tmp_path / "cache" / "decnode" / "jax"))
