@@ -20,13 +20,12 @@ pytest.register_assert_rewrite("figcheck")  # its failures show the values, as a
 
 
 def pytest_configure(config):
-    # One JAX compilation cache per test run (decnode keeps one in ~/.cache/decnode/jax otherwise: envs/smax.py),
+    # One JAX compilation cache per test run (decnode keeps one in ~/.cache/decnode/jax otherwise: envs/jaxcache.py),
     # made here, in the process that starts pytest-xdist's workers, so they and every command they start share it:
     # each SMAX map and batch size compiles once per run instead of once per test (~20 s each), and a run's timing
     # does not depend on what an earlier run left in the user's cache.
     if not hasattr(config, "workerinput") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="decnode-tests-jax-")
-        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
         atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
     config.addinivalue_line("markers", "slurm: needs a real SLURM (tests/test_slurm.py starts one; make test-slurm)")
     config.addinivalue_line("markers", "serial: compares wall-clock or simulated time with the host's: make test runs "

@@ -424,10 +424,11 @@ def test_the_compilation_cache_is_kept_in_the_users_cache_and_replays_the_same_s
 
     first = python(_PLAY, tmp_path / "cache")
     entries = sorted(p.name for p in (tmp_path / "cache" / "decnode" / "jax").glob("*-cache"))
-    assert any(e.startswith("jit_step_batch") for e in entries) and any(e.startswith("jit_reset_batch") for e in entries)
+    assert any(e.startswith("jit_step_batch") for e in entries)
+    assert any(e.startswith("jit_reset_batch") for e in entries)
     assert python(_PLAY, tmp_path / "cache") == first
     (tmp_path / "file").write_text("not a directory\n")
-    configured = "import jax; from decnode.envs import smax; smax._persistent_compile_cache(jax); " \
-                 "print(repr(jax.config.jax_compilation_cache_dir))"
+    configured = ("import jax; from decnode.envs.jaxcache import persistent_compile_cache; "
+                  "persistent_compile_cache(jax); print(repr(jax.config.jax_compilation_cache_dir))")
     assert python(configured, tmp_path / "file") == "None"
     assert python(configured, tmp_path / "cache") == repr(str(tmp_path / "cache" / "decnode" / "jax"))

@@ -65,12 +65,12 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from decnode.envs.base import Step
+from decnode.envs.jaxcache import persistent_compile_cache
 from decnode.smac_maps import EPISODE_LIMITS, agent_groups
 
 SMAC_EPISODE_LIMITS: dict[str, int] = dict(EPISODE_LIMITS)  # the map list lives in decnode/smac_maps.py
@@ -127,28 +127,6 @@ def smac_reward(
     return raw / (max_reward / reward_scale_rate)
 
 
-def _persistent_compile_cache(jax) -> None:
-    """XLA compiles each map's reset/step for 15-25 s per process and per B; JAX's on-disk cache (keyed by the program,
-    the flags and the jaxlib) lets every later start load them (a 5m_vs_6m run of one iteration: 37 s → 14 s here).
-    Kept beside torch's extensions in ~/.cache (XDG_CACHE_HOME), at most 1 GiB; a bound is also what turns on JAX's
-    file lock, so that processes sharing the cache never read an entry another is writing. JAX's own variables
-    (JAX_COMPILATION_CACHE_DIR, empty to turn it off; JAX_COMPILATION_CACHE_MAX_SIZE; ...) take precedence."""
-    defaults = {"jax_compilation_cache_dir": str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                                                 / "decnode" / "jax"),
-                "jax_compilation_cache_max_size": 2**30,
-                "jax_persistent_cache_min_compile_time_secs": 0.5}
-    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        try:  # a home that cannot be written (read-only, missing) only loses the cache: JAX would warn per program
-            Path(defaults["jax_compilation_cache_dir"]).mkdir(parents=True, exist_ok=True)
-            if not os.access(defaults["jax_compilation_cache_dir"], os.W_OK):
-                return
-        except OSError:
-            return
-    for option, value in defaults.items():
-        if option.upper() not in os.environ:
-            jax.config.update(option, value)
-
-
 @functools.lru_cache(maxsize=None)
 def _build(map_name: str, reward: str):
     """Construct the SMAX env and its jitted, vmapped reset/step once per (map, reward), shared by instances:
@@ -161,7 +139,7 @@ def _build(map_name: str, reward: str):
     import jax.numpy as jnp
     from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
 
-    _persistent_compile_cache(jax)
+    persistent_compile_cache(jax)
     # SMAX's own time limit is disabled (it is a static attribute and would force one compile per limit);
     # the SMAC limit is enforced below from SMAX's step counter.
     env = HeuristicEnemySMAX(scenario=map_name_to_scenario(map_name), max_steps=_NO_LIMIT)
